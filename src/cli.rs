@@ -1,0 +1,278 @@
+//! The command line: parse arguments, load the config, dispatch. Exit
+//! statuses follow the contract: 0 success, 1 failure, 2 invalid config.
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{self, Config, LogFormat};
+use crate::daemon;
+use crate::grant::http::HttpTokenSource;
+use crate::state::StateStore;
+use crate::telemetry::{logging, status};
+use crate::token::{rfc3339, unix_seconds};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "tokenkeeper", version, about = "Keeps OAuth 2.0 access tokens fresh in files")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The config file.
+    #[arg(long, short = 'c', env = "TOKENKEEPER_CONFIG", default_value = "/etc/tokenkeeper/config.toml")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Keep every client's token fresh in its outputs until SIGTERM/SIGINT.
+    Run(ConfigArg),
+    /// Fetch a token for every client, write every output, and exit.
+    Once(ConfigArg),
+    /// Validate the config (and that secret files are readable) without network.
+    Check(ConfigArg),
+    /// Print a currently valid access token for one client.
+    Token {
+        /// The client's name, as in [clients.NAME].
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Show every client's last refresh, expiry, next refresh and last error.
+    Status(ConfigArg),
+    /// Run a demo: a local token issuer and the daemon writing to ./tokenkeeper-dev/.
+    Dev(DevArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Where the demo's config, state and token files go.
+    #[arg(long, default_value = "tokenkeeper-dev")]
+    pub dir: PathBuf,
+    /// Lifetime of the demo tokens.
+    #[arg(long, default_value = "30s")]
+    pub lifetime: humantime::Duration,
+}
+
+const OK: u8 = 0;
+const FAILED: u8 = 1;
+const INVALID_CONFIG: u8 = 2;
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("tokenkeeper: cannot start the async runtime: {e}");
+            ExitCode::from(FAILED)
+        })
+}
+
+fn load(arg: &ConfigArg) -> Result<Config, String> {
+    config::load(&arg.config, &config::process_env).map_err(|e| e.to_string())
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match cli.command {
+        Command::Run(arg) => {
+            let config = match load(&arg) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(INVALID_CONFIG);
+                }
+            };
+            logging::init(config.daemon.log_format);
+            match rt.block_on(daemon::run(config, CancellationToken::new())) {
+                Ok(()) => ExitCode::from(OK),
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::from(FAILED)
+                }
+            }
+        }
+        Command::Check(arg) => match load(&arg) {
+            Ok(c) => {
+                let names: Vec<&str> = c.clients.keys().map(String::as_str).collect();
+                println!("{}: ok, {} client(s): {}", arg.config.display(), names.len(), names.join(", "));
+                ExitCode::from(OK)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(INVALID_CONFIG)
+            }
+        },
+        Command::Once(arg) => {
+            let config = match load(&arg) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(INVALID_CONFIG);
+                }
+            };
+            logging::init(config.daemon.log_format);
+            let state = match StateStore::open(&config.daemon.state_dir) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!("{e}; continuing without the token cache");
+                    None
+                }
+            };
+            let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+            let ok = rt.block_on(daemon::once::once(&config, Arc::new(HttpTokenSource::new()), state, clock));
+            ExitCode::from(if ok { OK } else { FAILED })
+        }
+        Command::Token { name, config } => rt.block_on(token(&name, &config)),
+        Command::Status(arg) => status_command(&arg),
+        Command::Dev(args) => rt.block_on(crate::dev::run(args)),
+    }
+}
+
+/// A cached token is good enough for `token` while this much of it remains.
+fn still_fresh(lifetime: Duration) -> Duration {
+    (lifetime / 4).min(Duration::from_secs(60))
+}
+
+async fn token(name: &str, arg: &ConfigArg) -> ExitCode {
+    let config = match load(arg) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(FAILED);
+        }
+    };
+    if std::env::var_os("RUST_LOG").is_some() {
+        logging::init(LogFormat::Text);
+    }
+    let Some(spec) = config.clients.get(name) else {
+        let names: Vec<&str> = config.clients.keys().map(String::as_str).collect();
+        eprintln!("tokenkeeper: no client named {name:?} in {} (clients: {})", arg.config.display(), names.join(", "));
+        return ExitCode::from(FAILED);
+    };
+    let now = SystemTime::now();
+    let cached = StateStore::at(&config.daemon.state_dir)
+        .load(name)
+        .ok()
+        .flatten()
+        .filter(|c| c.fingerprint == spec.request.fingerprint());
+    if let Some(c) = &cached {
+        if c.token.remaining(now) > still_fresh(c.token.lifetime()) {
+            println!("{}", c.token.access_token.expose());
+            return ExitCode::from(OK);
+        }
+    }
+    let source = HttpTokenSource::new();
+    let refresh_token = cached.and_then(|c| c.token.refresh_token);
+    match daemon::once::fetch_with_retries(&source, spec, refresh_token.as_ref(), &SystemClock).await {
+        Ok(token) => {
+            if let Ok(store) = StateStore::open(&config.daemon.state_dir) {
+                let _ = store.save(name, &spec.request.fingerprint(), &token);
+            }
+            println!("{}", token.access_token.expose());
+            ExitCode::from(OK)
+        }
+        Err(e) => {
+            eprintln!("tokenkeeper: {name}: {e}");
+            ExitCode::from(FAILED)
+        }
+    }
+}
+
+/// "3m ago", "in 12m", "now".
+pub fn relative(t: i64, now: i64) -> String {
+    let delta = t - now;
+    let abs = delta.unsigned_abs();
+    let amount = match abs {
+        0..=1 => return "now".into(),
+        2..=119 => format!("{abs}s"),
+        120..=7199 => format!("{}m", abs / 60),
+        7200..=172_799 => format!("{}h", abs / 3600),
+        _ => format!("{}d", abs / 86_400),
+    };
+    if delta < 0 { format!("{amount} ago") } else { format!("in {amount}") }
+}
+
+fn status_command(arg: &ConfigArg) -> ExitCode {
+    let config = match load(arg) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(INVALID_CONFIG);
+        }
+    };
+    let store = StateStore::at(&config.daemon.state_dir);
+    let now = unix_seconds(SystemTime::now());
+    let file = status::read_status(&store.status_path()).ok();
+    match &file {
+        Some(f) if std::path::Path::new(&format!("/proc/{}", f.pid)).exists() => {
+            println!("daemon running (pid {}), status as of {}", f.pid, relative(f.written_at, now))
+        }
+        Some(f) => println!("daemon not running; last status from {}", rfc3339(crate::token::from_unix_millis(f.written_at * 1000))),
+        None => println!("no status from a running daemon in {}; showing cached tokens", store.dir().display()),
+    }
+    let mut rows = vec![["CLIENT", "LAST REFRESH", "EXPIRES", "NEXT REFRESH", "FAILURES", "LAST ERROR"].map(String::from)];
+    for name in config.clients.keys() {
+        let s = file.as_ref().and_then(|f| f.clients.get(name)).cloned().unwrap_or_else(|| {
+            let mut s = status::ClientStatus::default();
+            if let Ok(Some(c)) = store.load(name) {
+                s.last_refresh = Some(unix_seconds(c.token.issued_at));
+                s.expires_at = Some(unix_seconds(c.token.expires_at));
+            }
+            s
+        });
+        let show = |t: Option<i64>| t.map(|t| relative(t, now)).unwrap_or_else(|| "-".into());
+        let mut error = s.last_error.clone().unwrap_or_default();
+        if let Some((label, o)) = s.outputs.iter().find(|(_, o)| !o.ok) {
+            error = format!("{label}: {}", o.last_error.clone().unwrap_or_default());
+        }
+        if s.needs_attention {
+            error = format!("NEEDS ATTENTION: {error}");
+        }
+        rows.push([
+            name.clone(),
+            show(s.last_refresh),
+            show(s.expires_at),
+            show(s.next_refresh),
+            s.consecutive_failures.to_string(),
+            error,
+        ]);
+    }
+    let widths: Vec<usize> = (0..5).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i < 5 {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            } else {
+                line.push_str(cell);
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+    ExitCode::from(OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_times() {
+        assert_eq!(relative(100, 100), "now");
+        assert_eq!(relative(130, 100), "in 30s");
+        assert_eq!(relative(100, 400), "5m ago");
+        assert_eq!(relative(100 + 3 * 3600, 100), "in 3h");
+        assert_eq!(relative(0, 3 * 86_400), "3d ago");
+    }
+}

@@ -1,0 +1,172 @@
+//! Building: turns a validated [`Plan`] into runtime specs. This is where
+//! secret files, CA bundles and template files are read and user names
+//! resolved; every failure is collected, with the key that caused it.
+
+use super::validate::{ClientPlan, FormatPlan, GrantPlan, Located, OutputPlan, Plan, SecretSource};
+use super::{ClientSpec, Diagnostic};
+use crate::grant::{GrantSpec, TokenRequestSpec};
+use crate::output::render::Template;
+use crate::output::{FileOutput, Format, OutputKind, OutputSpec};
+use crate::secret::Secret;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+struct Builder<'a> {
+    diagnostics: Vec<Diagnostic>,
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Builder<'_> {
+    fn error<T>(&mut self, at: &Located<T>, message: String) {
+        self.diagnostics.push(Diagnostic {
+            span: Some(at.span.clone()),
+            key: at.key.clone(),
+            message,
+        });
+    }
+
+    fn secret(&mut self, source: &Located<SecretSource>) -> Option<Secret> {
+        let value = match &source.value {
+            SecretSource::Inline(s) => return Some(s.clone()),
+            SecretSource::File(path) => match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    let text = text.strip_suffix('\n').unwrap_or(&text);
+                    let text = text.strip_suffix('\r').unwrap_or(text);
+                    if text.is_empty() {
+                        self.error(source, format!("{} is empty", path.display()));
+                        return None;
+                    }
+                    text.to_string()
+                }
+                Err(e) => {
+                    self.error(source, format!("cannot read {}: {e}", path.display()));
+                    return None;
+                }
+            },
+            SecretSource::Env(var) => match (self.env)(var) {
+                Some(v) if !v.is_empty() => v,
+                _ => {
+                    self.error(source, format!("environment variable {var} is not set or empty"));
+                    return None;
+                }
+            },
+        };
+        Some(Secret::new(value))
+    }
+
+    fn user(&mut self, name: &Located<String>) -> Option<u32> {
+        if let Ok(uid) = name.value.parse::<u32>() {
+            return Some(uid);
+        }
+        match nix::unistd::User::from_name(&name.value) {
+            Ok(Some(u)) => Some(u.uid.as_raw()),
+            _ => {
+                self.error(name, format!("no user named {:?}", name.value));
+                None
+            }
+        }
+    }
+
+    fn group(&mut self, name: &Located<String>) -> Option<u32> {
+        if let Ok(gid) = name.value.parse::<u32>() {
+            return Some(gid);
+        }
+        match nix::unistd::Group::from_name(&name.value) {
+            Ok(Some(g)) => Some(g.gid.as_raw()),
+            _ => {
+                self.error(name, format!("no group named {:?}", name.value));
+                None
+            }
+        }
+    }
+
+    fn output(&mut self, plan: &OutputPlan) -> Option<OutputSpec> {
+        let format = match &plan.format {
+            FormatPlan::Ready(f) => Some(f.clone()),
+            FormatPlan::TemplateFile(file) => match std::fs::read_to_string(&file.value) {
+                Ok(text) => match Template::parse(&text) {
+                    Ok(t) => Some(Format::Template(t)),
+                    Err(e) => {
+                        self.error(file, format!("{}: {e}", file.value.display()));
+                        None
+                    }
+                },
+                Err(e) => {
+                    self.error(file, format!("cannot read {}: {e}", file.value.display()));
+                    None
+                }
+            },
+        };
+        let owner = plan.owner.as_ref().map(|o| self.user(o));
+        let group = plan.group.as_ref().map(|g| self.group(g));
+        Some(OutputSpec {
+            kind: OutputKind::File(FileOutput {
+                path: plan.path.clone(),
+                format: format?,
+                mode: plan.mode,
+                owner: owner.map(|o| o.ok_or(())).transpose().ok()?,
+                group: group.map(|g| g.ok_or(())).transpose().ok()?,
+            }),
+        })
+    }
+
+    fn client(&mut self, plan: &ClientPlan) -> Option<ClientSpec> {
+        let client_secret = plan.client_secret.as_ref().map(|s| self.secret(s));
+        let grant = match &plan.grant {
+            GrantPlan::ClientCredentials => Some(GrantSpec::ClientCredentials),
+            GrantPlan::Password { username, password } => self.secret(password).map(|password| GrantSpec::Password {
+                username: username.clone(),
+                password,
+            }),
+            GrantPlan::RefreshToken { initial } => self.secret(initial).map(|initial| GrantSpec::RefreshToken { initial }),
+        };
+        let ca_pem: Option<Option<Arc<[u8]>>> = plan.ca_file.as_ref().map(|f| match std::fs::read(&f.value) {
+            Ok(bytes) => match crate::grant::http::tls_config(Some(&bytes)) {
+                Ok(_) => Some(Arc::from(bytes)),
+                Err(e) => {
+                    self.error(f, format!("{}: {e}", f.value.display()));
+                    None
+                }
+            },
+            Err(e) => {
+                self.error(f, format!("cannot read {}: {e}", f.value.display()));
+                None
+            }
+        });
+        let outputs: Vec<Option<OutputSpec>> = plan.outputs.iter().map(|o| self.output(o)).collect();
+        Some(ClientSpec {
+            name: plan.name.clone(),
+            request: TokenRequestSpec {
+                token_url: plan.token_url.clone(),
+                grant: grant?,
+                client_id: plan.client_id.clone(),
+                client_secret: client_secret.map(|s| s.ok_or(())).transpose().ok()?,
+                auth: plan.auth,
+                encoding: plan.encoding,
+                scope: plan.scope.clone(),
+                scope_param: plan.scope_param.clone(),
+                refresh_token_param: plan.refresh_token_param.clone(),
+                params: plan.params.clone(),
+                headers: plan.headers.clone(),
+                response: plan.response.clone(),
+                timeout: plan.timeout,
+                ca_pem: ca_pem.map(|c| c.ok_or(())).transpose().ok()?,
+                default_lifetime: plan.default_lifetime,
+            },
+            policy: plan.policy.clone(),
+            outputs: outputs.into_iter().collect::<Option<Vec<_>>>()?,
+        })
+    }
+}
+
+/// Builds every client of `plan`, or returns every error found.
+pub fn build(plan: &Plan, env: &dyn Fn(&str) -> Option<String>) -> Result<BTreeMap<String, Arc<ClientSpec>>, Vec<Diagnostic>> {
+    let mut b = Builder { diagnostics: Vec::new(), env };
+    let mut clients = BTreeMap::new();
+    for c in &plan.clients {
+        if let Some(spec) = b.client(c) {
+            clients.insert(spec.name.clone(), Arc::new(spec));
+        }
+    }
+    if b.diagnostics.is_empty() { Ok(clients) } else { Err(b.diagnostics) }
+}

@@ -1,0 +1,157 @@
+//! Configuration: parse → validate → build.
+//!
+//! * [`raw`]: the TOML as written, with spans (serde, `deny_unknown_fields`).
+//! * [`validate`]: one pure pass to a [`validate::Plan`], every error at once.
+//! * [`build`]: reads secret files, CA bundles and templates; resolves users.
+//!
+//! [`load`] runs all three and is the single entry for start, reload, `once`,
+//! `check` and `token`.
+
+pub mod build;
+pub mod raw;
+pub mod validate;
+
+use crate::grant::TokenRequestSpec;
+use crate::output::OutputSpec;
+use crate::schedule::Policy;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use raw::LogFormat;
+
+/// One problem in the config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// Byte range in the file, when the problem has a place.
+    pub span: Option<Range<usize>>,
+    /// Dotted key, e.g. `clients.shop.refresh_ratio`.
+    pub key: String,
+    pub message: String,
+}
+
+/// Everything wrong with a config file, printable as
+/// `path:line:column: key: message`, one per line.
+#[derive(Clone, Debug)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub text: String,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl ConfigError {
+    fn io(path: &Path, message: String) -> ConfigError {
+        ConfigError {
+            path: path.to_path_buf(),
+            text: String::new(),
+            diagnostics: vec![Diagnostic { span: None, key: String::new(), message }],
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, column)
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.diagnostics.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", self.path.display())?;
+            if let Some(span) = &d.span {
+                let (line, column) = line_column(&self.text, span.start);
+                write!(f, ":{line}:{column}")?;
+            }
+            if d.key.is_empty() {
+                write!(f, ": {}", d.message)?;
+            } else {
+                write!(f, ": {}: {}", d.key, d.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A client ready to run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientSpec {
+    pub name: String,
+    pub request: TokenRequestSpec,
+    pub policy: Policy,
+    pub outputs: Vec<OutputSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DaemonSettings {
+    pub state_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub daemon: DaemonSettings,
+    pub clients: BTreeMap<String, Arc<ClientSpec>>,
+    /// SHA-256 of the file's bytes, to skip reloads of unchanged content.
+    pub digest: [u8; 32],
+}
+
+/// The process environment, as the loader's view of it.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+pub fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Parses, validates and builds the config from `text` (the contents of `path`).
+pub fn load_str(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    let fail = |diagnostics| ConfigError { path: path.to_path_buf(), text: text.to_string(), diagnostics };
+    let (raw, mut diagnostics) = raw::parse(text);
+    let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+    let plan = match validate::validate(&raw, &base, env) {
+        Ok(plan) if diagnostics.is_empty() => plan,
+        Ok(_) => return Err(fail(diagnostics)),
+        Err(more) => {
+            diagnostics.extend(more);
+            return Err(fail(diagnostics));
+        }
+    };
+    let clients = build::build(&plan, env).map_err(fail)?;
+    Ok(Config {
+        path: path.to_path_buf(),
+        daemon: DaemonSettings {
+            state_dir: plan.daemon.state_dir,
+            log_format: plan.daemon.log_format,
+            listen: plan.daemon.listen,
+        },
+        clients,
+        digest: digest(text.as_bytes()),
+    })
+}
+
+/// Reads and loads the config file at `path`.
+pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|e| ConfigError::io(path, format!("cannot read the config file: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|_| ConfigError::io(path, "the config file is not UTF-8".into()))?;
+    load_str(path, &text, env)
+}
+
+#[cfg(test)]
+mod tests;

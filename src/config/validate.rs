@@ -1,0 +1,683 @@
+//! Validation: from the raw config to a [`Plan`] in one pure pass that
+//! reports every error at once. No file is read here; the environment is
+//! passed in (for `$CREDENTIALS_DIRECTORY` and friends).
+
+use super::Diagnostic;
+use super::raw::{FormatKind, GrantKind, LogFormat, RawClient, RawConfig, RawMode, RawOutput, S};
+use crate::grant::{ClientAuth, Encoding, ResponseMapping};
+use crate::output::render::{Format, Template};
+use crate::schedule::Policy;
+use crate::secret::Secret;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+use url::Url;
+
+/// Where a value came from in the file, for errors found while building.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Located<T> {
+    pub value: T,
+    pub span: Range<usize>,
+    pub key: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum SecretSource {
+    Inline(Secret),
+    File(PathBuf),
+    Env(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum GrantPlan {
+    ClientCredentials,
+    Password { username: String, password: Located<SecretSource> },
+    RefreshToken { initial: Located<SecretSource> },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum FormatPlan {
+    Ready(Format),
+    TemplateFile(Located<PathBuf>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutputPlan {
+    pub key: String,
+    pub path: PathBuf,
+    pub format: FormatPlan,
+    pub mode: u32,
+    pub owner: Option<Located<String>>,
+    pub group: Option<Located<String>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientPlan {
+    pub name: String,
+    pub token_url: Url,
+    pub grant: GrantPlan,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Located<SecretSource>>,
+    pub auth: ClientAuth,
+    pub encoding: Encoding,
+    pub scope: Option<String>,
+    pub scope_param: String,
+    pub refresh_token_param: String,
+    pub params: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, String>,
+    pub response: ResponseMapping,
+    pub timeout: Duration,
+    pub ca_file: Option<Located<PathBuf>>,
+    pub default_lifetime: Duration,
+    pub policy: Policy,
+    pub outputs: Vec<OutputPlan>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DaemonPlan {
+    pub state_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub daemon: DaemonPlan,
+    pub clients: Vec<ClientPlan>,
+}
+
+/// Variables that may appear in paths, as `$NAME` or `${NAME}`; systemd sets
+/// them for `LoadCredential=`, `RuntimeDirectory=` and `StateDirectory=`.
+pub const PATH_VARIABLES: &[&str] = &["CREDENTIALS_DIRECTORY", "RUNTIME_DIRECTORY", "STATE_DIRECTORY"];
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/tokenkeeper";
+
+struct Validator<'a> {
+    diagnostics: Vec<Diagnostic>,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    base: &'a Path,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
+        self.diagnostics.push(Diagnostic {
+            span: Some(span),
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, value: &S<String>, fallback: Option<Duration>, key: &str, default: Duration) -> Duration {
+        let Some(v) = value else {
+            return fallback.unwrap_or(default);
+        };
+        match humantime::parse_duration(v.get_ref().trim()) {
+            Ok(d) => d,
+            Err(e) => {
+                self.error(
+                    v.span(),
+                    key,
+                    format!("{:?} is not a duration ({e}); write e.g. \"90s\", \"5m\", \"1h\"", v.get_ref()),
+                );
+                default
+            }
+        }
+    }
+
+    /// Expands path variables and makes a relative path relative to the config file's directory.
+    fn path(&mut self, value: &Spanned<String>, key: &str) -> Option<PathBuf> {
+        let mut text = value.get_ref().clone();
+        for var in PATH_VARIABLES {
+            for pattern in [format!("${{{var}}}"), format!("${var}")] {
+                if text.contains(&pattern) {
+                    match (self.env)(var) {
+                        Some(dir) if !dir.is_empty() => {
+                            // systemd may list several directories; the first is ours
+                            let first = dir.split(':').next().unwrap_or_default().to_string();
+                            text = text.replace(&pattern, &first);
+                        }
+                        _ => {
+                            self.error(
+                                value.span(),
+                                key,
+                                format!("uses ${var}, which is not set in the environment (systemd sets it for the unit's matching directive)"),
+                            );
+                            return None;
+                        }
+                    }
+                }
+            }
+        }
+        if text.is_empty() {
+            self.error(value.span(), key, "must not be empty");
+            return None;
+        }
+        let path = Path::new(&text);
+        Some(normalize(&if path.is_absolute() { path.to_path_buf() } else { self.base.join(path) }))
+    }
+
+    fn secret_source(
+        &mut self,
+        file: &S<String>,
+        env: &S<String>,
+        inline: &S<String>,
+        key_prefix: &str,
+        client_key: &str,
+    ) -> Option<Located<SecretSource>> {
+        let given: Vec<(&Spanned<String>, &str)> = [(file, "_file"), (env, "_env"), (inline, "")]
+            .into_iter()
+            .filter_map(|(v, suffix)| v.as_ref().map(|v| (v, suffix)))
+            .collect();
+        if given.len() > 1 {
+            let names: Vec<String> = given.iter().map(|(_, s)| format!("{key_prefix}{s}")).collect();
+            self.error(
+                given[1].0.span(),
+                &format!("{client_key}.{key_prefix}{}", given[1].1),
+                format!("set only one of {}", names.join(", ")),
+            );
+        }
+        let (value, suffix) = given.first()?;
+        let key = format!("{client_key}.{key_prefix}{suffix}");
+        let source = match *suffix {
+            "_file" => SecretSource::File(self.path(value, &key)?),
+            "_env" => {
+                if value.get_ref().is_empty() {
+                    self.error(value.span(), &key, "must name an environment variable");
+                    return None;
+                }
+                SecretSource::Env(value.get_ref().clone())
+            }
+            _ => {
+                if value.get_ref().is_empty() {
+                    self.error(value.span(), &key, "must not be empty");
+                    return None;
+                }
+                SecretSource::Inline(Secret::new(value.get_ref().clone()))
+            }
+        };
+        Some(Located { value: source, span: value.span(), key })
+    }
+}
+
+/// Lexical normalization (`a/./b/../c` → `a/c`) so that two spellings of one
+/// output path are caught as duplicates.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+fn valid_client_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn parse_mode(mode: &RawMode) -> Result<u32, String> {
+    let bits = match mode {
+        RawMode::Text(s) => {
+            let digits = s.trim().trim_start_matches("0o");
+            u32::from_str_radix(digits, 8)
+                .map_err(|_| format!("{s:?} is not an octal mode; write e.g. \"0640\""))?
+        }
+        RawMode::Number(n) => u32::try_from(*n).map_err(|_| format!("{n} is not a mode"))?,
+    };
+    if bits > 0o777 {
+        return Err(match mode {
+            RawMode::Number(n) => format!("{n} is not a mode (a TOML integer is decimal); write it as a string, e.g. \"0640\""),
+            RawMode::Text(s) => format!("{s:?} is not a permission mode (at most \"0777\"; no setuid, setgid or sticky bits)"),
+        });
+    }
+    if bits & 0o400 == 0 {
+        return Err(format!("{bits:04o} leaves the owner unable to read the file"));
+    }
+    Ok(bits)
+}
+
+fn header_name_ok(name: &str) -> bool {
+    reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok()
+}
+
+fn header_value_ok(value: &str) -> bool {
+    reqwest::header::HeaderValue::from_str(value).is_ok()
+}
+
+/// Validates `raw`. `base` is the config file's directory; `env` looks up
+/// environment variables.
+pub fn validate(raw: &RawConfig, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan, Vec<Diagnostic>> {
+    let mut v = Validator {
+        diagnostics: Vec::new(),
+        env,
+        base,
+    };
+
+    let state_dir = match &raw.daemon.state_dir {
+        Some(dir) => v.path(dir, "daemon.state_dir"),
+        None => Some(match env("STATE_DIRECTORY") {
+            Some(dir) if !dir.is_empty() => PathBuf::from(dir.split(':').next().unwrap_or(DEFAULT_STATE_DIR)),
+            _ => PathBuf::from(DEFAULT_STATE_DIR),
+        }),
+    };
+    let listen = match &raw.daemon.listen {
+        Some(addr) => match addr.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                v.error(addr.span(), "daemon.listen", format!("{:?} is not an address like \"127.0.0.1:9464\"", addr.get_ref()));
+                None
+            }
+        },
+        None => None,
+    };
+    let daemon = DaemonPlan {
+        state_dir: state_dir.unwrap_or_default(),
+        log_format: raw.daemon.log_format.as_ref().map(|f| *f.get_ref()).unwrap_or_default(),
+        listen,
+    };
+
+    let defaults = &raw.defaults;
+    let base_policy = Policy::default();
+    let d_ratio = defaults.refresh_ratio.as_ref().map(|r| (*r.get_ref(), r.span(), "defaults.refresh_ratio".to_string()));
+    let d_before = v.duration(&defaults.refresh_before, None, "defaults.refresh_before", base_policy.refresh_before);
+    let d_min = v.duration(&defaults.min_interval, None, "defaults.min_interval", base_policy.min_interval);
+    let d_timeout = v.duration(&defaults.timeout, None, "defaults.timeout", Duration::from_secs(30));
+    let d_binit = v.duration(&defaults.backoff_initial, None, "defaults.backoff_initial", base_policy.backoff_initial);
+    let d_bmax = v.duration(&defaults.backoff_max, None, "defaults.backoff_max", base_policy.backoff_max);
+    let d_lifetime = v.duration(&defaults.default_lifetime, None, "defaults.default_lifetime", Duration::from_secs(3600));
+
+    if raw.clients.is_empty() {
+        v.diagnostics.push(Diagnostic {
+            span: None,
+            key: "clients".into(),
+            message: "no client is configured; add a [clients.NAME] table".into(),
+        });
+    }
+
+    let mut clients = Vec::new();
+    let mut output_paths: HashMap<PathBuf, String> = HashMap::new();
+    for (name, c) in &raw.clients {
+        let ck = format!("clients.{}", name.get_ref());
+        if !valid_client_name(name.get_ref()) {
+            v.error(name.span(), &ck, "client names may use only letters, digits, `_` and `-`");
+        }
+        let plan = validate_client(&mut v, name.get_ref(), &ck, c, ClientDefaults {
+            ratio: d_ratio.clone(),
+            before: d_before,
+            min: d_min,
+            timeout: d_timeout,
+            binit: d_binit,
+            bmax: d_bmax,
+            lifetime: d_lifetime,
+        });
+        if let Some(plan) = plan {
+            for (i, out) in plan.outputs.iter().enumerate() {
+                if let Some(first) = output_paths.get(&out.path) {
+                    let span = c.outputs.as_ref().and_then(|o| o.get_ref().get(i)).and_then(|o| o.get_ref().path.as_ref()).map(|p| p.span()).unwrap_or_default();
+                    v.error(span, &format!("{}.path", out.key), format!("{} is also written by {first}; two outputs cannot share a path", out.path.display()));
+                } else {
+                    output_paths.insert(out.path.clone(), out.key.clone());
+                }
+            }
+            if plan.outputs.iter().any(|o| o.path.starts_with(&daemon.state_dir)) {
+                v.diagnostics.push(Diagnostic { span: None, key: format!("{ck}.outputs"), message: format!("an output path lies inside state_dir {}, which tokenkeeper owns", daemon.state_dir.display()) });
+            }
+            clients.push(plan);
+        }
+    }
+
+    if v.diagnostics.is_empty() {
+        Ok(Plan { daemon, clients })
+    } else {
+        Err(v.diagnostics)
+    }
+}
+
+struct ClientDefaults {
+    ratio: Option<(f64, Range<usize>, String)>,
+    before: Duration,
+    min: Duration,
+    timeout: Duration,
+    binit: Duration,
+    bmax: Duration,
+    lifetime: Duration,
+}
+
+fn validate_client(v: &mut Validator<'_>, name: &str, ck: &str, c: &RawClient, d: ClientDefaults) -> Option<ClientPlan> {
+    let before_errors = v.diagnostics.len();
+    let key = |k: &str| format!("{ck}.{k}");
+
+    if let Some(p) = &c.preset {
+        v.error(p.span(), &key("preset"), "presets are not available in this version yet; spell out token_url, auth and encoding");
+    }
+    if let Some(i) = &c.issuer {
+        v.error(i.span(), &key("issuer"), "issuer discovery is not available in this version yet; set token_url to the token endpoint");
+    }
+    let allow_http = c.allow_insecure_http.as_ref().is_some_and(|a| *a.get_ref());
+    let token_url = match &c.token_url {
+        Some(u) => match Url::parse(u.get_ref()) {
+            Ok(url) if url.scheme() == "https" => Some(url),
+            Ok(url) if url.scheme() == "http" && (allow_http || is_loopback(&url)) => Some(url),
+            Ok(url) if url.scheme() == "http" => {
+                v.error(u.span(), &key("token_url"), "plain http:// would send credentials in the clear; use https://, or set allow_insecure_http = true (loopback hosts are always allowed)");
+                None
+            }
+            Ok(url) => {
+                v.error(u.span(), &key("token_url"), format!("scheme {:?} is not supported; use https://", url.scheme()));
+                None
+            }
+            Err(e) => {
+                v.error(u.span(), &key("token_url"), format!("not a URL: {e}"));
+                None
+            }
+        },
+        None => {
+            if c.issuer.is_none() {
+                v.diagnostics.push(Diagnostic { span: None, key: ck.to_string(), message: "token_url is required".into() });
+            }
+            None
+        }
+    };
+
+    let auth = c.auth.as_ref().map(|a| *a.get_ref()).unwrap_or(ClientAuth::Body);
+    let encoding = c.encoding.as_ref().map(|e| *e.get_ref()).unwrap_or(Encoding::Form);
+    let client_secret = v.secret_source(&c.client_secret_file, &c.client_secret_env, &c.client_secret, "client_secret", ck);
+    let client_id = c.client_id.as_ref().map(|s| s.get_ref().clone());
+    match auth {
+        ClientAuth::Body | ClientAuth::Basic => {
+            if client_id.is_none() {
+                v.diagnostics.push(Diagnostic { span: c.auth.as_ref().map(|a| a.span()), key: key("client_id"), message: format!("is required with auth = \"{}\"", if auth == ClientAuth::Basic { "basic" } else { "body" }) });
+            }
+            if client_secret.is_none() {
+                v.diagnostics.push(Diagnostic { span: c.client_id.as_ref().map(|s| s.span()), key: key("client_secret"), message: "one of client_secret_file, client_secret_env or client_secret is required (or auth = \"none\" for a public client)".into() });
+            }
+        }
+        ClientAuth::None => {
+            if let Some(s) = &client_secret {
+                v.error(s.span.clone(), &s.key, "auth = \"none\" never sends a client secret; remove it or choose auth = \"body\" or \"basic\"");
+            }
+        }
+    }
+
+    let grant_kind = c.grant_type.as_ref().map(|g| *g.get_ref()).unwrap_or(GrantKind::ClientCredentials);
+    let password = v.secret_source(&c.password_file, &c.password_env, &c.password, "password", ck);
+    let grant = match grant_kind {
+        GrantKind::ClientCredentials => Some(GrantPlan::ClientCredentials),
+        GrantKind::Password => match (&c.username, password.clone()) {
+            (Some(u), Some(p)) => Some(GrantPlan::Password { username: u.get_ref().clone(), password: p }),
+            (u, p) => {
+                let span = c.grant_type.as_ref().map(|g| g.span());
+                if u.is_none() {
+                    v.diagnostics.push(Diagnostic { span: span.clone(), key: key("username"), message: "is required with grant_type = \"password\"".into() });
+                }
+                if p.is_none() {
+                    v.diagnostics.push(Diagnostic { span, key: key("password"), message: "one of password_file, password_env or password is required with grant_type = \"password\"".into() });
+                }
+                None
+            }
+        },
+        GrantKind::RefreshToken => match &c.refresh_token_file {
+            Some(f) => v.path(f, &key("refresh_token_file")).map(|p| GrantPlan::RefreshToken {
+                initial: Located { value: SecretSource::File(p), span: f.span(), key: key("refresh_token_file") },
+            }),
+            None => {
+                v.diagnostics.push(Diagnostic { span: c.grant_type.as_ref().map(|g| g.span()), key: key("refresh_token_file"), message: "is required with grant_type = \"refresh_token\" (the initial refresh token)".into() });
+                None
+            }
+        },
+    };
+    if grant_kind != GrantKind::Password {
+        for (field, k) in [(&c.username, "username"), (&c.password_file, "password_file"), (&c.password_env, "password_env"), (&c.password, "password")] {
+            if let Some(f) = field {
+                v.error(f.span(), &key(k), "applies only to grant_type = \"password\"");
+            }
+        }
+    }
+    if grant_kind != GrantKind::RefreshToken {
+        if let Some(f) = &c.refresh_token_file {
+            v.error(f.span(), &key("refresh_token_file"), "applies only to grant_type = \"refresh_token\"");
+        }
+    }
+
+    let nonempty = |v: &mut Validator<'_>, s: &S<String>, k: &str, default: &str| -> String {
+        match s {
+            Some(x) if x.get_ref().trim().is_empty() => {
+                v.error(x.span(), &key(k), "must not be empty");
+                default.to_string()
+            }
+            Some(x) => x.get_ref().clone(),
+            None => default.to_string(),
+        }
+    };
+    let scope_param = nonempty(v, &c.scope_param, "scope_param", "scope");
+    let refresh_token_param = nonempty(v, &c.refresh_token_param, "refresh_token_param", "refresh_token");
+    let params = c.params.as_ref().map(|p| p.get_ref().clone()).unwrap_or_default();
+    if let Some(p) = &c.params {
+        if p.get_ref().keys().any(|k| k.is_empty()) {
+            v.error(p.span(), &key("params"), "parameter names must not be empty");
+        }
+    }
+    let headers = c.headers.as_ref().map(|h| h.get_ref().clone()).unwrap_or_default();
+    if let Some(h) = &c.headers {
+        for (n, val) in h.get_ref() {
+            if !header_name_ok(n) {
+                v.error(h.span(), &key("headers"), format!("{n:?} is not a valid HTTP header name"));
+            } else if !header_value_ok(val) {
+                v.error(h.span(), &key("headers"), format!("the value of {n} is not a valid HTTP header value (no line breaks or control characters)"));
+            }
+        }
+    }
+
+    let mut response = ResponseMapping::default();
+    if let Some(r) = &c.response {
+        let r = r.get_ref();
+        for (field, target, k) in [
+            (&r.access_token, &mut response.access_token, "access_token"),
+            (&r.expires_in, &mut response.expires_in, "expires_in"),
+            (&r.expires_at, &mut response.expires_at, "expires_at"),
+            (&r.refresh_token, &mut response.refresh_token, "refresh_token"),
+            (&r.token_type, &mut response.token_type, "token_type"),
+        ] {
+            if let Some(p) = field {
+                if !p.get_ref().starts_with('/') {
+                    v.error(p.span(), &key(&format!("response.{k}")), format!("{:?} is not a JSON Pointer; write e.g. \"/{}\"", p.get_ref(), p.get_ref().trim_start_matches('/')));
+                }
+                *target = p.get_ref().clone();
+            }
+        }
+    }
+
+    let policy_base = Policy::default();
+    let refresh_ratio = match (&c.refresh_ratio, &d.ratio) {
+        (Some(r), _) => Some((*r.get_ref(), r.span(), key("refresh_ratio"))),
+        (None, Some(dr)) => Some(dr.clone()),
+        (None, None) => None,
+    };
+    let refresh_ratio = match refresh_ratio {
+        Some((r, span, k)) => {
+            if !(r > 0.0 && r < 1.0) {
+                v.error(span, &k, format!("{r} must lie strictly between 0 and 1 (a share of the token's lifetime)"));
+            }
+            r
+        }
+        None => policy_base.refresh_ratio,
+    };
+    let policy = Policy {
+        refresh_ratio,
+        refresh_before: v.duration(&c.refresh_before, Some(d.before), &key("refresh_before"), d.before),
+        min_interval: v.duration(&c.min_interval, Some(d.min), &key("min_interval"), d.min),
+        backoff_initial: v.duration(&c.backoff_initial, Some(d.binit), &key("backoff_initial"), d.binit),
+        backoff_max: v.duration(&c.backoff_max, Some(d.bmax), &key("backoff_max"), d.bmax),
+    };
+    let timeout = v.duration(&c.timeout, Some(d.timeout), &key("timeout"), d.timeout);
+    let default_lifetime = v.duration(&c.default_lifetime, Some(d.lifetime), &key("default_lifetime"), d.lifetime);
+    let span_of = |own: &S<String>| own.as_ref().map(|s| s.span());
+    if policy.min_interval.is_zero() {
+        v.diagnostics.push(Diagnostic { span: span_of(&c.min_interval), key: key("min_interval"), message: "must be more than zero: it is what keeps a short-lived token from turning into a tight loop".into() });
+    }
+    if policy.backoff_initial.is_zero() {
+        v.diagnostics.push(Diagnostic { span: span_of(&c.backoff_initial), key: key("backoff_initial"), message: "must be more than zero".into() });
+    }
+    if policy.backoff_max < policy.backoff_initial {
+        v.diagnostics.push(Diagnostic { span: span_of(&c.backoff_max), key: key("backoff_max"), message: format!("{} is less than backoff_initial {}", humantime::format_duration(policy.backoff_max), humantime::format_duration(policy.backoff_initial)) });
+    }
+    if timeout.is_zero() {
+        v.diagnostics.push(Diagnostic { span: span_of(&c.timeout), key: key("timeout"), message: "must be more than zero".into() });
+    }
+    if default_lifetime.is_zero() {
+        v.diagnostics.push(Diagnostic { span: span_of(&c.default_lifetime), key: key("default_lifetime"), message: "must be more than zero".into() });
+    } else if policy.min_interval >= default_lifetime {
+        v.diagnostics.push(Diagnostic {
+            span: span_of(&c.min_interval).or(span_of(&c.default_lifetime)),
+            key: key("min_interval"),
+            message: format!(
+                "{} is not shorter than default_lifetime {}: a token of that lifetime would always expire before its refresh",
+                humantime::format_duration(policy.min_interval),
+                humantime::format_duration(default_lifetime)
+            ),
+        });
+    }
+
+    let ca_file = c.ca_file.as_ref().and_then(|f| v.path(f, &key("ca_file")).map(|p| Located { value: p, span: f.span(), key: key("ca_file") }));
+
+    let mut outputs = Vec::new();
+    match &c.outputs {
+        Some(list) if !list.get_ref().is_empty() => {
+            for (i, o) in list.get_ref().iter().enumerate() {
+                if let Some(plan) = validate_output(v, &format!("{ck}.outputs[{i}]"), o) {
+                    outputs.push(plan);
+                }
+            }
+        }
+        Some(list) => v.error(list.span(), &key("outputs"), "at least one output is required"),
+        None => v.diagnostics.push(Diagnostic { span: None, key: key("outputs"), message: "at least one [[clients.NAME.outputs]] table is required".into() }),
+    }
+
+    if v.diagnostics.len() > before_errors {
+        return None;
+    }
+    Some(ClientPlan {
+        name: name.to_string(),
+        token_url: token_url?,
+        grant: grant?,
+        client_id,
+        client_secret,
+        auth,
+        encoding,
+        scope: c.scope.as_ref().map(|s| s.get_ref().clone()),
+        scope_param,
+        refresh_token_param,
+        params,
+        headers,
+        response,
+        timeout,
+        ca_file,
+        default_lifetime,
+        policy,
+        outputs,
+    })
+}
+
+fn validate_output(v: &mut Validator<'_>, ok: &str, o: &Spanned<RawOutput>) -> Option<OutputPlan> {
+    let before_errors = v.diagnostics.len();
+    let span = o.span();
+    let o = o.get_ref();
+    let key = |k: &str| format!("{ok}.{k}");
+    let path = match &o.path {
+        Some(p) => v.path(p, &key("path")),
+        None => {
+            v.error(span.clone(), &key("path"), "is required for type = \"file\"");
+            None
+        }
+    };
+    let mode = match &o.mode {
+        Some(m) => match parse_mode(m.get_ref()) {
+            Ok(bits) => bits,
+            Err(e) => {
+                v.error(m.span(), &key("mode"), e);
+                0o600
+            }
+        },
+        None => 0o600,
+    };
+    let kind = o.format.as_ref().map(|f| *f.get_ref()).unwrap_or(FormatKind::Raw);
+    if kind != FormatKind::Header {
+        if let Some(h) = &o.extra_headers {
+            v.error(h.span(), &key("extra_headers"), "applies only to format = \"header\"");
+        }
+    }
+    if kind != FormatKind::Template {
+        for (f, k) in [(&o.template, "template"), (&o.template_file, "template_file")] {
+            if let Some(f) = f {
+                v.error(f.span(), &key(k), "applies only to format = \"template\"");
+            }
+        }
+    }
+    let format = match kind {
+        FormatKind::Raw => Some(FormatPlan::Ready(crate::output::Format::Raw)),
+        FormatKind::Json => Some(FormatPlan::Ready(crate::output::Format::Json)),
+        FormatKind::Env => Some(FormatPlan::Ready(crate::output::Format::Env)),
+        FormatKind::Header => {
+            let mut extra = Vec::new();
+            if let Some(h) = &o.extra_headers {
+                for (n, val) in h.get_ref() {
+                    if !header_name_ok(n) {
+                        v.error(h.span(), &key("extra_headers"), format!("{n:?} is not a valid HTTP header name"));
+                    } else if !header_value_ok(val) || val.contains(['\n', '\r']) {
+                        v.error(h.span(), &key("extra_headers"), format!("the value of {n} is not a valid HTTP header value"));
+                    } else if n.eq_ignore_ascii_case("authorization") {
+                        v.error(h.span(), &key("extra_headers"), "Authorization is written by tokenkeeper itself");
+                    }
+                    extra.push((n.clone(), val.clone()));
+                }
+            }
+            Some(FormatPlan::Ready(crate::output::Format::Header { extra_headers: extra }))
+        }
+        FormatKind::Template => match (&o.template, &o.template_file) {
+            (Some(t), None) => match Template::parse(t.get_ref()) {
+                Ok(t) => Some(FormatPlan::Ready(crate::output::Format::Template(t))),
+                Err(e) => {
+                    v.error(t.span(), &key("template"), e);
+                    None
+                }
+            },
+            (None, Some(f)) => v.path(f, &key("template_file")).map(|p| FormatPlan::TemplateFile(Located { value: p, span: f.span(), key: key("template_file") })),
+            (Some(_), Some(f)) => {
+                v.error(f.span(), &key("template_file"), "set only one of template, template_file");
+                None
+            }
+            (None, None) => {
+                v.error(span.clone(), &key("template"), "format = \"template\" needs template or template_file");
+                None
+            }
+        },
+    };
+    let located = |s: &S<String>, k: &str| s.as_ref().map(|s| Located { value: s.get_ref().clone(), span: s.span(), key: key(k) });
+    if v.diagnostics.len() > before_errors {
+        return None;
+    }
+    Some(OutputPlan {
+        key: ok.to_string(),
+        path: path?,
+        format: format?,
+        mode,
+        owner: located(&o.owner, "owner"),
+        group: located(&o.group, "group"),
+    })
+}

@@ -1,0 +1,96 @@
+//! A single pass without the loop: `once` fetches for every client and
+//! writes every output; `token` prints one client's token.
+
+use crate::clock::Clock;
+use crate::config::{ClientSpec, Config};
+use crate::grant::{FetchError, TokenSource};
+use crate::schedule::retry_delay;
+use crate::state::StateStore;
+use crate::token::Token;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Attempts per client in `once` for transient failures.
+const ONCE_ATTEMPTS: u32 = 3;
+
+/// Fetches a token for `spec`, retrying transient failures a little.
+pub async fn fetch_with_retries<S: TokenSource>(
+    source: &S,
+    spec: &ClientSpec,
+    refresh_token: Option<&crate::secret::Secret>,
+    clock: &dyn Clock,
+) -> Result<Token, FetchError> {
+    let mut failures = 0;
+    loop {
+        match source.fetch(&spec.request, refresh_token, clock.now()).await {
+            Ok(mut token) => {
+                if token.refresh_token.is_none() {
+                    token.refresh_token = refresh_token.cloned();
+                }
+                return Ok(token);
+            }
+            Err(e) if e.is_permanent() => return Err(e),
+            Err(e) => {
+                failures += 1;
+                if failures >= ONCE_ATTEMPTS {
+                    return Err(e);
+                }
+                let delay = retry_delay(failures, e.class, e.retry_after, &spec.policy, rand::random())
+                    .min(Duration::from_secs(10));
+                tracing::warn!(client = %spec.name, retry_in_s = delay.as_secs_f64(), "token request failed: {e}");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// One client: fetch, persist, write every output. Returns whether all went well.
+async fn once_client<S: TokenSource>(source: Arc<S>, spec: Arc<ClientSpec>, state: Option<StateStore>, clock: Arc<dyn Clock>) -> bool {
+    let previous_rt = state
+        .as_ref()
+        .and_then(|s| s.load(&spec.name).ok().flatten())
+        .filter(|c| c.fingerprint == spec.request.fingerprint())
+        .and_then(|c| c.token.refresh_token);
+    let token = match fetch_with_retries(&*source, &spec, previous_rt.as_ref(), &*clock).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(client = %spec.name, reason = e.reason.as_str(), "no token: {e}");
+            return false;
+        }
+    };
+    let spec2 = spec.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut ok = true;
+        if let Some(state) = &state {
+            if let Err(e) = state.save(&spec2.name, &spec2.request.fingerprint(), &token) {
+                tracing::error!(client = %spec2.name, error = %e, "cannot save the token to state_dir");
+            }
+        }
+        for output in &spec2.outputs {
+            if let Err(e) = output.write(&token) {
+                tracing::error!(client = %spec2.name, output = %output.label(), "cannot write output: {e}");
+                ok = false;
+            }
+        }
+        if ok {
+            tracing::info!(client = %spec2.name, expires_at = %crate::token::rfc3339(token.expires_at), "token written");
+        }
+        ok
+    })
+    .await;
+    result.unwrap_or(false)
+}
+
+/// `tokenkeeper once`: every client at once; true when every client got a
+/// token into every output.
+pub async fn once<S: TokenSource>(config: &Config, source: Arc<S>, state: Option<StateStore>, clock: Arc<dyn Clock>) -> bool {
+    let mut tasks = tokio::task::JoinSet::new();
+    for spec in config.clients.values() {
+        tasks.spawn(once_client(source.clone(), spec.clone(), state.clone(), clock.clone()));
+    }
+    let mut all_ok = true;
+    while let Some(result) = tasks.join_next().await {
+        all_ok &= result.unwrap_or(false);
+    }
+    all_ok
+}

@@ -1,0 +1,239 @@
+//! The supervisor: starts a task per client, applies config reloads as a
+//! diff (SIGHUP or a file edit), fans SIGUSR1 out as "refresh now", and on
+//! SIGTERM/SIGINT (or the caller's shutdown token) stops everything within a
+//! bounded grace period. Startup and reload share one code path: a reload
+//! from "no clients" to the first config.
+
+use super::client::{ClientTask, Jitter, Start, random_jitter, usable_cache};
+use super::outputs::run_output;
+use super::reload::{diff, watch_config};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{self, ClientSpec, Config};
+use crate::grant::TokenSource;
+use crate::grant::http::HttpTokenSource;
+use crate::state::StateStore;
+use crate::telemetry::status::StatusBoard;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How long shutdown waits for tasks to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(800);
+/// Quiet time after a file event before the config is re-read.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+struct Running {
+    spec: Arc<ClientSpec>,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+pub struct Supervisor<S: TokenSource> {
+    source: Arc<S>,
+    clock: Arc<dyn Clock>,
+    jitter: Jitter,
+    state: Option<StateStore>,
+    board: Arc<StatusBoard>,
+    refresh_tx: watch::Sender<u64>,
+    root: CancellationToken,
+    running: BTreeMap<String, Running>,
+    /// Tasks of stopped clients, joined at shutdown.
+    retired: Vec<JoinHandle<()>>,
+}
+
+impl<S: TokenSource> Supervisor<S> {
+    pub fn new(source: Arc<S>, clock: Arc<dyn Clock>, jitter: Jitter, state: Option<StateStore>, board: Arc<StatusBoard>) -> Self {
+        Supervisor {
+            source,
+            clock,
+            jitter,
+            state,
+            board,
+            refresh_tx: watch::channel(0).0,
+            root: CancellationToken::new(),
+            running: BTreeMap::new(),
+            retired: Vec::new(),
+        }
+    }
+
+    fn start_client(&mut self, spec: Arc<ClientSpec>, force: bool) {
+        let cancel = self.root.child_token();
+        let cached = usable_cache(self.state.as_ref(), &spec, self.clock.now());
+        let (publish, _) = watch::channel(None);
+        let mut tasks = Vec::new();
+        for output in &spec.outputs {
+            tasks.push(tokio::spawn(run_output(
+                spec.name.clone(),
+                output.clone(),
+                publish.subscribe(),
+                self.board.clone(),
+                cancel.clone(),
+            )));
+        }
+        let task = ClientTask {
+            spec: spec.clone(),
+            source: self.source.clone(),
+            clock: self.clock.clone(),
+            jitter: self.jitter.clone(),
+            state: self.state.clone(),
+            board: self.board.clone(),
+            publish,
+            refresh_now: self.refresh_tx.subscribe(),
+            cancel: cancel.clone(),
+        };
+        tasks.push(tokio::spawn(task.run(Start { cached, force })));
+        self.running.insert(spec.name.clone(), Running { spec, cancel, tasks });
+    }
+
+    fn stop_client(&mut self, name: &str) {
+        if let Some(running) = self.running.remove(name) {
+            running.cancel.cancel();
+            self.retired.extend(running.tasks);
+        }
+        self.retired.retain(|t| !t.is_finished());
+    }
+
+    /// Applies `clients` as a diff against what runs now.
+    pub fn apply(&mut self, clients: &BTreeMap<String, Arc<ClientSpec>>) {
+        let current: BTreeMap<String, Arc<ClientSpec>> =
+            self.running.iter().map(|(n, r)| (n.clone(), r.spec.clone())).collect();
+        let d = diff(&current, clients);
+        for name in &d.removed {
+            self.stop_client(name);
+            self.board.remove(name);
+            tracing::info!(client = %name, "client removed; its files stay in place");
+        }
+        for name in &d.changed {
+            self.stop_client(name);
+            self.start_client(clients[name].clone(), true);
+            tracing::info!(client = %name, "client changed; fetching a new token");
+        }
+        for name in &d.added {
+            self.start_client(clients[name].clone(), false);
+        }
+        if !current.is_empty() {
+            tracing::info!(
+                added = d.added.len(),
+                changed = d.changed.len(),
+                removed = d.removed.len(),
+                unchanged = d.unchanged.len(),
+                "config applied"
+            );
+        }
+    }
+
+    /// Asks every client to refresh now.
+    pub fn refresh_all(&self) {
+        self.refresh_tx.send_modify(|n| *n += 1);
+    }
+
+    /// Stops every task, waiting at most the grace period.
+    pub async fn shutdown(mut self) {
+        self.root.cancel();
+        let mut tasks: Vec<JoinHandle<()>> = std::mem::take(&mut self.retired);
+        for (_, running) in std::mem::take(&mut self.running) {
+            tasks.extend(running.tasks);
+        }
+        let all = async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, all).await.is_err() {
+            tracing::warn!("some tasks did not stop within the grace period");
+        }
+    }
+}
+
+/// Reads the config again; logs and returns `None` when it is invalid.
+fn reload_config(current: &Config) -> Option<Config> {
+    match config::load(&current.path, &config::process_env) {
+        Ok(new) => {
+            if new.daemon != current.daemon {
+                tracing::warn!("changes to [daemon] take effect at the next restart");
+            }
+            Some(new)
+        }
+        Err(e) => {
+            tracing::error!("config reload failed; still running the previous config:\n{e}");
+            None
+        }
+    }
+}
+
+/// The daemon (`run` and `dev`): runs `config` until SIGTERM/SIGINT or `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let state = StateStore::open(&config.daemon.state_dir).context("cannot use state_dir")?;
+    if let Some(listen) = config.daemon.listen {
+        tracing::warn!(%listen, "daemon.listen is accepted but not served by this version yet");
+    }
+    let board = Arc::new(StatusBoard::default());
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let mut usr1 = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let (watch_tx, mut watch_rx) = mpsc::channel(1);
+    let _watcher = match watch_config(&config.path, watch_tx) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP");
+            None
+        }
+    };
+
+    let status_cancel = CancellationToken::new();
+    let status_task = {
+        let (board, path, cancel) = (board.clone(), state.status_path(), status_cancel.clone());
+        tokio::spawn(async move { board.write_loop(path, cancel).await })
+    };
+
+    let source = Arc::new(HttpTokenSource::new());
+    let mut supervisor = Supervisor::new(source, Arc::new(SystemClock), random_jitter(), Some(state), board);
+    tracing::info!(config = %config.path.display(), clients = config.clients.len(), version = env!("CARGO_PKG_VERSION"), "tokenkeeper started");
+    supervisor.apply(&config.clients);
+    let mut current = config;
+
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break }
+            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break }
+            _ = usr1.recv() => {
+                tracing::info!("SIGUSR1: refreshing every client");
+                supervisor.refresh_all();
+            }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                if let Some(new) = reload_config(&current) {
+                    supervisor.apply(&new.clients);
+                    current = new;
+                }
+            }
+            Some(()) = watch_rx.recv() => {
+                tokio::time::sleep(DEBOUNCE).await;
+                while watch_rx.try_recv().is_ok() {}
+                let digest = std::fs::read(&current.path).map(|b| config::digest(&b)).ok();
+                if digest.is_some_and(|d| d != current.digest) {
+                    tracing::info!("config file changed: reloading");
+                    if let Some(new) = reload_config(&current) {
+                        supervisor.apply(&new.clients);
+                        current = new;
+                    } else if let Some(d) = digest {
+                        // do not retry the same broken content on every event
+                        current.digest = d;
+                    }
+                }
+            }
+        }
+    }
+    supervisor.shutdown().await;
+    status_cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_millis(150), status_task).await;
+    tracing::info!("stopped");
+    Ok(())
+}

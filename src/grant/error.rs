@@ -1,0 +1,80 @@
+//! Why a token request failed, classified for retrying and for metrics.
+
+use crate::schedule::FailureClass;
+use std::time::Duration;
+
+/// A short, stable label for metrics and status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The endpoint refused with an OAuth error (4xx).
+    Refused,
+    RateLimited,
+    ServerError,
+    Timeout,
+    Connect,
+    /// A redirect, which is not followed for a request carrying credentials.
+    Redirect,
+    /// 2xx, but the body is not a usable token response.
+    BadResponse,
+    /// The body exceeded the size cap.
+    TooLarge,
+    /// The access token would break a header (whitespace or control characters).
+    InvalidToken,
+    Other,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Refused => "refused",
+            Reason::RateLimited => "rate_limited",
+            Reason::ServerError => "server_error",
+            Reason::Timeout => "timeout",
+            Reason::Connect => "connect",
+            Reason::Redirect => "redirect",
+            Reason::BadResponse => "bad_response",
+            Reason::TooLarge => "too_large",
+            Reason::InvalidToken => "invalid_token",
+            Reason::Other => "other",
+        }
+    }
+}
+
+/// A failed token request. `message` is safe to log: it never contains a
+/// secret or a token.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct FetchError {
+    pub class: FailureClass,
+    pub reason: Reason,
+    pub message: String,
+    pub retry_after: Option<Duration>,
+    /// The HTTP status, when there was an answer.
+    pub status: Option<u16>,
+    /// The endpoint's OAuth `error` code, e.g. `invalid_client`.
+    pub oauth_error: Option<String>,
+}
+
+impl FetchError {
+    pub fn transient(reason: Reason, message: impl Into<String>) -> FetchError {
+        FetchError {
+            class: FailureClass::Transient,
+            reason,
+            message: message.into(),
+            retry_after: None,
+            status: None,
+            oauth_error: None,
+        }
+    }
+
+    pub fn permanent(reason: Reason, message: impl Into<String>) -> FetchError {
+        FetchError {
+            class: FailureClass::Permanent,
+            ..FetchError::transient(reason, message)
+        }
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        self.class == FailureClass::Permanent
+    }
+}

@@ -1,0 +1,236 @@
+//! The HTTP edge: sends a [`WireRequest`] with reqwest (rustls, built-in web
+//! roots plus the client's `ca_file`), reads at most 1 MiB, and hands the
+//! answer to the pure parser.
+
+use super::error::{FetchError, Reason};
+use super::request::build_request;
+use super::response::{HttpAnswer, MAX_BODY_BYTES, ParseContext, parse_answer};
+use super::{Encoding, TokenRequestSpec, TokenSource};
+use crate::secret::Secret;
+use crate::token::Token;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// Fetches tokens over HTTP. One reqwest client (and so one connection pool
+/// and TLS configuration) per distinct CA bundle, shared by every client
+/// that uses it.
+#[derive(Default)]
+pub struct HttpTokenSource {
+    clients: Mutex<HashMap<Option<[u8; 32]>, reqwest::Client>>,
+}
+
+/// Builds the TLS configuration: Mozilla's roots (webpki-roots) plus `ca_pem`.
+pub fn tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(pem) = ca_pem {
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| format!("cannot read PEM certificate: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("unusable CA certificate: {e}"))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err("no PEM certificate found".into());
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+impl HttpTokenSource {
+    pub fn new() -> HttpTokenSource {
+        HttpTokenSource::default()
+    }
+
+    fn client_for(&self, ca_pem: Option<&[u8]>) -> Result<reqwest::Client, FetchError> {
+        let key = ca_pem.map(|pem| Sha256::digest(pem).into());
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let tls = tls_config(ca_pem)
+            .map_err(|e| FetchError::permanent(Reason::Other, format!("ca_file: {e}")))?;
+        let client = reqwest::Client::builder()
+            .user_agent(crate::USER_AGENT)
+            .redirect(reqwest::redirect::Policy::none())
+            .tls_backend_preconfigured(tls)
+            .build()
+            .map_err(|e| {
+                FetchError::permanent(Reason::Other, format!("cannot set up HTTP client: {e}"))
+            })?;
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+}
+
+/// The endpoint as shown in messages: no query string, no user info.
+pub fn endpoint_label(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    shown.set_query(None);
+    shown.set_fragment(None);
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.to_string()
+}
+
+/// Describes a reqwest error with its causes, scrubbed of known secrets.
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = String::new();
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(err) = source {
+        let s = err.to_string();
+        if !text.contains(&s) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&s);
+        }
+        source = err.source();
+    }
+    if text.is_empty() {
+        text = e.to_string();
+    }
+    text
+}
+
+impl TokenSource for HttpTokenSource {
+    async fn fetch(
+        &self,
+        spec: &TokenRequestSpec,
+        refresh_token: Option<&Secret>,
+        now: SystemTime,
+    ) -> Result<Token, FetchError> {
+        let endpoint = endpoint_label(&spec.token_url);
+        let redactor = spec.redactor(refresh_token);
+        let client = self.client_for(spec.ca_pem.as_deref())?;
+        let wire = build_request(spec, refresh_token);
+
+        let mut builder = client.post(wire.url.clone());
+        for (name, value) in &wire.headers {
+            let mut header = reqwest::header::HeaderValue::from_str(value.expose()).map_err(|_| {
+                FetchError::permanent(Reason::Other, format!("header {name} has a value HTTP cannot carry"))
+            })?;
+            header.set_sensitive(value.is_secret());
+            builder = builder.header(name.as_str(), header);
+        }
+        let pairs: Vec<(&str, &str)> = wire
+            .fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.expose()))
+            .collect();
+        builder = match wire.encoding {
+            Encoding::Form => builder.form(&pairs),
+            Encoding::Json => {
+                let object: serde_json::Map<String, serde_json::Value> = pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+                    .collect();
+                builder.json(&object)
+            }
+            Encoding::Multipart => {
+                let mut form = reqwest::multipart::Form::new();
+                for (k, v) in &pairs {
+                    form = form.text(k.to_string(), v.to_string());
+                }
+                builder.multipart(form)
+            }
+        };
+
+        let exchange = async {
+            let mut response = builder.send().await?;
+            let status = response.status().as_u16();
+            let header = |name: reqwest::header::HeaderName| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let content_type = header(reqwest::header::CONTENT_TYPE);
+            let retry_after = header(reqwest::header::RETRY_AFTER);
+            let location = header(reqwest::header::LOCATION);
+            if response.content_length().unwrap_or(0) > MAX_BODY_BYTES as u64 {
+                return Ok(Err(status));
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await? {
+                if body.len() + chunk.len() > MAX_BODY_BYTES {
+                    return Ok(Err(status));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok::<_, reqwest::Error>(Ok((status, content_type, retry_after, location, body)))
+        };
+
+        let answer = match tokio::time::timeout(spec.timeout, exchange).await {
+            Err(_) => {
+                return Err(FetchError::transient(
+                    Reason::Timeout,
+                    format!(
+                        "no complete answer from token endpoint {endpoint} within {}",
+                        humantime::format_duration(spec.timeout)
+                    ),
+                ));
+            }
+            Ok(Err(e)) => {
+                let reason = if e.is_timeout() {
+                    Reason::Timeout
+                } else if e.is_connect() {
+                    Reason::Connect
+                } else {
+                    Reason::Other
+                };
+                let what = if e.is_connect() { "cannot connect to" } else { "request failed to" };
+                return Err(FetchError::transient(
+                    reason,
+                    redactor.scrub(&format!("{what} token endpoint {endpoint}: {}", describe(&e))),
+                ));
+            }
+            Ok(Ok(Err(status))) => {
+                return Err(FetchError {
+                    status: Some(status),
+                    ..FetchError::transient(
+                        Reason::TooLarge,
+                        format!(
+                            "token endpoint {endpoint} answered HTTP {status} with a body over {} KiB; not read",
+                            MAX_BODY_BYTES / 1024
+                        ),
+                    )
+                });
+            }
+            Ok(Ok(Ok(answer))) => answer,
+        };
+        let (status, content_type, retry_after, location, body) = answer;
+        let cx = ParseContext {
+            endpoint: &endpoint,
+            mapping: &spec.response,
+            default_lifetime: spec.default_lifetime,
+            now,
+            redactor: &redactor,
+        };
+        parse_answer(
+            &HttpAnswer {
+                status,
+                content_type: content_type.as_deref(),
+                retry_after: retry_after.as_deref(),
+                location: location.as_deref(),
+                body: &body,
+            },
+            &cx,
+        )
+    }
+}

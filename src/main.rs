@@ -1,0 +1,4 @@
+fn main() -> std::process::ExitCode {
+    tokenkeeper::install_crypto_provider();
+    tokenkeeper::cli::main()
+}

@@ -1,0 +1,237 @@
+//! Atomic, symlink-safe file replacement.
+//!
+//! Every write: a temp file in the target's directory, created owner-only,
+//! given its final owner and mode, then written, fsynced, renamed over the
+//! target, and the directory fsynced. A reader sees the whole old file or the
+//! whole new one, never a partial or empty one, and never one with looser
+//! permissions than asked.
+
+use super::WriteOutcome;
+use std::fs::{self, File, Permissions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileOptions {
+    pub mode: u32,
+    pub owner: Option<u32>,
+    pub group: Option<u32>,
+}
+
+fn error(path: &Path, what: &str, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {what}: {e}", path.display()))
+}
+
+fn split(path: &Path) -> io::Result<(PathBuf, String)> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{}: not a file path", path.display())))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok((dir, name.to_string()))
+}
+
+/// True when `path` already holds exactly `content` with the wanted mode and owner.
+fn unchanged(path: &Path, meta: &fs::Metadata, content: &[u8], opts: &FileOptions) -> bool {
+    if meta.mode() & 0o7777 != opts.mode
+        || meta.len() != content.len() as u64
+        || opts.owner.is_some_and(|uid| meta.uid() != uid)
+        || opts.group.is_some_and(|gid| meta.gid() != gid)
+    {
+        return false;
+    }
+    let mut existing = Vec::with_capacity(content.len());
+    match File::open(path) {
+        Ok(f) => f.take(content.len() as u64 + 1).read_to_end(&mut existing).is_ok() && existing == content,
+        Err(_) => false,
+    }
+}
+
+/// The mode for a directory created to hold a file of `file_mode`: owner rwx,
+/// and traversal for whoever may read the file.
+fn dir_mode(file_mode: u32) -> u32 {
+    let mut mode = 0o700;
+    if file_mode & 0o040 != 0 {
+        mode |= 0o050;
+    }
+    if file_mode & 0o004 != 0 {
+        mode |= 0o005;
+    }
+    mode
+}
+
+/// Replaces `path` with `content` atomically. Refuses a symlink (or anything
+/// but a regular file) at the target; writes nothing when the content, mode
+/// and owner are already right.
+pub fn write_atomic(path: &Path, content: &[u8], opts: &FileOptions) -> io::Result<WriteOutcome> {
+    let (dir, name) = split(path)?;
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: is a symlink; refusing to write through it", path.display()),
+            ));
+        }
+        Ok(meta) if !meta.is_file() => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: exists and is not a regular file", path.display()),
+            ));
+        }
+        Ok(meta) if unchanged(path, &meta, content, opts) => return Ok(WriteOutcome::Unchanged),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(error(path, "cannot inspect", e)),
+    }
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(dir_mode(opts.mode))
+            .create(&dir)
+            .map_err(|e| error(&dir, "cannot create directory", e))?;
+    }
+
+    // O_CREAT|O_EXCL with owner-only bits: a planted symlink at the temp
+    // path makes creation fail instead of being followed
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tk-tmp")
+        .permissions(Permissions::from_mode(opts.mode & 0o700))
+        .tempfile_in(&dir)
+        .map_err(|e| error(path, "cannot create temp file", e))?;
+    if opts.owner.is_some() || opts.group.is_some() {
+        std::os::unix::fs::fchown(tmp.as_file(), opts.owner, opts.group)
+            .map_err(|e| error(path, "cannot set owner/group", e))?;
+    }
+    tmp.as_file()
+        .set_permissions(Permissions::from_mode(opts.mode))
+        .map_err(|e| error(path, "cannot set mode", e))?;
+    tmp.write_all(content).map_err(|e| error(path, "cannot write", e))?;
+    tmp.as_file().sync_all().map_err(|e| error(path, "cannot fsync", e))?;
+    tmp.persist(path)
+        .map_err(|e| error(path, "cannot rename into place", e.error))?;
+    File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| error(&dir, "cannot fsync directory", e))?;
+    Ok(WriteOutcome::Written)
+}
+
+/// Removes temp files a killed process may have left beside `path`.
+pub fn remove_stale_temp_files(path: &Path) {
+    let Ok((dir, name)) = split(path) else { return };
+    let prefix = format!(".{name}.");
+    let Ok(entries) = fs::read_dir(&dir) else { return };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(n) = file_name.to_str() else { continue };
+        if n.starts_with(&prefix) && n.ends_with(".tk-tmp") {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn opts(mode: u32) -> FileOptions {
+        FileOptions { mode, owner: None, group: None }
+    }
+
+    #[test]
+    fn writes_then_skips_unchanged_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        assert_eq!(write_atomic(&p, b"one", &opts(0o600)).unwrap(), WriteOutcome::Written);
+        assert_eq!(write_atomic(&p, b"one", &opts(0o600)).unwrap(), WriteOutcome::Unchanged);
+        assert_eq!(write_atomic(&p, b"two", &opts(0o600)).unwrap(), WriteOutcome::Written);
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        // a mode change alone is a write
+        assert_eq!(write_atomic(&p, b"two", &opts(0o640)).unwrap(), WriteOutcome::Written);
+        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, 0o640);
+    }
+
+    #[test]
+    fn mode_is_exact_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        for mode in [0o600, 0o640, 0o644, 0o400, 0o660] {
+            let p = dir.path().join(format!("m{mode:o}"));
+            write_atomic(&p, b"x", &opts(mode)).unwrap();
+            assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, mode);
+        }
+    }
+
+    #[test]
+    fn refuses_symlinks_and_directories_at_the_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let e = write_atomic(&link, b"evil", &opts(0o600)).unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        fs::create_dir(dir.path().join("d")).unwrap();
+        assert!(write_atomic(&dir.path().join("d"), b"x", &opts(0o600)).is_err());
+    }
+
+    #[test]
+    fn creates_a_missing_directory_tight() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a/b/t");
+        write_atomic(&p, b"x", &opts(0o640)).unwrap();
+        assert_eq!(fs::metadata(p.parent().unwrap()).unwrap().mode() & 0o777, 0o750);
+    }
+
+    #[test]
+    fn stale_temp_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        fs::write(dir.path().join(".t.abc123.tk-tmp"), b"half").unwrap();
+        fs::write(dir.path().join(".other.abc.tk-tmp"), b"not ours").unwrap();
+        remove_stale_temp_files(&p);
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(".other.abc.tk-tmp")]);
+    }
+
+    /// Readers hammering the file during a thousand rewrites never see it
+    /// missing, empty, partial, or with a looser mode.
+    #[test]
+    fn readers_never_see_a_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("token");
+        let content = |i: usize| format!("{i:06}{}", "x".repeat(8000 + i % 97));
+        write_atomic(&p, content(0).as_bytes(), &opts(0o600)).unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let (p, done) = (p.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let mut reads = 0;
+                    while !done.load(Ordering::Relaxed) {
+                        let text = fs::read_to_string(&p).expect("file missing during rewrite");
+                        let i: usize = text[..6].parse().expect("partial file");
+                        assert_eq!(text.len(), 6 + 8000 + i % 97, "partial file");
+                        let mode = fs::metadata(&p).unwrap().mode() & 0o777;
+                        assert_eq!(mode, 0o600);
+                        reads += 1;
+                    }
+                    reads
+                })
+            })
+            .collect();
+        for i in 1..1000 {
+            write_atomic(&p, content(i).as_bytes(), &opts(0o600)).unwrap();
+        }
+        done.store(true, Ordering::Relaxed);
+        for r in readers {
+            assert!(r.join().unwrap() > 0);
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The content of a token file in each format. Pure.
+
+use crate::secret::Secret;
+use crate::token::{Token, rfc3339, unix_seconds};
+
+/// The fields a template may use, as `{{ name }}`.
+pub const TEMPLATE_FIELDS: &[&str] = &[
+    "access_token",
+    "token_type",
+    "expires_at",
+    "issued_at",
+    "expires_at_unix",
+    "issued_at_unix",
+];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// The token alone, no trailing newline.
+    Raw,
+    /// `{"access_token","token_type","expires_at","issued_at"}`.
+    Json,
+    /// Shell-sourceable `KEY='value'` lines.
+    Env,
+    /// `Authorization: <type> <token>` plus extra headers, for `curl -H @file`.
+    Header { extra_headers: Vec<(String, String)> },
+    /// A user template, parsed at config time.
+    Template(Template),
+}
+
+impl Format {
+    /// The file content. It contains the token, so it is a [`Secret`].
+    pub fn render(&self, token: &Token) -> Secret {
+        let tok = token.access_token.expose();
+        let content = match self {
+            Format::Raw => tok.to_string(),
+            Format::Json => {
+                let mut s = serde_json::json!({
+                    "access_token": tok,
+                    "token_type": token.token_type,
+                    "expires_at": rfc3339(token.expires_at),
+                    "issued_at": rfc3339(token.issued_at),
+                })
+                .to_string();
+                s.push('\n');
+                s
+            }
+            Format::Env => format!(
+                "ACCESS_TOKEN={}\nTOKEN_TYPE={}\nTOKEN_EXPIRES_AT={}\n",
+                shell_quote(tok),
+                shell_quote(&token.token_type),
+                shell_quote(&rfc3339(token.expires_at)),
+            ),
+            Format::Header { extra_headers } => {
+                let mut s = format!("Authorization: {} {tok}\n", token.token_type);
+                for (name, value) in extra_headers {
+                    s.push_str(&format!("{name}: {value}\n"));
+                }
+                s
+            }
+            Format::Template(t) => t.render(token),
+        };
+        Secret::new(content)
+    }
+}
+
+/// Single-quoted for POSIX shells; a `'` inside becomes `'\''`.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    Field(String),
+}
+
+/// `{{ field }}` placeholders in literal text; nothing else is special.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template {
+    pieces: Vec<Piece>,
+}
+
+impl Template {
+    /// Parses `text`; an unknown field or an unclosed `{{` is an error.
+    pub fn parse(text: &str) -> Result<Template, String> {
+        let mut pieces = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("{{") {
+            if start > 0 {
+                pieces.push(Piece::Text(rest[..start].to_string()));
+            }
+            let after = &rest[start + 2..];
+            let end = after
+                .find("}}")
+                .ok_or_else(|| "a `{{` is never closed with `}}`".to_string())?;
+            let name = after[..end].trim();
+            if !TEMPLATE_FIELDS.contains(&name) {
+                return Err(format!(
+                    "unknown template field `{name}` (known: {})",
+                    TEMPLATE_FIELDS.join(", ")
+                ));
+            }
+            pieces.push(Piece::Field(name.to_string()));
+            rest = &after[end + 2..];
+        }
+        if !rest.is_empty() {
+            pieces.push(Piece::Text(rest.to_string()));
+        }
+        Ok(Template { pieces })
+    }
+
+    fn render(&self, token: &Token) -> String {
+        let mut out = String::new();
+        for piece in &self.pieces {
+            match piece {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Field(f) => match f.as_str() {
+                    "access_token" => out.push_str(token.access_token.expose()),
+                    "token_type" => out.push_str(&token.token_type),
+                    "expires_at" => out.push_str(&rfc3339(token.expires_at)),
+                    "issued_at" => out.push_str(&rfc3339(token.issued_at)),
+                    "expires_at_unix" => out.push_str(&unix_seconds(token.expires_at).to_string()),
+                    "issued_at_unix" => out.push_str(&unix_seconds(token.issued_at).to_string()),
+                    _ => {}
+                },
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn token() -> Token {
+        let issued = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        Token {
+            access_token: Secret::new("eyJ.abc'd.sig"),
+            token_type: "Bearer".into(),
+            issued_at: issued,
+            expires_at: issued + Duration::from_secs(3600),
+            refresh_token: None,
+        }
+    }
+
+    fn check(format: Format, expected: &str) {
+        assert_eq!(format.render(&token()).expose(), expected);
+    }
+
+    #[test]
+    fn every_format() {
+        check(Format::Raw, "eyJ.abc'd.sig");
+        check(
+            Format::Json,
+            "{\"access_token\":\"eyJ.abc'd.sig\",\"expires_at\":\"2027-01-15T09:00:00Z\",\"issued_at\":\"2027-01-15T08:00:00Z\",\"token_type\":\"Bearer\"}\n",
+        );
+        check(
+            Format::Env,
+            "ACCESS_TOKEN='eyJ.abc'\\''d.sig'\nTOKEN_TYPE='Bearer'\nTOKEN_EXPIRES_AT='2027-01-15T09:00:00Z'\n",
+        );
+        check(
+            Format::Header {
+                extra_headers: vec![("X-Tenant-ID".into(), "t-1".into())],
+            },
+            "Authorization: Bearer eyJ.abc'd.sig\nX-Tenant-ID: t-1\n",
+        );
+        check(
+            Format::Template(Template::parse("machine api login x password {{ access_token }} # {{expires_at_unix}}\n").unwrap()),
+            "machine api login x password eyJ.abc'd.sig # 1800003600\n",
+        );
+    }
+
+    #[test]
+    fn templates_reject_unknown_fields_and_unclosed_braces() {
+        assert!(Template::parse("{{ acess_token }}").unwrap_err().contains("unknown template field `acess_token`"));
+        assert!(Template::parse("x {{ access_token").unwrap_err().contains("never closed"));
+        assert_eq!(Template::parse("plain").unwrap().pieces, vec![Piece::Text("plain".into())]);
+    }
+}
