@@ -121,8 +121,15 @@ pub fn digest(bytes: &[u8]) -> [u8; 32] {
 
 /// Parses, validates and builds the config from `text` (the contents of `path`).
 pub fn load_str(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-    let fail = |diagnostics| ConfigError { path: path.to_path_buf(), text: text.to_string(), diagnostics };
+    let fail = |mut diagnostics: Vec<Diagnostic>| {
+        // in file order; problems without a place last
+        diagnostics.sort_by_key(|d| d.span.as_ref().map_or(usize::MAX, |s| s.start));
+        ConfigError { path: path.to_path_buf(), text: text.to_string(), diagnostics }
+    };
     let (raw, mut diagnostics) = raw::parse(text);
+    if diagnostics.iter().any(|d| d.key == "(syntax)") {
+        return Err(fail(diagnostics));
+    }
     let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
     let plan = match validate::validate(&raw, &base, env) {

@@ -140,6 +140,8 @@ pub struct RawConfig {
     pub defaults: RawDefaults,
     /// Client name with the span of its key, and its table.
     pub clients: Vec<(Spanned<String>, RawClient)>,
+    /// Client tables that could not be read (their errors are already reported).
+    pub unreadable_clients: usize,
 }
 
 fn from_toml(e: toml::de::Error, key: &str) -> Diagnostic {
@@ -150,15 +152,14 @@ fn from_toml(e: toml::de::Error, key: &str) -> Diagnostic {
     }
 }
 
-fn section<T: for<'de> Deserialize<'de> + Default>(
+fn section<T: for<'de> Deserialize<'de>>(
     value: Spanned<DeValue<'_>>,
     key: &str,
     diagnostics: &mut Vec<Diagnostic>,
-) -> T {
-    T::deserialize(value.into_deserializer()).unwrap_or_else(|e| {
-        diagnostics.push(from_toml(e, key));
-        T::default()
-    })
+) -> Option<T> {
+    T::deserialize(value.into_deserializer())
+        .map_err(|e| diagnostics.push(from_toml(e, key)))
+        .ok()
 }
 
 /// Parses `text`; returns what could be read and every error found on the way.
@@ -174,8 +175,8 @@ pub fn parse(text: &str) -> (RawConfig, Vec<Diagnostic>) {
     };
     for (key, value) in root.into_inner() {
         match key.get_ref().as_ref() {
-            "daemon" => raw.daemon = section(value, "daemon", &mut diagnostics),
-            "defaults" => raw.defaults = section(value, "defaults", &mut diagnostics),
+            "daemon" => raw.daemon = section(value, "daemon", &mut diagnostics).unwrap_or_default(),
+            "defaults" => raw.defaults = section(value, "defaults", &mut diagnostics).unwrap_or_default(),
             "clients" => {
                 let span = value.span();
                 match value.into_inner() {
@@ -192,8 +193,10 @@ pub fn parse(text: &str) -> (RawConfig, Vec<Diagnostic>) {
                                 });
                                 continue;
                             }
-                            let parsed = section(client, &key, &mut diagnostics);
-                            raw.clients.push((Spanned::new(name_span, name), parsed));
+                            match section(client, &key, &mut diagnostics) {
+                                Some(parsed) => raw.clients.push((Spanned::new(name_span, name), parsed)),
+                                None => raw.unreadable_clients += 1,
+                            }
                         }
                     }
                     _ => diagnostics.push(Diagnostic {

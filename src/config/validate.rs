@@ -167,16 +167,16 @@ impl Validator<'_> {
         key_prefix: &str,
         client_key: &str,
     ) -> Option<Located<SecretSource>> {
-        let given: Vec<(&Spanned<String>, &str)> = [(file, "_file"), (env, "_env"), (inline, "")]
+        let mut given: Vec<(&Spanned<String>, &str)> = [(file, "_file"), (env, "_env"), (inline, "")]
             .into_iter()
             .filter_map(|(v, suffix)| v.as_ref().map(|v| (v, suffix)))
             .collect();
+        given.sort_by_key(|(v, _)| v.span().start);
         if given.len() > 1 {
-            let names: Vec<String> = given.iter().map(|(_, s)| format!("{key_prefix}{s}")).collect();
             self.error(
                 given[1].0.span(),
                 &format!("{client_key}.{key_prefix}{}", given[1].1),
-                format!("set only one of {}", names.join(", ")),
+                format!("set only one of {key_prefix}_file, {key_prefix}_env, {key_prefix}"),
             );
         }
         let (value, suffix) = given.first()?;
@@ -302,7 +302,7 @@ pub fn validate(raw: &RawConfig, base: &Path, env: &dyn Fn(&str) -> Option<Strin
     let d_bmax = v.duration(&defaults.backoff_max, None, "defaults.backoff_max", base_policy.backoff_max);
     let d_lifetime = v.duration(&defaults.default_lifetime, None, "defaults.default_lifetime", Duration::from_secs(3600));
 
-    if raw.clients.is_empty() {
+    if raw.clients.is_empty() && raw.unreadable_clients == 0 {
         v.diagnostics.push(Diagnostic {
             span: None,
             key: "clients".into(),
@@ -404,7 +404,7 @@ fn validate_client(v: &mut Validator<'_>, name: &str, ck: &str, c: &RawClient, d
             if client_id.is_none() {
                 v.diagnostics.push(Diagnostic { span: c.auth.as_ref().map(|a| a.span()), key: key("client_id"), message: format!("is required with auth = \"{}\"", if auth == ClientAuth::Basic { "basic" } else { "body" }) });
             }
-            if client_secret.is_none() {
+            if c.client_secret_file.is_none() && c.client_secret_env.is_none() && c.client_secret.is_none() {
                 v.diagnostics.push(Diagnostic { span: c.client_id.as_ref().map(|s| s.span()), key: key("client_secret"), message: "one of client_secret_file, client_secret_env or client_secret is required (or auth = \"none\" for a public client)".into() });
             }
         }
@@ -426,7 +426,7 @@ fn validate_client(v: &mut Validator<'_>, name: &str, ck: &str, c: &RawClient, d
                 if u.is_none() {
                     v.diagnostics.push(Diagnostic { span: span.clone(), key: key("username"), message: "is required with grant_type = \"password\"".into() });
                 }
-                if p.is_none() {
+                if p.is_none() && c.password_file.is_none() && c.password_env.is_none() && c.password.is_none() {
                     v.diagnostics.push(Diagnostic { span, key: key("password"), message: "one of password_file, password_env or password is required with grant_type = \"password\"".into() });
                 }
                 None
