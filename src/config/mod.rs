@@ -132,15 +132,16 @@ pub fn load_str(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -
     }
     let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
-    let plan = match validate::validate(&raw, &base, env) {
-        Ok(plan) if diagnostics.is_empty() => plan,
+    let (plan, invalid) = validate::validate(&raw, &base, env);
+    diagnostics.extend(invalid);
+    let clients = match build::build(&plan, env) {
+        Ok(clients) if diagnostics.is_empty() => clients,
         Ok(_) => return Err(fail(diagnostics)),
-        Err(more) => {
-            diagnostics.extend(more);
+        Err(unbuildable) => {
+            diagnostics.extend(unbuildable);
             return Err(fail(diagnostics));
         }
     };
-    let clients = build::build(&plan, env).map_err(fail)?;
     Ok(Config {
         path: path.to_path_buf(),
         daemon: DaemonSettings {

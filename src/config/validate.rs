@@ -261,8 +261,10 @@ fn header_value_ok(value: &str) -> bool {
 }
 
 /// Validates `raw`. `base` is the config file's directory; `env` looks up
-/// environment variables.
-pub fn validate(raw: &RawConfig, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Plan, Vec<Diagnostic>> {
+/// environment variables. Returns the plan of every client that validated
+/// (so that building can still report its problems) and every error found;
+/// the config is valid only when the list is empty.
+pub fn validate(raw: &RawConfig, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> (Plan, Vec<Diagnostic>) {
     let mut v = Validator {
         diagnostics: Vec::new(),
         env,
@@ -342,11 +344,7 @@ pub fn validate(raw: &RawConfig, base: &Path, env: &dyn Fn(&str) -> Option<Strin
         }
     }
 
-    if v.diagnostics.is_empty() {
-        Ok(Plan { daemon, clients })
-    } else {
-        Err(v.diagnostics)
-    }
+    (Plan { daemon, clients }, v.diagnostics)
 }
 
 struct ClientDefaults {

@@ -1,0 +1,120 @@
+//! Reload by SIGHUP and by editing the file (rename and in place): a diff is
+//! applied, and an invalid config changes nothing.
+
+use crate::util::*;
+use nix::sys::signal::Signal;
+use std::fs;
+use std::io::Write;
+use std::time::Duration;
+
+fn three(server: &FaultServer) -> String {
+        [client("a", &server.at("/a"), ""), client("b", &server.at("/b"), ""), client("c", &server.at("/c"), "")].concat()
+}
+
+fn changed(server: &FaultServer) -> String {
+        [client("a", &server.at("/a"), ""), client("b", &server.at("/b"), "scope = \"more\""), client("d", &server.at("/d"), "")].concat()
+}
+
+fn with_config_text(sb: &Sandbox, clients: &str) -> String {
+    format!("[daemon]\nstate_dir = \"{}\"\n\n{clients}", sb.path("state").display())
+}
+
+fn check_diff_applied(sb: &Sandbox, server: &FaultServer, daemon: &Daemon) {
+    wait_until("the added client's token", WAIT, || sb.read("d.token").is_some());
+    wait_until("the changed client refetched", WAIT, || server.count_path("/b") == 2);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(server.count_path("/a"), 1, "an unchanged client is left alone");
+    assert_eq!(server.count_path("/c"), 1);
+    assert!(sb.read("c.token").is_some(), "a removed client's file stays");
+    assert!(daemon.logs().contains("client removed"));
+    let requests = server.requests();
+    assert_eq!(requests.iter().rfind(|r| r.path == "/b").unwrap().form("scope").as_deref(), Some("more"));
+}
+
+fn start_three(sb: &Sandbox, server: &FaultServer) -> Daemon {
+    sb.write_config(&three(server));
+    let daemon = sb.start();
+    wait_until("three tokens", WAIT, || ["a", "b", "c"].iter().all(|n| sb.read(&format!("{n}.token")).is_some()));
+    daemon
+}
+
+#[test]
+fn sighup_reloads_and_picks_up_a_rotated_secret_file() {
+    let server = FaultServer::start(Some(3600));
+    let sb = Sandbox::new();
+    sb.write("b.secret", "first-Secret-Value\n");
+        let b = client("b", &server.at("/b"), "").replace("client_secret = \"b-Secret-Value\"", "client_secret_file = \"b.secret\"");
+    sb.write_config(&[client("a", &server.at("/a"), ""), b].concat());
+    let daemon = sb.start();
+    wait_until("two tokens", WAIT, || server.count() == 2);
+    // the watcher looks at the config file only: a secret file change waits for SIGHUP
+    sb.write("b.secret", "second-Secret-Value\n");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(server.count_path("/b"), 1);
+    daemon.signal(Signal::SIGHUP);
+    wait_until("b refetched with the new secret", WAIT, || server.count_path("/b") == 2);
+    daemon.wait_log("SIGHUP: reloading the config", 1);
+    let last = server.requests().into_iter().rfind(|r| r.path == "/b").unwrap();
+    assert_eq!(last.form("client_secret").as_deref(), Some("second-Secret-Value"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(server.count_path("/a"), 1, "an unchanged client is left alone");
+    daemon.stop();
+}
+
+#[test]
+fn sighup_adds_changes_and_removes_clients() {
+    let server = FaultServer::start(Some(3600));
+    let sb = Sandbox::new();
+    let mut daemon = start_three(&sb, &server);
+    fs::write(sb.config(), with_config_text(&sb, &changed(&server))).unwrap();
+    daemon.signal(Signal::SIGHUP);
+    check_diff_applied(&sb, &server, &daemon);
+    assert!(daemon.is_running());
+    daemon.stop();
+}
+
+#[test]
+fn editing_the_file_by_rename_reloads() {
+    let server = FaultServer::start(Some(3600));
+    let sb = Sandbox::new();
+    let daemon = start_three(&sb, &server);
+    let tmp = sb.path(".config.toml.swp");
+    fs::write(&tmp, with_config_text(&sb, &changed(&server))).unwrap();
+    fs::rename(&tmp, sb.config()).unwrap();
+    check_diff_applied(&sb, &server, &daemon);
+    daemon.wait_log("config file changed", 1);
+    daemon.stop();
+}
+
+#[test]
+fn editing_the_file_in_place_reloads() {
+    let server = FaultServer::start(Some(3600));
+    let sb = Sandbox::new();
+    let daemon = start_three(&sb, &server);
+    let mut f = fs::OpenOptions::new().write(true).truncate(true).open(sb.config()).unwrap();
+    f.write_all(with_config_text(&sb, &changed(&server)).as_bytes()).unwrap();
+    drop(f);
+    check_diff_applied(&sb, &server, &daemon);
+    daemon.stop();
+}
+
+#[test]
+fn an_invalid_reload_keeps_the_old_config_serving() {
+    let server = FaultServer::start(Some(2));
+    let sb = Sandbox::new();
+    sb.write_config(&client("a", &server.url, ""));
+    let mut daemon = sb.start();
+    wait_until("a token", WAIT, || sb.read("a.token").is_some());
+    fs::write(sb.config(), "[clients.a]\ntoken_url = 7\n").unwrap();
+    daemon.wait_log("config reload failed; still running the previous config", 1);
+    assert!(daemon.logs().contains("clients.a: invalid type: integer `7`, expected a string"), "{}", daemon.logs());
+    daemon.signal(Signal::SIGHUP);
+    daemon.wait_log("config reload failed; still running the previous config", 2);
+    let before = token_number(&sb.read("a.token").unwrap()).unwrap();
+    wait_until("the old config still refreshing", WAIT, || token_number(&sb.read("a.token").unwrap()).unwrap() > before + 1);
+    assert!(daemon.is_running());
+
+    sb.write_config(&format!("{}{}", client("a", &server.url, ""), client("e", &server.url, "")));
+    wait_until("the fixed config applied", WAIT, || sb.read("e.token").is_some());
+    daemon.stop();
+}

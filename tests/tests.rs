@@ -1,0 +1,12 @@
+//! Black-box tests: the real `tokenkeeper` binary against real token servers
+//! on loopback (panva's oidc-provider from npm) and, where faults must be
+//! injected, a small in-test server. One binary, one module per area.
+
+mod util;
+
+mod commands;
+mod faults;
+mod files;
+mod oidc;
+mod reload;
+mod secrets;

@@ -1,0 +1,486 @@
+//! The integration-test harness: a sandbox directory per test, the real
+//! binary as a child process, the real oidc-provider on loopback, and a small
+//! in-test token server for fault injection.
+
+#![allow(dead_code)]
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::collections::VecDeque;
+use std::fs;
+use std::io::Read;
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tokenkeeper"))
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Polls `f` every 20 ms until it holds; panics naming `what` after `timeout`.
+#[track_caller]
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A temporary directory holding one test's config, state and outputs.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+    logs: AtomicUsize,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        Sandbox {
+            dir: tempfile::tempdir().expect("tempdir"),
+            logs: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.path("config.toml")
+    }
+
+    pub fn write(&self, rel: &str, content: &str) -> PathBuf {
+        let p = self.path(rel);
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent).unwrap();
+        }
+        fs::write(&p, content).unwrap();
+        p
+    }
+
+    /// Writes the config with a `[daemon]` section using this sandbox's state dir.
+    pub fn write_config(&self, clients: &str) {
+        let text = format!("[daemon]\nstate_dir = \"{}\"\n\n{clients}", self.path("state").display());
+        self.write("config.toml", &text);
+    }
+
+    pub fn read(&self, rel: &str) -> Option<String> {
+        fs::read_to_string(self.path(rel)).ok()
+    }
+
+    pub fn mode(&self, rel: &str) -> u32 {
+        fs::metadata(self.path(rel)).unwrap().permissions().mode() & 0o7777
+    }
+
+    /// `tokenkeeper ARGS --config <sandbox config>` with a clean environment.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin());
+        cmd.args(args)
+            .arg("--config")
+            .arg(self.config())
+            .current_dir(self.dir.path())
+            .env_remove("TOKENKEEPER_CONFIG")
+            .env_remove("RUST_LOG")
+            .env_remove("JOURNAL_STREAM")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs a command to completion: (status, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self.cmd(args).output().expect("run tokenkeeper");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn start(&self) -> Daemon {
+        self.start_with(self.cmd(&["run"]))
+    }
+
+    pub fn start_with(&self, mut cmd: Command) -> Daemon {
+        let n = self.logs.fetch_add(1, Ordering::Relaxed);
+        let log = self.path(&format!("daemon-{n}.log"));
+        let file = fs::File::create(&log).unwrap();
+        cmd.stdout(Stdio::null()).stderr(file);
+        let child = cmd.spawn().expect("start tokenkeeper run");
+        Daemon { child, log }
+    }
+}
+
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).expect("signal the daemon");
+    }
+
+    pub fn logs(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle` (counting occurrences).
+    #[track_caller]
+    pub fn wait_log(&self, needle: &str, occurrences: usize) {
+        wait_until(&format!("{occurrences}× {needle:?} in the daemon log"), WAIT, || {
+            self.logs().matches(needle).count() >= occurrences
+        });
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then waits: (exit status, time to exit).
+    pub fn stop(mut self) -> (ExitStatus, Duration) {
+        let start = Instant::now();
+        self.signal(Signal::SIGTERM);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, start.elapsed());
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                panic!("daemon did not stop within 10 s of SIGTERM\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// panva's oidc-provider (npm), the real thing, on loopback.
+pub struct OidcProvider {
+    child: Child,
+    pub port: u16,
+    pub base: String,
+}
+
+impl OidcProvider {
+    /// Access tokens live `ttl` seconds. With `tls` = (cert, key) it serves https.
+    pub fn start(ttl: u64, tls: Option<(&Path, &Path)>) -> OidcProvider {
+        let upstreams = repo().join("tests/upstreams");
+        assert!(
+            upstreams.join("node_modules/oidc-provider").exists(),
+            "oidc-provider is not installed: run scripts/install-test-deps"
+        );
+        let port = free_port();
+        let mut cmd = Command::new("node");
+        cmd.arg(upstreams.join("oidc-provider/server.mjs"))
+            .env("PORT", port.to_string())
+            .env("HOST", "127.0.0.1")
+            .env("TTL", ttl.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let scheme = if let Some((cert, key)) = tls {
+            cmd.env("TLS_CERT", cert).env("TLS_KEY", key);
+            "https"
+        } else {
+            "http"
+        };
+        let child = cmd.spawn().expect("start node (is Node.js installed? run scripts/install-test-deps)");
+        let mut provider = OidcProvider { child, port, base: format!("{scheme}://127.0.0.1:{port}") };
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = provider.child.try_wait() {
+                panic!("oidc-provider exited at start: {status}");
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "oidc-provider did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        provider
+    }
+
+    pub fn token_url(&self) -> String {
+        format!("{}/token", self.base)
+    }
+}
+
+impl Drop for OidcProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A throwaway CA and a server certificate for 127.0.0.1, made with openssl.
+pub struct TestCa {
+    pub ca: PathBuf,
+    pub other_ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub fn make_test_ca(dir: &Path) -> TestCa {
+    let sh = |script: &str| {
+        let ok = Command::new("bash").arg("-c").arg(script).current_dir(dir).status().expect("run openssl").success();
+        assert!(ok, "openssl failed: {script}");
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj '/CN=tokenkeeper test CA' \
+        -addext 'basicConstraints=critical,CA:TRUE' -addext 'keyUsage=critical,keyCertSign,cRLSign' 2>/dev/null");
+    sh("openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj '/CN=127.0.0.1' 2>/dev/null");
+    sh("printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nbasicConstraints=CA:FALSE\\nkeyUsage=critical,digitalSignature,keyEncipherment\\nextendedKeyUsage=serverAuth\\n' > server.ext");
+    sh("openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile server.ext 2>/dev/null");
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout other.key -out other-ca.crt -days 2 -subj '/CN=unrelated CA' 2>/dev/null");
+    TestCa {
+        ca: dir.join("ca.crt"),
+        other_ca: dir.join("other-ca.crt"),
+        cert: dir.join("server.crt"),
+        key: dir.join("server.key"),
+    }
+}
+
+/// Decodes the payload of a JWT.
+pub fn jwt_claims(token: &str) -> serde_json::Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).expect("base64url");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+// ---------------------------------------------------------------------------
+// The fault server: a token endpoint whose every answer a test can script.
+
+/// Every token it issues contains this marker, so a test can grep logs for it.
+pub const TOKEN_MARKER: &str = "SeCrEtToKeN";
+
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// A standard token response; `None` lifetime leaves out `expires_in`.
+    Token(Option<u64>),
+    /// A token whose text is given (e.g. with control characters).
+    TokenText(String),
+    /// Any status with a body and content type, and an optional Retry-After.
+    Status(u16, String, &'static str, Option<String>),
+    /// Answers a normal token after this delay.
+    Slow(Duration),
+    /// 200 with a body over the 1 MiB cap.
+    Huge,
+}
+
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub at: Instant,
+    pub path: String,
+    pub content_type: String,
+    pub authorization: Option<String>,
+    pub user_agent: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// A form field of the body.
+    pub fn form(&self, name: &str) -> Option<String> {
+        url::form_urlencoded::parse(self.body.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    }
+}
+
+struct FaultState {
+    script: VecDeque<Reply>,
+    lifetime: Option<u64>,
+    padding: usize,
+    issued: u64,
+    requests: Vec<Recorded>,
+}
+
+pub struct FaultServer {
+    /// The token endpoint, `http://127.0.0.1:PORT/token`.
+    pub url: String,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    state: Arc<Mutex<FaultState>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+pub fn token_text(n: u64, padding: usize) -> String {
+    format!("tk{n:06}-{TOKEN_MARKER}-{}", "x".repeat(padding))
+}
+
+/// The number of a token issued by the fault server (checks it is whole).
+pub fn token_number(text: &str) -> Option<u64> {
+    let n: u64 = text.get(2..8)?.parse().ok()?;
+    let padding = text.len().checked_sub(8 + 2 + TOKEN_MARKER.len())?;
+    (text == token_text(n, padding)).then_some(n)
+}
+
+async fn fault_handler(
+    axum::extract::State(state): axum::extract::State<Arc<Mutex<FaultState>>>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (reply, n, lifetime, padding) = {
+        let mut s = state.lock().unwrap();
+        s.requests.push(Recorded {
+            at: Instant::now(),
+            path: uri.path().to_string(),
+            content_type: get("content-type").unwrap_or_default(),
+            authorization: get("authorization"),
+            user_agent: get("user-agent").unwrap_or_default(),
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect(),
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+        let reply = s.script.pop_front().unwrap_or(Reply::Token(s.lifetime));
+        s.issued += 1;
+        (reply, s.issued, s.lifetime, s.padding)
+    };
+    let token = |lifetime: Option<u64>| {
+        let mut body = serde_json::json!({"access_token": token_text(n, padding), "token_type": "Bearer"});
+        if let Some(l) = lifetime {
+            body["expires_in"] = l.into();
+        }
+        axum::Json(body).into_response()
+    };
+    match reply {
+        Reply::Token(l) => token(l),
+        Reply::TokenText(t) => axum::Json(serde_json::json!({"access_token": t, "expires_in": 60})).into_response(),
+        Reply::Status(code, body, ct, retry_after) => {
+            let mut r = (axum::http::StatusCode::from_u16(code).unwrap(), [("content-type", ct)], body).into_response();
+            if let Some(ra) = retry_after {
+                r.headers_mut().insert("retry-after", ra.parse().unwrap());
+            }
+            r
+        }
+        Reply::Slow(d) => {
+            tokio::time::sleep(d).await;
+            token(lifetime)
+        }
+        Reply::Huge => (axum::http::StatusCode::OK, [("content-type", "application/json")], "x".repeat(2 * 1024 * 1024)).into_response(),
+    }
+}
+
+impl FaultServer {
+    /// A server answering standard tokens of `lifetime` seconds unless scripted otherwise.
+    pub fn start(lifetime: Option<u64>) -> FaultServer {
+        let state = Arc::new(Mutex::new(FaultState {
+            script: VecDeque::new(),
+            lifetime,
+            padding: 16,
+            issued: 0,
+            requests: Vec::new(),
+        }));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let url = format!("{base}/token");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let app = axum::Router::new().fallback(fault_handler).with_state(state.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.await;
+                    })
+                    .await;
+            });
+        });
+        FaultServer { url, base, state, shutdown: Some(tx), thread: Some(thread) }
+    }
+
+    /// `base` + `path`: one server, told apart by path per client.
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn push(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.lock().unwrap().script.extend(replies);
+    }
+
+    pub fn set_lifetime(&self, lifetime: Option<u64>) {
+        self.state.lock().unwrap().lifetime = lifetime;
+    }
+
+    /// Pads every token to at least this many characters (to catch partial writes).
+    pub fn set_padding(&self, padding: usize) {
+        self.state.lock().unwrap().padding = padding;
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.state.lock().unwrap().requests.len()
+    }
+
+    pub fn count_path(&self, path: &str) -> usize {
+        self.state.lock().unwrap().requests.iter().filter(|r| r.path == path).count()
+    }
+}
+
+impl Drop for FaultServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A client table pointing at `url` with one raw file output `name.token`;
+/// fast test timings unless `extra` sets them.
+pub fn client(name: &str, url: &str, extra: &str) -> String {
+    let mut text = format!("[clients.{name}]\ntoken_url = \"{url}\"\nclient_id = \"{name}-id\"\nclient_secret = \"{name}-Secret-Value\"\n");
+    for (key, value) in [("min_interval", "1s"), ("backoff_initial", "200ms"), ("backoff_max", "2s")] {
+        if !extra.contains(&format!("{key} =")) {
+            text.push_str(&format!("{key} = \"{value}\"\n"));
+        }
+    }
+    text + &format!("{extra}\n\n[[clients.{name}.outputs]]\ntype = \"file\"\npath = \"{name}.token\"\n\n")
+}
+
+pub fn read_all(mut r: impl Read) -> String {
+    let mut s = String::new();
+    let _ = r.read_to_string(&mut s);
+    s
+}
