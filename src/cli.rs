@@ -16,7 +16,11 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(name = "tokenkeeper", version, about = "Keeps OAuth 2.0 access tokens fresh in files")]
+#[command(
+    name = "tokenkeeper",
+    version,
+    about = "Keeps OAuth 2.0 access tokens fresh in files"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -25,7 +29,12 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct ConfigArg {
     /// The config file.
-    #[arg(long, short = 'c', env = "TOKENKEEPER_CONFIG", default_value = "/etc/tokenkeeper/config.toml")]
+    #[arg(
+        long,
+        short = 'c',
+        env = "TOKENKEEPER_CONFIG",
+        default_value = "/etc/tokenkeeper/config.toml"
+    )]
     pub config: PathBuf,
 }
 
@@ -105,7 +114,12 @@ pub fn main() -> ExitCode {
         Command::Check(arg) => match load(&arg) {
             Ok(c) => {
                 let names: Vec<&str> = c.clients.keys().map(String::as_str).collect();
-                println!("{}: ok, {} client(s): {}", arg.config.display(), names.len(), names.join(", "));
+                println!(
+                    "{}: ok, {} client(s): {}",
+                    arg.config.display(),
+                    names.len(),
+                    names.join(", ")
+                );
                 ExitCode::from(OK)
             }
             Err(e) => {
@@ -130,7 +144,12 @@ pub fn main() -> ExitCode {
                 }
             };
             let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-            let ok = rt.block_on(daemon::once::once(&config, Arc::new(HttpTokenSource::new()), state, clock));
+            let ok = rt.block_on(daemon::once::once(
+                &config,
+                Arc::new(HttpTokenSource::new()),
+                state,
+                clock,
+            ));
             ExitCode::from(if ok { OK } else { FAILED })
         }
         Command::Token { name, config } => rt.block_on(token(&name, &config)),
@@ -157,7 +176,11 @@ async fn token(name: &str, arg: &ConfigArg) -> ExitCode {
     }
     let Some(spec) = config.clients.get(name) else {
         let names: Vec<&str> = config.clients.keys().map(String::as_str).collect();
-        eprintln!("tokenkeeper: no client named {name:?} in {} (clients: {})", arg.config.display(), names.join(", "));
+        eprintln!(
+            "tokenkeeper: no client named {name:?} in {} (clients: {})",
+            arg.config.display(),
+            names.join(", ")
+        );
         return ExitCode::from(FAILED);
     };
     let now = SystemTime::now();
@@ -174,7 +197,9 @@ async fn token(name: &str, arg: &ConfigArg) -> ExitCode {
     }
     let source = HttpTokenSource::new();
     let refresh_token = cached.and_then(|c| c.token.refresh_token);
-    match daemon::once::fetch_with_retries(&source, spec, refresh_token.as_ref(), &SystemClock).await {
+    match daemon::once::fetch_with_retries(&source, spec, refresh_token.as_ref(), &SystemClock)
+        .await
+    {
         Ok(token) => {
             if let Ok(store) = StateStore::open(&config.daemon.state_dir) {
                 let _ = store.save(name, &spec.request.fingerprint(), &token);
@@ -200,7 +225,11 @@ pub fn relative(t: i64, now: i64) -> String {
         7200..=172_799 => format!("{}h", abs / 3600),
         _ => format!("{}d", abs / 86_400),
     };
-    if delta < 0 { format!("{amount} ago") } else { format!("in {amount}") }
+    if delta < 0 {
+        format!("{amount} ago")
+    } else {
+        format!("in {amount}")
+    }
 }
 
 fn status_command(arg: &ConfigArg) -> ExitCode {
@@ -216,21 +245,45 @@ fn status_command(arg: &ConfigArg) -> ExitCode {
     let file = status::read_status(&store.status_path()).ok();
     match &file {
         Some(f) if std::path::Path::new(&format!("/proc/{}", f.pid)).exists() => {
-            println!("daemon running (pid {}), status as of {}", f.pid, relative(f.written_at, now))
+            println!(
+                "daemon running (pid {}), status as of {}",
+                f.pid,
+                relative(f.written_at, now)
+            )
         }
-        Some(f) => println!("daemon not running; last status from {}", rfc3339(crate::token::from_unix_millis(f.written_at * 1000))),
-        None => println!("no status from a running daemon in {}; showing cached tokens", store.dir().display()),
+        Some(f) => println!(
+            "daemon not running; last status from {}",
+            rfc3339(crate::token::from_unix_millis(f.written_at * 1000))
+        ),
+        None => println!(
+            "no status from a running daemon in {}; showing cached tokens",
+            store.dir().display()
+        ),
     }
-    let mut rows = vec![["CLIENT", "LAST REFRESH", "EXPIRES", "NEXT REFRESH", "FAILURES", "LAST ERROR"].map(String::from)];
+    let mut rows = vec![
+        [
+            "CLIENT",
+            "LAST REFRESH",
+            "EXPIRES",
+            "NEXT REFRESH",
+            "FAILURES",
+            "LAST ERROR",
+        ]
+        .map(String::from),
+    ];
     for name in config.clients.keys() {
-        let s = file.as_ref().and_then(|f| f.clients.get(name)).cloned().unwrap_or_else(|| {
-            let mut s = status::ClientStatus::default();
-            if let Ok(Some(c)) = store.load(name) {
-                s.last_refresh = Some(unix_seconds(c.token.issued_at));
-                s.expires_at = Some(unix_seconds(c.token.expires_at));
-            }
-            s
-        });
+        let s = file
+            .as_ref()
+            .and_then(|f| f.clients.get(name))
+            .cloned()
+            .unwrap_or_else(|| {
+                let mut s = status::ClientStatus::default();
+                if let Ok(Some(c)) = store.load(name) {
+                    s.last_refresh = Some(unix_seconds(c.token.issued_at));
+                    s.expires_at = Some(unix_seconds(c.token.expires_at));
+                }
+                s
+            });
         let show = |t: Option<i64>| t.map(|t| relative(t, now)).unwrap_or_else(|| "-".into());
         let mut error = s.last_error.clone().unwrap_or_default();
         if let Some((label, o)) = s.outputs.iter().find(|(_, o)| !o.ok) {
@@ -248,7 +301,9 @@ fn status_command(arg: &ConfigArg) -> ExitCode {
             error,
         ]);
     }
-    let widths: Vec<usize> = (0..5).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..5)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
     for row in rows {
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {

@@ -30,7 +30,11 @@ struct Issuer {
 }
 
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
-    (status, axum::Json(serde_json::json!({"error": error, "error_description": description}))).into_response()
+    (
+        status,
+        axum::Json(serde_json::json!({"error": error, "error_description": description})),
+    )
+        .into_response()
 }
 
 /// Client credentials from HTTP Basic or from the body.
@@ -44,16 +48,33 @@ fn credentials(headers: &HeaderMap, form: &HashMap<String, String>) -> Option<(S
         let (id, secret) = decoded.split_once(':')?;
         return Some((id.to_string(), secret.to_string()));
     }
-    Some((form.get("client_id")?.clone(), form.get("client_secret")?.clone()))
+    Some((
+        form.get("client_id")?.clone(),
+        form.get("client_secret")?.clone(),
+    ))
 }
 
-async fn token(State(issuer): State<Arc<Issuer>>, headers: HeaderMap, axum::Form(form): axum::Form<HashMap<String, String>>) -> Response {
+async fn token(
+    State(issuer): State<Arc<Issuer>>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<HashMap<String, String>>,
+) -> Response {
     if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
-        return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "only client_credentials is supported");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "only client_credentials is supported",
+        );
     }
     match credentials(&headers, &form) {
         Some((id, secret)) if id == DEMO_CLIENT_ID && secret == DEMO_CLIENT_SECRET => {}
-        _ => return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "client authentication failed"),
+        _ => {
+            return oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client authentication failed",
+            );
+        }
     }
     let n = issuer.issued.fetch_add(1, Ordering::Relaxed) + 1;
     let now = crate::token::unix_seconds(SystemTime::now());
@@ -81,13 +102,18 @@ async fn token(State(issuer): State<Arc<Issuer>>, headers: HeaderMap, axum::Form
 }
 
 /// Starts the demo issuer on 127.0.0.1 (any free port); returns its address.
-pub async fn start_issuer(lifetime: Duration, cancel: CancellationToken) -> std::io::Result<SocketAddr> {
+pub async fn start_issuer(
+    lifetime: Duration,
+    cancel: CancellationToken,
+) -> std::io::Result<SocketAddr> {
     let issuer = Arc::new(Issuer {
         lifetime,
         key: rand::random(),
         issued: AtomicU64::new(0),
     });
-    let app = Router::new().route("/token", post(token)).with_state(issuer);
+    let app = Router::new()
+        .route("/token", post(token))
+        .with_state(issuer);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -159,7 +185,8 @@ pub async fn run(args: DevArgs) -> ExitCode {
         }
     };
     let path = args.dir.join("config.toml");
-    let written = std::fs::create_dir_all(&args.dir).and_then(|()| std::fs::write(&path, demo_config(addr, lifetime)));
+    let written = std::fs::create_dir_all(&args.dir)
+        .and_then(|()| std::fs::write(&path, demo_config(addr, lifetime)));
     if let Err(e) = written {
         eprintln!("tokenkeeper dev: cannot write {}: {e}", path.display());
         return ExitCode::from(1);

@@ -145,7 +145,7 @@ mod tests {
         // (lifetime s, now s, jitter, expected seconds after issue, basis)
         let cases = [
             (3600, 0, 0.0, 2700.0, RefreshBasis::Policy), // ratio wins (45m < 55m)
-            (600, 0, 0.0, 300.0, RefreshBasis::Policy), // refresh_before wins (5m < 7.5m)
+            (600, 0, 0.0, 300.0, RefreshBasis::Policy),   // refresh_before wins (5m < 7.5m)
             (3600, 0, 0.5, 2520.0, RefreshBasis::Policy), // 5% of 1h off
             (3600, 0, 0.999_999, 2340.0, RefreshBasis::Policy), // ~10% of 1h off
             (60, 0, 0.0, 45.0, RefreshBasis::MarginExceedsLifetime), // 5m margin > 60s lifetime
@@ -195,14 +195,21 @@ mod tests {
         assert_eq!([top(1), top(2), top(3), top(4)], [1.0, 2.0, 4.0, 8.0]);
         assert_eq!(top(7), 60.0);
         assert_eq!(top(1000), 60.0);
-        assert_eq!(bottom(10), 1.0, "full jitter never goes below backoff_initial");
+        assert_eq!(
+            bottom(10),
+            1.0,
+            "full jitter never goes below backoff_initial"
+        );
     }
 
     #[test]
     fn permanent_failures_retry_slowly() {
         let p = Policy::default();
         let d = retry_delay(1, FailureClass::Permanent, None, &p, 0.5);
-        assert!(d >= Duration::from_secs(270) && d <= Duration::from_secs(300), "{d:?}");
+        assert!(
+            d >= Duration::from_secs(270) && d <= Duration::from_secs(300),
+            "{d:?}"
+        );
     }
 
     #[test]

@@ -48,20 +48,32 @@ impl StateStore {
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|e| io::Error::new(e.kind(), format!("state_dir {}: cannot create: {e}", dir.display())))?;
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("state_dir {}: cannot create: {e}", dir.display()),
+                )
+            })?;
         let meta = fs::metadata(dir)?;
         if meta.permissions().mode() & 0o077 != 0 {
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| {
-                io::Error::new(e.kind(), format!("state_dir {}: cannot tighten to 0700: {e}", dir.display()))
+                io::Error::new(
+                    e.kind(),
+                    format!("state_dir {}: cannot tighten to 0700: {e}", dir.display()),
+                )
             })?;
         }
-        Ok(StateStore { dir: dir.to_path_buf() })
+        Ok(StateStore {
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// A store that only reads (for `status` and `token`, which may run as
     /// another user than the daemon).
     pub fn at(dir: &Path) -> StateStore {
-        StateStore { dir: dir.to_path_buf() }
+        StateStore {
+            dir: dir.to_path_buf(),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -84,7 +96,10 @@ impl StateStore {
             Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
         };
         let file: StateFile = serde_json::from_slice(&bytes).map_err(|e| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("{}: unreadable state: {e}", path.display()))
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: unreadable state: {e}", path.display()),
+            )
         })?;
         if file.version != VERSION {
             return Ok(None);
@@ -115,7 +130,11 @@ impl StateStore {
         write_atomic(
             &self.token_path(client),
             bytes.expose().as_bytes(),
-            &FileOptions { mode: 0o600, owner: None, group: None },
+            &FileOptions {
+                mode: 0o600,
+                owner: None,
+                group: None,
+            },
         )?;
         Ok(())
     }
@@ -146,7 +165,13 @@ mod tests {
         };
         store.save("a", "fp", &token).unwrap();
         let cached = store.load("a").unwrap().unwrap();
-        assert_eq!(cached, CachedToken { fingerprint: "fp".into(), token });
+        assert_eq!(
+            cached,
+            CachedToken {
+                fingerprint: "fp".into(),
+                token
+            }
+        );
         let mode = fs::metadata(state_dir.join("a.token.json")).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o600);
     }

@@ -24,7 +24,9 @@ impl Token {
     }
 
     pub fn remaining(&self, now: SystemTime) -> Duration {
-        self.expires_at.duration_since(now).unwrap_or(Duration::ZERO)
+        self.expires_at
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO)
     }
 
     pub fn is_expired(&self, now: SystemTime) -> bool {

@@ -11,41 +11,68 @@ fn check_reports_every_error_with_file_line_column_and_key() {
     assert_eq!(code, 0);
     assert!(stdout.contains("ok, 1 client(s): a"), "{stdout}");
 
-    sb.write_config(&client("a", "https://auth.example.com/token", "refresh_ratio = 2\ncolour = 1"));
+    sb.write_config(&client(
+        "a",
+        "https://auth.example.com/token",
+        "refresh_ratio = 2\ncolour = 1",
+    ));
     let (code, _, stderr) = sb.run(&["check"]);
     assert_eq!(code, 2);
     let config = sb.config().display().to_string();
-    assert!(stderr.contains(&format!("{config}:12:1: clients.a: unknown field `colour`")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{config}:12:1: clients.a: unknown field `colour`")),
+        "{stderr}"
+    );
 
     // a validation error in one client and a build error (unreadable secret) in another: both at once
-    let b = client("b", "https://auth.example.com/token", "").replace("client_secret = \"b-Secret-Value\"", "client_secret_file = \"missing.secret\"");
+    let b = client("b", "https://auth.example.com/token", "").replace(
+        "client_secret = \"b-Secret-Value\"",
+        "client_secret_file = \"missing.secret\"",
+    );
     sb.write_config(&(client("a", "https://auth.example.com/token", "refresh_ratio = 2") + &b));
     let (code, _, stderr) = sb.run(&["check"]);
     assert_eq!(code, 2);
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 2, "{stderr}");
     assert!(lines[0].ends_with(":11:17: clients.a.refresh_ratio: 2 must lie strictly between 0 and 1 (a share of the token's lifetime)"), "{stderr}");
-    assert!(lines[1].contains(":20:22: clients.b.client_secret_file: cannot read") && lines[1].contains("missing.secret: No such file"), "{stderr}");
+    assert!(
+        lines[1].contains(":20:22: clients.b.client_secret_file: cannot read")
+            && lines[1].contains("missing.secret: No such file"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn once_exits_0_1_or_2() {
     let server = FaultServer::start(Some(3600));
     let sb = Sandbox::new();
-    sb.write_config(&format!("{}{}", client("a", &server.at("/a"), ""), client("b", &server.at("/b"), "")));
+    sb.write_config(&format!(
+        "{}{}",
+        client("a", &server.at("/a"), ""),
+        client("b", &server.at("/b"), "")
+    ));
     let (code, _, stderr) = sb.run(&["once"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(token_number(&sb.read("a.token").unwrap()).is_some());
     assert!(token_number(&sb.read("b.token").unwrap()).is_some());
 
-    server.push([Reply::Status(401, r#"{"error":"invalid_client"}"#.into(), "application/json", None)]);
+    server.push([Reply::Status(
+        401,
+        r#"{"error":"invalid_client"}"#.into(),
+        "application/json",
+        None,
+    )]);
     let (code, _, stderr) = sb.run(&["once"]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("invalid_client"), "{stderr}");
 
     sb.write("config.toml", "[clients.x]\n");
     assert_eq!(sb.run(&["once"]).0, 2);
-    assert_eq!(sb.run(&["run"]).0, 2, "run exits 2 on an invalid config at start");
+    assert_eq!(
+        sb.run(&["run"]).0,
+        2,
+        "run exits 2 on an invalid config at start"
+    );
 }
 
 #[test]
@@ -57,19 +84,34 @@ fn token_prints_a_valid_token_from_cache_or_by_fetching() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(token_number(stdout.trim()), Some(1));
     let (code, stdout, _) = sb.run(&["token", "a"]);
-    assert_eq!((code, token_number(stdout.trim())), (0, Some(1)), "second call is served from the state cache");
+    assert_eq!(
+        (code, token_number(stdout.trim())),
+        (0, Some(1)),
+        "second call is served from the state cache"
+    );
     assert_eq!(server.count(), 1);
 
     let (code, stdout, stderr) = sb.run(&["token", "nope"]);
     assert_eq!((code, stdout.as_str()), (1, ""));
-    assert!(stderr.contains("no client named \"nope\"") && stderr.contains("(clients: a)"), "{stderr}");
+    assert!(
+        stderr.contains("no client named \"nope\"") && stderr.contains("(clients: a)"),
+        "{stderr}"
+    );
 
     let sb2 = Sandbox::new();
     sb2.write_config(&client("a", &server.url, ""));
-    server.push([Reply::Status(400, r#"{"error":"invalid_grant","error_description":"grant revoked"}"#.into(), "application/json", None)]);
+    server.push([Reply::Status(
+        400,
+        r#"{"error":"invalid_grant","error_description":"grant revoked"}"#.into(),
+        "application/json",
+        None,
+    )]);
     let (code, stdout, stderr) = sb2.run(&["token", "a"]);
     assert_eq!((code, stdout.as_str()), (1, ""));
-    assert!(stderr.contains("HTTP 400 invalid_grant: grant revoked"), "{stderr}");
+    assert!(
+        stderr.contains("HTTP 400 invalid_grant: grant revoked"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -90,16 +132,28 @@ fn sigterm_stops_within_a_second_and_leaves_every_file() {
 fn status_shows_a_table_of_clients() {
     let server = FaultServer::start(Some(3600));
     let sb = Sandbox::new();
-    sb.write_config(&format!("{}{}", client("a", &server.at("/a"), ""), client("b", &server.at("/b"), "")));
+    sb.write_config(&format!(
+        "{}{}",
+        client("a", &server.at("/a"), ""),
+        client("b", &server.at("/b"), "")
+    ));
     server.push([Reply::Status(503, "down".into(), "text/plain", None)]);
     let daemon = sb.start();
-    wait_until("both tokens", WAIT, || sb.read("a.token").is_some() && sb.read("b.token").is_some());
+    wait_until("both tokens", WAIT, || {
+        sb.read("a.token").is_some() && sb.read("b.token").is_some()
+    });
     std::thread::sleep(Duration::from_millis(400));
     let (code, stdout, _) = sb.run(&["status"]);
     assert_eq!(code, 0);
     assert!(stdout.contains("daemon running"), "{stdout}");
-    assert!(stdout.contains("CLIENT") && stdout.contains("EXPIRES"), "{stdout}");
-    let a = stdout.lines().find(|l| l.starts_with("a ")).expect("row for a");
+    assert!(
+        stdout.contains("CLIENT") && stdout.contains("EXPIRES"),
+        "{stdout}"
+    );
+    let a = stdout
+        .lines()
+        .find(|l| l.starts_with("a "))
+        .expect("row for a");
     assert!(a.contains("in 59m") || a.contains("in 60m"), "{a}");
     daemon.stop();
     let (_, stdout, _) = sb.run(&["status"]);
@@ -110,7 +164,11 @@ fn status_shows_a_table_of_clients() {
 fn dev_demo_rotates_tokens_within_seconds() {
     let sb = Sandbox::new();
     let mut cmd = std::process::Command::new(bin());
-    cmd.args(["dev", "--dir"]).arg(sb.path("demo")).args(["--lifetime", "3s"]).current_dir(sb.dir.path()).env_remove("RUST_LOG");
+    cmd.args(["dev", "--dir"])
+        .arg(sb.path("demo"))
+        .args(["--lifetime", "3s"])
+        .current_dir(sb.dir.path())
+        .env_remove("RUST_LOG");
     let daemon = sb.start_with(cmd);
     let mut seen = Vec::new();
     wait_until("two demo tokens", WAIT, || {
@@ -123,7 +181,11 @@ fn dev_demo_rotates_tokens_within_seconds() {
     });
     let claims = jwt_claims(&seen[1]);
     assert_eq!(claims["iss"], "tokenkeeper-dev");
-    assert!(sb.read("demo/demo.header").unwrap().contains("X-Demo-Tenant: tenant-1"));
+    assert!(
+        sb.read("demo/demo.header")
+            .unwrap()
+            .contains("X-Demo-Tenant: tenant-1")
+    );
     let (status, _) = daemon.stop();
     assert!(status.success());
 }

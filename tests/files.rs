@@ -25,7 +25,10 @@ fn readers_never_see_a_missing_empty_partial_or_loose_file_during_hundreds_of_re
     let server = FaultServer::start(Some(3600));
     server.set_padding(20_000);
     let sb = Sandbox::new();
-    sb.write_config(&client("a", &server.url, "min_interval = \"1ms\"").replace("path = \"a.token\"", "path = \"a.token\"\nmode = \"0640\""));
+    sb.write_config(
+        &client("a", &server.url, "min_interval = \"1ms\"")
+            .replace("path = \"a.token\"", "path = \"a.token\"\nmode = \"0640\""),
+    );
     let daemon = sb.start();
     wait_until("the first token", WAIT, || sb.read("a.token").is_some());
 
@@ -37,8 +40,11 @@ fn readers_never_see_a_missing_empty_partial_or_loose_file_during_hundreds_of_re
             std::thread::spawn(move || {
                 let (mut reads, mut distinct, mut last) = (0u64, 0u64, 0u64);
                 while !stop.load(Ordering::Relaxed) {
-                    let text = fs::read_to_string(&path).expect("token file missing during a rewrite");
-                    let n = token_number(&text).unwrap_or_else(|| panic!("partial or empty token file ({} bytes)", text.len()));
+                    let text =
+                        fs::read_to_string(&path).expect("token file missing during a rewrite");
+                    let n = token_number(&text).unwrap_or_else(|| {
+                        panic!("partial or empty token file ({} bytes)", text.len())
+                    });
                     let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
                     assert_eq!(mode, 0o640, "mode changed during a rewrite");
                     assert!(n >= last, "an older token replaced a newer one");
@@ -53,15 +59,27 @@ fn readers_never_see_a_missing_empty_partial_or_loose_file_during_hundreds_of_re
         })
         .collect();
     let spammer = spam_usr1(daemon.pid(), stop.clone());
-    wait_until("300 rewrites", Duration::from_secs(60), || server.count() >= 300);
+    wait_until("300 rewrites", Duration::from_secs(60), || {
+        server.count() >= 300
+    });
     stop.store(true, Ordering::Relaxed);
     spammer.join().unwrap();
     for r in readers {
         let (reads, distinct) = r.join().unwrap();
-        assert!(reads > 100 && distinct > 20, "reads {reads}, distinct tokens seen {distinct}");
+        assert!(
+            reads > 100 && distinct > 20,
+            "reads {reads}, distinct tokens seen {distinct}"
+        );
     }
-    let leftovers: Vec<_> = fs::read_dir(sb.dir.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".tk-tmp")).collect();
-    assert!(leftovers.is_empty(), "temp files left behind: {leftovers:?}");
+    let leftovers: Vec<_> = fs::read_dir(sb.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tk-tmp"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "temp files left behind: {leftovers:?}"
+    );
     daemon.stop();
 }
 
@@ -83,38 +101,75 @@ fn kill_9_at_random_moments_never_leaves_a_corrupt_file() {
         spammer.join().unwrap();
 
         if let Some(text) = sb.read("a.token") {
-            assert!(token_number(&text).is_some(), "round {round}: corrupt a.token ({} bytes)", text.len());
+            assert!(
+                token_number(&text).is_some(),
+                "round {round}: corrupt a.token ({} bytes)",
+                text.len()
+            );
         }
         if let Some(text) = sb.read("a.json") {
-            let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("round {round}: corrupt a.json: {e}"));
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("round {round}: corrupt a.json: {e}"));
             assert!(token_number(json["access_token"].as_str().unwrap()).is_some());
         }
         if let Some(text) = sb.read("state/a.token.json") {
-            let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("round {round}: corrupt state: {e}"));
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("round {round}: corrupt state: {e}"));
             assert!(token_number(json["access_token"].as_str().unwrap()).is_some());
         }
     }
-    assert!(server.count() > 25, "the rounds did rewrite ({} requests)", server.count());
+    assert!(
+        server.count() > 25,
+        "the rounds did rewrite ({} requests)",
+        server.count()
+    );
     // a clean start after all that serves from the state and tidies temp files
     let daemon = sb.start();
-    wait_until("a valid token", WAIT, || sb.read("a.token").is_some_and(|t| token_number(&t).is_some()));
+    wait_until("a valid token", WAIT, || {
+        sb.read("a.token")
+            .is_some_and(|t| token_number(&t).is_some())
+    });
     std::thread::sleep(Duration::from_millis(300));
     daemon.stop();
-    let leftovers: Vec<_> = fs::read_dir(sb.dir.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".tk-tmp")).map(|e| e.file_name()).collect();
-    assert!(leftovers.is_empty(), "stale temp files not removed: {leftovers:?}");
+    let leftovers: Vec<_> = fs::read_dir(sb.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tk-tmp"))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "stale temp files not removed: {leftovers:?}"
+    );
 }
 
 #[test]
 fn the_mode_is_exact_whatever_the_umask() {
     let server = FaultServer::start(Some(3600));
-    for (umask, mode) in [("000", "0600"), ("000", "0640"), ("077", "0644"), ("022", "0400")] {
+    for (umask, mode) in [
+        ("000", "0600"),
+        ("000", "0640"),
+        ("077", "0644"),
+        ("022", "0400"),
+    ] {
         let sb = Sandbox::new();
-        sb.write_config(&client("a", &server.url, "").replace("path = \"a.token\"", &format!("path = \"a.token\"\nmode = \"{mode}\"")));
+        sb.write_config(&client("a", &server.url, "").replace(
+            "path = \"a.token\"",
+            &format!("path = \"a.token\"\nmode = \"{mode}\""),
+        ));
         let mut cmd = std::process::Command::new("sh");
-        cmd.arg("-c").arg(format!("umask {umask}; exec \"$0\" once --config \"$1\"")).arg(bin()).arg(sb.config()).env_remove("RUST_LOG");
+        cmd.arg("-c")
+            .arg(format!("umask {umask}; exec \"$0\" once --config \"$1\""))
+            .arg(bin())
+            .arg(sb.config())
+            .env_remove("RUST_LOG");
         let status = cmd.status().unwrap();
         assert!(status.success());
-        assert_eq!(sb.mode("a.token"), u32::from_str_radix(mode, 8).unwrap(), "umask {umask} mode {mode}");
+        assert_eq!(
+            sb.mode("a.token"),
+            u32::from_str_radix(mode, 8).unwrap(),
+            "umask {umask} mode {mode}"
+        );
         assert_eq!(sb.mode("state/a.token.json"), 0o600);
         assert_eq!(sb.mode("state") & 0o777, 0o700);
     }
@@ -129,9 +184,17 @@ fn a_symlink_at_the_target_is_refused() {
     std::os::unix::fs::symlink(&victim, sb.path("a.token")).unwrap();
     let (code, _, stderr) = sb.run(&["once"]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("is a symlink; refusing to write through it"), "{stderr}");
+    assert!(
+        stderr.contains("is a symlink; refusing to write through it"),
+        "{stderr}"
+    );
     assert_eq!(sb.read("victim").unwrap(), "precious");
-    assert!(fs::symlink_metadata(sb.path("a.token")).unwrap().file_type().is_symlink());
+    assert!(
+        fs::symlink_metadata(sb.path("a.token"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
 }
 
 #[test]
@@ -146,11 +209,19 @@ fn a_failing_output_is_retried_on_its_own_and_blocks_nothing() {
         client("b", &server.url, "")
     ));
     let daemon = sb.start();
-    wait_until("the healthy outputs", WAIT, || sb.read("a.token").is_some() && sb.read("b.token").is_some());
+    wait_until("the healthy outputs", WAIT, || {
+        sb.read("a.token").is_some() && sb.read("b.token").is_some()
+    });
     daemon.wait_log("cannot write output", 2);
     fs::remove_file(sb.path("blocked")).unwrap();
-    wait_until("the blocked output after the fault is gone", WAIT, || sb.read("blocked/a.token").is_some());
+    wait_until("the blocked output after the fault is gone", WAIT, || {
+        sb.read("blocked/a.token").is_some()
+    });
     assert_eq!(sb.read("blocked/a.token"), sb.read("a.token"));
-    assert_eq!(server.count(), 2, "a failing output causes no extra token request");
+    assert_eq!(
+        server.count(),
+        2,
+        "a failing output causes no extra token request"
+    );
     daemon.stop();
 }

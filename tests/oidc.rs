@@ -11,7 +11,10 @@ fn oidc_client(name: &str, url: &str, id: &str, secret: &str, auth: &str, extra:
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 #[test]
@@ -20,8 +23,22 @@ fn basic_and_body_auth_get_real_jwts() {
     let sb = Sandbox::new();
     sb.write_config(&format!(
         "{}{}",
-        oidc_client("basic", &op.token_url(), "basic-client", "basic-secret", "basic", ""),
-        oidc_client("post", &op.token_url(), "post-client", "post-secret", "body", "")
+        oidc_client(
+            "basic",
+            &op.token_url(),
+            "basic-client",
+            "basic-secret",
+            "basic",
+            ""
+        ),
+        oidc_client(
+            "post",
+            &op.token_url(),
+            "post-client",
+            "post-secret",
+            "body",
+            ""
+        )
     ));
     let (code, _, stderr) = sb.run(&["once"]);
     assert_eq!(code, 0, "{stderr}");
@@ -31,7 +48,8 @@ fn basic_and_body_auth_get_real_jwts() {
         let exp = claims["exp"].as_u64().unwrap();
         assert!(exp.abs_diff(now() + 60) <= 5, "exp {exp}");
         assert_eq!(claims["client_id"], format!("{name}-client"));
-        let json: serde_json::Value = serde_json::from_str(&sb.read(&format!("{name}.json")).unwrap()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&sb.read(&format!("{name}.json")).unwrap()).unwrap();
         assert_eq!(json["access_token"], token.as_str());
         assert_eq!(json["token_type"], "Bearer");
         assert_eq!(sb.mode(&format!("{name}.token")), 0o600);
@@ -43,7 +61,14 @@ fn basic_and_body_auth_get_real_jwts() {
 fn the_daemon_rotates_real_tokens_before_they_expire() {
     let op = OidcProvider::start(4, None);
     let sb = Sandbox::new();
-    sb.write_config(&oidc_client("basic", &op.token_url(), "basic-client", "basic-secret", "basic", ""));
+    sb.write_config(&oidc_client(
+        "basic",
+        &op.token_url(),
+        "basic-client",
+        "basic-secret",
+        "basic",
+        "",
+    ));
     let daemon = sb.start();
     let mut seen = Vec::new();
     wait_until("three different tokens", Duration::from_secs(20), || {
@@ -66,10 +91,21 @@ fn the_daemon_rotates_real_tokens_before_they_expire() {
 fn a_refused_client_shows_the_endpoints_error_and_description() {
     let op = OidcProvider::start(60, None);
     let sb = Sandbox::new();
-    sb.write_config(&oidc_client("bad", &op.token_url(), "basic-client", "wrong-Secret-Value", "basic", ""));
+    sb.write_config(&oidc_client(
+        "bad",
+        &op.token_url(),
+        "basic-client",
+        "wrong-Secret-Value",
+        "basic",
+        "",
+    ));
     let (code, _, stderr) = sb.run(&["once"]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("refused the request: HTTP 401 invalid_client: client authentication failed"), "{stderr}");
+    assert!(
+        stderr
+            .contains("refused the request: HTTP 401 invalid_client: client authentication failed"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("wrong-Secret-Value"));
     assert!(sb.read("bad.token").is_none());
 }
@@ -83,15 +119,32 @@ fn tls_needs_the_private_ca_in_ca_file() {
     assert!(url.starts_with("https://"));
     let with_ca = format!("ca_file = \"{}\"", ca.ca.display());
     let with_other = format!("ca_file = \"{}\"", ca.other_ca.display());
-    sb.write_config(&oidc_client("trusted", &url, "basic-client", "basic-secret", "basic", &with_ca));
+    sb.write_config(&oidc_client(
+        "trusted",
+        &url,
+        "basic-client",
+        "basic-secret",
+        "basic",
+        &with_ca,
+    ));
     let (code, _, stderr) = sb.run(&["once"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(jwt_claims(&sb.read("trusted.token").unwrap())["exp"].is_u64());
 
     for extra in ["", with_other.as_str()] {
-        sb.write_config(&oidc_client("untrusted", &url, "basic-client", "basic-secret", "basic", &format!("{extra}\nbackoff_initial = \"100ms\"\nbackoff_max = \"200ms\"")));
+        sb.write_config(&oidc_client(
+            "untrusted",
+            &url,
+            "basic-client",
+            "basic-secret",
+            "basic",
+            &format!("{extra}\nbackoff_initial = \"100ms\"\nbackoff_max = \"200ms\""),
+        ));
         let (code, _, stderr) = sb.run(&["once"]);
         assert_eq!(code, 1);
-        assert!(stderr.contains("cannot connect to token endpoint") && stderr.contains("UnknownIssuer"), "{stderr}");
+        assert!(
+            stderr.contains("cannot connect to token endpoint") && stderr.contains("UnknownIssuer"),
+            "{stderr}"
+        );
     }
 }

@@ -8,33 +8,69 @@ use std::io::Write;
 use std::time::Duration;
 
 fn three(server: &FaultServer) -> String {
-        [client("a", &server.at("/a"), ""), client("b", &server.at("/b"), ""), client("c", &server.at("/c"), "")].concat()
+    [
+        client("a", &server.at("/a"), ""),
+        client("b", &server.at("/b"), ""),
+        client("c", &server.at("/c"), ""),
+    ]
+    .concat()
 }
 
 fn changed(server: &FaultServer) -> String {
-        [client("a", &server.at("/a"), ""), client("b", &server.at("/b"), "scope = \"more\""), client("d", &server.at("/d"), "")].concat()
+    [
+        client("a", &server.at("/a"), ""),
+        client("b", &server.at("/b"), "scope = \"more\""),
+        client("d", &server.at("/d"), ""),
+    ]
+    .concat()
 }
 
 fn with_config_text(sb: &Sandbox, clients: &str) -> String {
-    format!("[daemon]\nstate_dir = \"{}\"\n\n{clients}", sb.path("state").display())
+    format!(
+        "[daemon]\nstate_dir = \"{}\"\n\n{clients}",
+        sb.path("state").display()
+    )
 }
 
 fn check_diff_applied(sb: &Sandbox, server: &FaultServer, daemon: &Daemon) {
-    wait_until("the added client's token", WAIT, || sb.read("d.token").is_some());
-    wait_until("the changed client refetched", WAIT, || server.count_path("/b") == 2);
+    wait_until("the added client's token", WAIT, || {
+        sb.read("d.token").is_some()
+    });
+    wait_until("the changed client refetched", WAIT, || {
+        server.count_path("/b") == 2
+    });
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(server.count_path("/a"), 1, "an unchanged client is left alone");
+    assert_eq!(
+        server.count_path("/a"),
+        1,
+        "an unchanged client is left alone"
+    );
     assert_eq!(server.count_path("/c"), 1);
-    assert!(sb.read("c.token").is_some(), "a removed client's file stays");
+    assert!(
+        sb.read("c.token").is_some(),
+        "a removed client's file stays"
+    );
     assert!(daemon.logs().contains("client removed"));
     let requests = server.requests();
-    assert_eq!(requests.iter().rfind(|r| r.path == "/b").unwrap().form("scope").as_deref(), Some("more"));
+    assert_eq!(
+        requests
+            .iter()
+            .rfind(|r| r.path == "/b")
+            .unwrap()
+            .form("scope")
+            .as_deref(),
+        Some("more")
+    );
 }
 
 fn start_three(sb: &Sandbox, server: &FaultServer) -> Daemon {
     sb.write_config(&three(server));
     let daemon = sb.start();
-    wait_until("three tokens", WAIT, || ["a", "b", "c"].iter().all(|n| sb.read(&format!("{n}.token")).is_some()));
+    wait_until("three tokens", WAIT, || {
+        ["a", "b", "c"]
+            .iter()
+            .all(|n| sb.read(&format!("{n}.token")).is_some())
+    });
     daemon
 }
 
@@ -43,7 +79,10 @@ fn sighup_reloads_and_picks_up_a_rotated_secret_file() {
     let server = FaultServer::start(Some(3600));
     let sb = Sandbox::new();
     sb.write("b.secret", "first-Secret-Value\n");
-        let b = client("b", &server.at("/b"), "").replace("client_secret = \"b-Secret-Value\"", "client_secret_file = \"b.secret\"");
+    let b = client("b", &server.at("/b"), "").replace(
+        "client_secret = \"b-Secret-Value\"",
+        "client_secret_file = \"b.secret\"",
+    );
     sb.write_config(&[client("a", &server.at("/a"), ""), b].concat());
     let daemon = sb.start();
     wait_until("two tokens", WAIT, || server.count() == 2);
@@ -52,12 +91,25 @@ fn sighup_reloads_and_picks_up_a_rotated_secret_file() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(server.count_path("/b"), 1);
     daemon.signal(Signal::SIGHUP);
-    wait_until("b refetched with the new secret", WAIT, || server.count_path("/b") == 2);
+    wait_until("b refetched with the new secret", WAIT, || {
+        server.count_path("/b") == 2
+    });
     daemon.wait_log("SIGHUP: reloading the config", 1);
-    let last = server.requests().into_iter().rfind(|r| r.path == "/b").unwrap();
-    assert_eq!(last.form("client_secret").as_deref(), Some("second-Secret-Value"));
+    let last = server
+        .requests()
+        .into_iter()
+        .rfind(|r| r.path == "/b")
+        .unwrap();
+    assert_eq!(
+        last.form("client_secret").as_deref(),
+        Some("second-Secret-Value")
+    );
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(server.count_path("/a"), 1, "an unchanged client is left alone");
+    assert_eq!(
+        server.count_path("/a"),
+        1,
+        "an unchanged client is left alone"
+    );
     daemon.stop();
 }
 
@@ -91,8 +143,13 @@ fn editing_the_file_in_place_reloads() {
     let server = FaultServer::start(Some(3600));
     let sb = Sandbox::new();
     let daemon = start_three(&sb, &server);
-    let mut f = fs::OpenOptions::new().write(true).truncate(true).open(sb.config()).unwrap();
-    f.write_all(with_config_text(&sb, &changed(&server)).as_bytes()).unwrap();
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(sb.config())
+        .unwrap();
+    f.write_all(with_config_text(&sb, &changed(&server)).as_bytes())
+        .unwrap();
     drop(f);
     check_diff_applied(&sb, &server, &daemon);
     daemon.stop();
@@ -107,14 +164,28 @@ fn an_invalid_reload_keeps_the_old_config_serving() {
     wait_until("a token", WAIT, || sb.read("a.token").is_some());
     fs::write(sb.config(), "[clients.a]\ntoken_url = 7\n").unwrap();
     daemon.wait_log("config reload failed; still running the previous config", 1);
-    assert!(daemon.logs().contains("clients.a: invalid type: integer `7`, expected a string"), "{}", daemon.logs());
+    assert!(
+        daemon
+            .logs()
+            .contains("clients.a: invalid type: integer `7`, expected a string"),
+        "{}",
+        daemon.logs()
+    );
     daemon.signal(Signal::SIGHUP);
     daemon.wait_log("config reload failed; still running the previous config", 2);
     let before = token_number(&sb.read("a.token").unwrap()).unwrap();
-    wait_until("the old config still refreshing", WAIT, || token_number(&sb.read("a.token").unwrap()).unwrap() > before + 1);
+    wait_until("the old config still refreshing", WAIT, || {
+        token_number(&sb.read("a.token").unwrap()).unwrap() > before + 1
+    });
     assert!(daemon.is_running());
 
-    sb.write_config(&format!("{}{}", client("a", &server.url, ""), client("e", &server.url, "")));
-    wait_until("the fixed config applied", WAIT, || sb.read("e.token").is_some());
+    sb.write_config(&format!(
+        "{}{}",
+        client("a", &server.url, ""),
+        client("e", &server.url, "")
+    ));
+    wait_until("the fixed config applied", WAIT, || {
+        sb.read("e.token").is_some()
+    });
     daemon.stop();
 }

@@ -16,17 +16,29 @@ fn nothing_secret_reaches_the_logs_at_trace_level() {
     ));
     // an endpoint that echoes the secret back in its error must not leak it either
     server_a.push([
-        Reply::Status(401, r#"{"error":"invalid_client","error_description":"bad secret a-Secret-Value"}"#.into(), "application/json", None),
+        Reply::Status(
+            401,
+            r#"{"error":"invalid_client","error_description":"bad secret a-Secret-Value"}"#.into(),
+            "application/json",
+            None,
+        ),
         Reply::Status(200, "{not json".into(), "application/json", None),
     ]);
     server_b.push([
-        Reply::Status(500, "<html><title>oops b-Secret-Value</title></html>".into(), "text/html", None),
+        Reply::Status(
+            500,
+            "<html><title>oops b-Secret-Value</title></html>".into(),
+            "text/html",
+            None,
+        ),
         Reply::TokenText(format!("{TOKEN_MARKER}\n")),
     ]);
     let mut cmd = sb.cmd(&["run"]);
     cmd.env("RUST_LOG", "trace");
     let daemon = sb.start_with(cmd);
-    wait_until("tokens for both", WAIT, || sb.read("a.token").is_some() && sb.read("b.token").is_some());
+    wait_until("tokens for both", WAIT, || {
+        sb.read("a.token").is_some() && sb.read("b.token").is_some()
+    });
     daemon.signal(Signal::SIGUSR1);
     std::thread::sleep(Duration::from_millis(2500));
     daemon.signal(Signal::SIGHUP);
@@ -41,16 +53,31 @@ fn nothing_secret_reaches_the_logs_at_trace_level() {
     let mut cmd = sb.cmd(&["token", "a"]);
     cmd.env("RUST_LOG", "trace");
     let out = cmd.output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains(TOKEN_MARKER), "token prints the token on stdout");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(TOKEN_MARKER),
+        "token prints the token on stdout"
+    );
     logs.push_str(&String::from_utf8_lossy(&out.stderr));
 
-    assert!(logs.len() > 10_000, "trace logging was on ({} bytes)", logs.len());
+    assert!(
+        logs.len() > 10_000,
+        "trace logging was on ({} bytes)",
+        logs.len()
+    );
     assert!(logs.contains("invalid_client"), "the refusal was logged");
     let basic = base64::engine::general_purpose::STANDARD.encode("a-id:a-Secret-Value");
-    for needle in [TOKEN_MARKER, "a-Secret-Value", "b-Secret-Value", basic.as_str()] {
+    for needle in [
+        TOKEN_MARKER,
+        "a-Secret-Value",
+        "b-Secret-Value",
+        basic.as_str(),
+    ] {
         if let Some(at) = logs.find(needle) {
             let start = logs[..at].rfind('\n').unwrap_or(0);
-            panic!("{needle:?} appears in the logs: {}", &logs[start..(at + 200).min(logs.len())]);
+            panic!(
+                "{needle:?} appears in the logs: {}",
+                &logs[start..(at + 200).min(logs.len())]
+            );
         }
     }
 }

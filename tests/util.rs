@@ -72,7 +72,10 @@ impl Sandbox {
 
     /// Writes the config with a `[daemon]` section using this sandbox's state dir.
     pub fn write_config(&self, clients: &str) {
-        let text = format!("[daemon]\nstate_dir = \"{}\"\n\n{clients}", self.path("state").display());
+        let text = format!(
+            "[daemon]\nstate_dir = \"{}\"\n\n{clients}",
+            self.path("state").display()
+        );
         self.write("config.toml", &text);
     }
 
@@ -144,9 +147,11 @@ impl Daemon {
     /// Waits until the log contains `needle` (counting occurrences).
     #[track_caller]
     pub fn wait_log(&self, needle: &str, occurrences: usize) {
-        wait_until(&format!("{occurrences}× {needle:?} in the daemon log"), WAIT, || {
-            self.logs().matches(needle).count() >= occurrences
-        });
+        wait_until(
+            &format!("{occurrences}× {needle:?} in the daemon log"),
+            WAIT,
+            || self.logs().matches(needle).count() >= occurrences,
+        );
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -162,7 +167,10 @@ impl Daemon {
                 return (status, start.elapsed());
             }
             if start.elapsed() > Duration::from_secs(10) {
-                panic!("daemon did not stop within 10 s of SIGTERM\n{}", self.logs());
+                panic!(
+                    "daemon did not stop within 10 s of SIGTERM\n{}",
+                    self.logs()
+                );
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -184,7 +192,11 @@ impl Drop for Daemon {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// panva's oidc-provider (npm), the real thing, on loopback.
@@ -216,14 +228,23 @@ impl OidcProvider {
         } else {
             "http"
         };
-        let child = cmd.spawn().expect("start node (is Node.js installed? run scripts/install-test-deps)");
-        let mut provider = OidcProvider { child, port, base: format!("{scheme}://127.0.0.1:{port}") };
+        let child = cmd
+            .spawn()
+            .expect("start node (is Node.js installed? run scripts/install-test-deps)");
+        let mut provider = OidcProvider {
+            child,
+            port,
+            base: format!("{scheme}://127.0.0.1:{port}"),
+        };
         let start = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Ok(Some(status)) = provider.child.try_wait() {
                 panic!("oidc-provider exited at start: {status}");
             }
-            assert!(start.elapsed() < Duration::from_secs(20), "oidc-provider did not start");
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "oidc-provider did not start"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         provider
@@ -251,15 +272,31 @@ pub struct TestCa {
 
 pub fn make_test_ca(dir: &Path) -> TestCa {
     let sh = |script: &str| {
-        let ok = Command::new("bash").arg("-c").arg(script).current_dir(dir).status().expect("run openssl").success();
+        let ok = Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .current_dir(dir)
+            .status()
+            .expect("run openssl")
+            .success();
         assert!(ok, "openssl failed: {script}");
     };
-    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj '/CN=tokenkeeper test CA' \
-        -addext 'basicConstraints=critical,CA:TRUE' -addext 'keyUsage=critical,keyCertSign,cRLSign' 2>/dev/null");
-    sh("openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj '/CN=127.0.0.1' 2>/dev/null");
-    sh("printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nbasicConstraints=CA:FALSE\\nkeyUsage=critical,digitalSignature,keyEncipherment\\nextendedKeyUsage=serverAuth\\n' > server.ext");
-    sh("openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile server.ext 2>/dev/null");
-    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout other.key -out other-ca.crt -days 2 -subj '/CN=unrelated CA' 2>/dev/null");
+    sh(
+        "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj '/CN=tokenkeeper test CA' \
+        -addext 'basicConstraints=critical,CA:TRUE' -addext 'keyUsage=critical,keyCertSign,cRLSign' 2>/dev/null",
+    );
+    sh(
+        "openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj '/CN=127.0.0.1' 2>/dev/null",
+    );
+    sh(
+        "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nbasicConstraints=CA:FALSE\\nkeyUsage=critical,digitalSignature,keyEncipherment\\nextendedKeyUsage=serverAuth\\n' > server.ext",
+    );
+    sh(
+        "openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile server.ext 2>/dev/null",
+    );
+    sh(
+        "openssl req -x509 -newkey rsa:2048 -nodes -keyout other.key -out other-ca.crt -days 2 -subj '/CN=unrelated CA' 2>/dev/null",
+    );
     TestCa {
         ca: dir.join("ca.crt"),
         other_ca: dir.join("other-ca.crt"),
@@ -272,7 +309,9 @@ pub fn make_test_ca(dir: &Path) -> TestCa {
 pub fn jwt_claims(token: &str) -> serde_json::Value {
     use base64::Engine;
     let payload = token.split('.').nth(1).expect("a JWT");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).expect("base64url");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url");
     serde_json::from_slice(&bytes).expect("JSON claims")
 }
 
@@ -309,12 +348,17 @@ pub struct Recorded {
 
 impl Recorded {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// A form field of the body.
     pub fn form(&self, name: &str) -> Option<String> {
-        url::form_urlencoded::parse(self.body.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+        url::form_urlencoded::parse(self.body.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
     }
 }
 
@@ -354,7 +398,12 @@ async fn fault_handler(
     body: axum::body::Bytes,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     let (reply, n, lifetime, padding) = {
         let mut s = state.lock().unwrap();
         s.requests.push(Recorded {
@@ -363,7 +412,10 @@ async fn fault_handler(
             content_type: get("content-type").unwrap_or_default(),
             authorization: get("authorization"),
             user_agent: get("user-agent").unwrap_or_default(),
-            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                .collect(),
             body: String::from_utf8_lossy(&body).into_owned(),
         });
         let reply = s.script.pop_front().unwrap_or(Reply::Token(s.lifetime));
@@ -371,7 +423,8 @@ async fn fault_handler(
         (reply, s.issued, s.lifetime, s.padding)
     };
     let token = |lifetime: Option<u64>| {
-        let mut body = serde_json::json!({"access_token": token_text(n, padding), "token_type": "Bearer"});
+        let mut body =
+            serde_json::json!({"access_token": token_text(n, padding), "token_type": "Bearer"});
         if let Some(l) = lifetime {
             body["expires_in"] = l.into();
         }
@@ -379,9 +432,16 @@ async fn fault_handler(
     };
     match reply {
         Reply::Token(l) => token(l),
-        Reply::TokenText(t) => axum::Json(serde_json::json!({"access_token": t, "expires_in": 60})).into_response(),
+        Reply::TokenText(t) => {
+            axum::Json(serde_json::json!({"access_token": t, "expires_in": 60})).into_response()
+        }
         Reply::Status(code, body, ct, retry_after) => {
-            let mut r = (axum::http::StatusCode::from_u16(code).unwrap(), [("content-type", ct)], body).into_response();
+            let mut r = (
+                axum::http::StatusCode::from_u16(code).unwrap(),
+                [("content-type", ct)],
+                body,
+            )
+                .into_response();
             if let Some(ra) = retry_after {
                 r.headers_mut().insert("retry-after", ra.parse().unwrap());
             }
@@ -391,7 +451,12 @@ async fn fault_handler(
             tokio::time::sleep(d).await;
             token(lifetime)
         }
-        Reply::Huge => (axum::http::StatusCode::OK, [("content-type", "application/json")], "x".repeat(2 * 1024 * 1024)).into_response(),
+        Reply::Huge => (
+            axum::http::StatusCode::OK,
+            [("content-type", "application/json")],
+            "x".repeat(2 * 1024 * 1024),
+        )
+            .into_response(),
     }
 }
 
@@ -410,9 +475,14 @@ impl FaultServer {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let url = format!("{base}/token");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let app = axum::Router::new().fallback(fault_handler).with_state(state.clone());
+        let app = axum::Router::new()
+            .fallback(fault_handler)
+            .with_state(state.clone());
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 let _ = axum::serve(listener, app)
@@ -422,7 +492,13 @@ impl FaultServer {
                     .await;
             });
         });
-        FaultServer { url, base, state, shutdown: Some(tx), thread: Some(thread) }
+        FaultServer {
+            url,
+            base,
+            state,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        }
     }
 
     /// `base` + `path`: one server, told apart by path per client.
@@ -452,7 +528,13 @@ impl FaultServer {
     }
 
     pub fn count_path(&self, path: &str) -> usize {
-        self.state.lock().unwrap().requests.iter().filter(|r| r.path == path).count()
+        self.state
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .filter(|r| r.path == path)
+            .count()
     }
 }
 
@@ -470,13 +552,21 @@ impl Drop for FaultServer {
 /// A client table pointing at `url` with one raw file output `name.token`;
 /// fast test timings unless `extra` sets them.
 pub fn client(name: &str, url: &str, extra: &str) -> String {
-    let mut text = format!("[clients.{name}]\ntoken_url = \"{url}\"\nclient_id = \"{name}-id\"\nclient_secret = \"{name}-Secret-Value\"\n");
-    for (key, value) in [("min_interval", "1s"), ("backoff_initial", "200ms"), ("backoff_max", "2s")] {
+    let mut text = format!(
+        "[clients.{name}]\ntoken_url = \"{url}\"\nclient_id = \"{name}-id\"\nclient_secret = \"{name}-Secret-Value\"\n"
+    );
+    for (key, value) in [
+        ("min_interval", "1s"),
+        ("backoff_initial", "200ms"),
+        ("backoff_max", "2s"),
+    ] {
         if !extra.contains(&format!("{key} =")) {
             text.push_str(&format!("{key} = \"{value}\"\n"));
         }
     }
-    text + &format!("{extra}\n\n[[clients.{name}.outputs]]\ntype = \"file\"\npath = \"{name}.token\"\n\n")
+    text + &format!(
+        "{extra}\n\n[[clients.{name}.outputs]]\ntype = \"file\"\npath = \"{name}.token\"\n\n"
+    )
 }
 
 pub fn read_all(mut r: impl Read) -> String {

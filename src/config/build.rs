@@ -46,7 +46,10 @@ impl Builder<'_> {
             SecretSource::Env(var) => match (self.env)(var) {
                 Some(v) if !v.is_empty() => v,
                 _ => {
-                    self.error(source, format!("environment variable {var} is not set or empty"));
+                    self.error(
+                        source,
+                        format!("environment variable {var} is not set or empty"),
+                    );
                     return None;
                 }
             },
@@ -114,26 +117,34 @@ impl Builder<'_> {
         let client_secret = plan.client_secret.as_ref().map(|s| self.secret(s));
         let grant = match &plan.grant {
             GrantPlan::ClientCredentials => Some(GrantSpec::ClientCredentials),
-            GrantPlan::Password { username, password } => self.secret(password).map(|password| GrantSpec::Password {
-                username: username.clone(),
-                password,
-            }),
-            GrantPlan::RefreshToken { initial } => self.secret(initial).map(|initial| GrantSpec::RefreshToken { initial }),
-        };
-        let ca_pem: Option<Option<Arc<[u8]>>> = plan.ca_file.as_ref().map(|f| match std::fs::read(&f.value) {
-            Ok(bytes) => match crate::grant::http::tls_config(Some(&bytes)) {
-                Ok(_) => Some(Arc::from(bytes)),
-                Err(e) => {
-                    self.error(f, format!("{}: {e}", f.value.display()));
-                    None
-                }
-            },
-            Err(e) => {
-                self.error(f, format!("cannot read {}: {e}", f.value.display()));
-                None
+            GrantPlan::Password { username, password } => {
+                self.secret(password).map(|password| GrantSpec::Password {
+                    username: username.clone(),
+                    password,
+                })
             }
-        });
-        let outputs: Vec<Option<OutputSpec>> = plan.outputs.iter().map(|o| self.output(o)).collect();
+            GrantPlan::RefreshToken { initial } => self
+                .secret(initial)
+                .map(|initial| GrantSpec::RefreshToken { initial }),
+        };
+        let ca_pem: Option<Option<Arc<[u8]>>> =
+            plan.ca_file
+                .as_ref()
+                .map(|f| match std::fs::read(&f.value) {
+                    Ok(bytes) => match crate::grant::http::tls_config(Some(&bytes)) {
+                        Ok(_) => Some(Arc::from(bytes)),
+                        Err(e) => {
+                            self.error(f, format!("{}: {e}", f.value.display()));
+                            None
+                        }
+                    },
+                    Err(e) => {
+                        self.error(f, format!("cannot read {}: {e}", f.value.display()));
+                        None
+                    }
+                });
+        let outputs: Vec<Option<OutputSpec>> =
+            plan.outputs.iter().map(|o| self.output(o)).collect();
         Some(ClientSpec {
             name: plan.name.clone(),
             request: TokenRequestSpec {
@@ -160,13 +171,23 @@ impl Builder<'_> {
 }
 
 /// Builds every client of `plan`, or returns every error found.
-pub fn build(plan: &Plan, env: &dyn Fn(&str) -> Option<String>) -> Result<BTreeMap<String, Arc<ClientSpec>>, Vec<Diagnostic>> {
-    let mut b = Builder { diagnostics: Vec::new(), env };
+pub fn build(
+    plan: &Plan,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<BTreeMap<String, Arc<ClientSpec>>, Vec<Diagnostic>> {
+    let mut b = Builder {
+        diagnostics: Vec::new(),
+        env,
+    };
     let mut clients = BTreeMap::new();
     for c in &plan.clients {
         if let Some(spec) = b.client(c) {
             clients.insert(spec.name.clone(), Arc::new(spec));
         }
     }
-    if b.diagnostics.is_empty() { Ok(clients) } else { Err(b.diagnostics) }
+    if b.diagnostics.is_empty() {
+        Ok(clients)
+    } else {
+        Err(b.diagnostics)
+    }
 }

@@ -48,7 +48,11 @@ impl ConfigError {
         ConfigError {
             path: path.to_path_buf(),
             text: String::new(),
-            diagnostics: vec![Diagnostic { span: None, key: String::new(), message }],
+            diagnostics: vec![Diagnostic {
+                span: None,
+                key: String::new(),
+                message,
+            }],
         }
     }
 }
@@ -58,7 +62,12 @@ pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, column)
 }
 
@@ -120,17 +129,28 @@ pub fn digest(bytes: &[u8]) -> [u8; 32] {
 }
 
 /// Parses, validates and builds the config from `text` (the contents of `path`).
-pub fn load_str(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+pub fn load_str(
+    path: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
     let fail = |mut diagnostics: Vec<Diagnostic>| {
         // in file order; problems without a place last
         diagnostics.sort_by_key(|d| d.span.as_ref().map_or(usize::MAX, |s| s.start));
-        ConfigError { path: path.to_path_buf(), text: text.to_string(), diagnostics }
+        ConfigError {
+            path: path.to_path_buf(),
+            text: text.to_string(),
+            diagnostics,
+        }
     };
     let (raw, mut diagnostics) = raw::parse(text);
     if diagnostics.iter().any(|d| d.key == "(syntax)") {
         return Err(fail(diagnostics));
     }
-    let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
     let (plan, invalid) = validate::validate(&raw, &base, env);
     diagnostics.extend(invalid);
@@ -156,8 +176,10 @@ pub fn load_str(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -
 
 /// Reads and loads the config file at `path`.
 pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-    let bytes = std::fs::read(path).map_err(|e| ConfigError::io(path, format!("cannot read the config file: {e}")))?;
-    let text = String::from_utf8(bytes).map_err(|_| ConfigError::io(path, "the config file is not UTF-8".into()))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| ConfigError::io(path, format!("cannot read the config file: {e}")))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| ConfigError::io(path, "the config file is not UTF-8".into()))?;
     load_str(path, &text, env)
 }
 

@@ -176,7 +176,9 @@ pub fn parse(text: &str) -> (RawConfig, Vec<Diagnostic>) {
     for (key, value) in root.into_inner() {
         match key.get_ref().as_ref() {
             "daemon" => raw.daemon = section(value, "daemon", &mut diagnostics).unwrap_or_default(),
-            "defaults" => raw.defaults = section(value, "defaults", &mut diagnostics).unwrap_or_default(),
+            "defaults" => {
+                raw.defaults = section(value, "defaults", &mut diagnostics).unwrap_or_default()
+            }
             "clients" => {
                 let span = value.span();
                 match value.into_inner() {
@@ -194,7 +196,9 @@ pub fn parse(text: &str) -> (RawConfig, Vec<Diagnostic>) {
                                 continue;
                             }
                             match section(client, &key, &mut diagnostics) {
-                                Some(parsed) => raw.clients.push((Spanned::new(name_span, name), parsed)),
+                                Some(parsed) => {
+                                    raw.clients.push((Spanned::new(name_span, name), parsed))
+                                }
                                 None => raw.unreadable_clients += 1,
                             }
                         }

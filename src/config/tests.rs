@@ -59,7 +59,10 @@ fn minimal_config_gets_the_documented_defaults() {
 fn defaults_are_inherited_and_overridden() {
     let input = format!(
         "[defaults]\nrefresh_ratio = 0.5\nmin_interval = \"1m\"\ntimeout = \"5s\"\n{}refresh_ratio = 0.9\n",
-        MINIMAL.replace("[[clients.shop.outputs]]\ntype = \"file\"\npath = \"/run/tk/shop.token\"\n", "")
+        MINIMAL.replace(
+            "[[clients.shop.outputs]]\ntype = \"file\"\npath = \"/run/tk/shop.token\"\n",
+            ""
+        )
     ) + "[[clients.shop.outputs]]\ntype = \"file\"\npath = \"/run/tk/shop.token\"\n";
     let c = load(&input).unwrap();
     let p = &c.clients["shop"].policy;
@@ -114,31 +117,115 @@ fn semantic_errors_table() {
     };
     let cases: &[(&str, &str, &str)] = &[
         ("client_secret = \"s\"", "", "ok"),
-        ("", "", "/etc/tk/config.toml:3:13: clients.c.client_secret: one of client_secret_file, client_secret_env or client_secret is required (or auth = \"none\" for a public client)"),
+        (
+            "",
+            "",
+            "/etc/tk/config.toml:3:13: clients.c.client_secret: one of client_secret_file, client_secret_env or client_secret is required (or auth = \"none\" for a public client)",
+        ),
         ("auth = \"none\"", "", "ok"),
-        ("auth = \"none\"\nclient_secret = \"s\"", "", "/etc/tk/config.toml:5:17: clients.c.client_secret: auth = \"none\" never sends a client secret; remove it or choose auth = \"body\" or \"basic\""),
-        ("client_secret = \"s\"\nclient_secret_env = \"X\"", "", "/etc/tk/config.toml:5:21: clients.c.client_secret_env: set only one of client_secret_file, client_secret_env, client_secret"),
+        (
+            "auth = \"none\"\nclient_secret = \"s\"",
+            "",
+            "/etc/tk/config.toml:5:17: clients.c.client_secret: auth = \"none\" never sends a client secret; remove it or choose auth = \"body\" or \"basic\"",
+        ),
+        (
+            "client_secret = \"s\"\nclient_secret_env = \"X\"",
+            "",
+            "/etc/tk/config.toml:5:21: clients.c.client_secret_env: set only one of client_secret_file, client_secret_env, client_secret",
+        ),
         ("client_secret_env = \"SHOP_SECRET\"", "", "ok"),
-        ("client_secret_env = \"MISSING\"", "", "/etc/tk/config.toml:4:21: clients.c.client_secret_env: environment variable MISSING is not set or empty"),
-        ("client_secret_file = \"$CREDENTIALS_DIRECTORY/nope\"", "", "/etc/tk/config.toml:4:22: clients.c.client_secret_file: cannot read /run/credentials/tokenkeeper.service/nope: No such file or directory (os error 2)"),
-        ("client_secret_file = \"$RUNTIME_DIRECTORY/x\"", "", "/etc/tk/config.toml:4:22: clients.c.client_secret_file: uses $RUNTIME_DIRECTORY, which is not set in the environment (systemd sets it for the unit's matching directive)"),
-        ("client_secret = \"s\"\nmin_interval = \"0s\"", "", "/etc/tk/config.toml:5:16: clients.c.min_interval: must be more than zero: it is what keeps a short-lived token from turning into a tight loop"),
-        ("client_secret = \"s\"\nmin_interval = \"2h\"", "", "/etc/tk/config.toml:5:16: clients.c.min_interval: 2h is not shorter than default_lifetime 1h: a token of that lifetime would always expire before its refresh"),
-        ("client_secret = \"s\"\nbackoff_initial = \"1m\"\nbackoff_max = \"10s\"", "", "/etc/tk/config.toml:6:15: clients.c.backoff_max: 10s is less than backoff_initial 1m"),
-        ("client_secret = \"s\"\ngrant_type = \"password\"", "", "/etc/tk/config.toml:5:14: clients.c.username: is required with grant_type = \"password\"\n/etc/tk/config.toml:5:14: clients.c.password: one of password_file, password_env or password is required with grant_type = \"password\""),
-        ("client_secret = \"s\"\nusername = \"u\"", "", "/etc/tk/config.toml:5:12: clients.c.username: applies only to grant_type = \"password\""),
-        ("client_secret = \"s\"\nheaders = { \"Bad Name\" = \"x\" }", "", "/etc/tk/config.toml:5:11: clients.c.headers: \"Bad Name\" is not a valid HTTP header name"),
-        ("client_secret = \"s\"\n[clients.c.response]\naccess_token = \"authToken\"", "", "/etc/tk/config.toml:6:16: clients.c.response.access_token: \"authToken\" is not a JSON Pointer; write e.g. \"/authToken\""),
+        (
+            "client_secret_env = \"MISSING\"",
+            "",
+            "/etc/tk/config.toml:4:21: clients.c.client_secret_env: environment variable MISSING is not set or empty",
+        ),
+        (
+            "client_secret_file = \"$CREDENTIALS_DIRECTORY/nope\"",
+            "",
+            "/etc/tk/config.toml:4:22: clients.c.client_secret_file: cannot read /run/credentials/tokenkeeper.service/nope: No such file or directory (os error 2)",
+        ),
+        (
+            "client_secret_file = \"$RUNTIME_DIRECTORY/x\"",
+            "",
+            "/etc/tk/config.toml:4:22: clients.c.client_secret_file: uses $RUNTIME_DIRECTORY, which is not set in the environment (systemd sets it for the unit's matching directive)",
+        ),
+        (
+            "client_secret = \"s\"\nmin_interval = \"0s\"",
+            "",
+            "/etc/tk/config.toml:5:16: clients.c.min_interval: must be more than zero: it is what keeps a short-lived token from turning into a tight loop",
+        ),
+        (
+            "client_secret = \"s\"\nmin_interval = \"2h\"",
+            "",
+            "/etc/tk/config.toml:5:16: clients.c.min_interval: 2h is not shorter than default_lifetime 1h: a token of that lifetime would always expire before its refresh",
+        ),
+        (
+            "client_secret = \"s\"\nbackoff_initial = \"1m\"\nbackoff_max = \"10s\"",
+            "",
+            "/etc/tk/config.toml:6:15: clients.c.backoff_max: 10s is less than backoff_initial 1m",
+        ),
+        (
+            "client_secret = \"s\"\ngrant_type = \"password\"",
+            "",
+            "/etc/tk/config.toml:5:14: clients.c.username: is required with grant_type = \"password\"\n/etc/tk/config.toml:5:14: clients.c.password: one of password_file, password_env or password is required with grant_type = \"password\"",
+        ),
+        (
+            "client_secret = \"s\"\nusername = \"u\"",
+            "",
+            "/etc/tk/config.toml:5:12: clients.c.username: applies only to grant_type = \"password\"",
+        ),
+        (
+            "client_secret = \"s\"\nheaders = { \"Bad Name\" = \"x\" }",
+            "",
+            "/etc/tk/config.toml:5:11: clients.c.headers: \"Bad Name\" is not a valid HTTP header name",
+        ),
+        (
+            "client_secret = \"s\"\n[clients.c.response]\naccess_token = \"authToken\"",
+            "",
+            "/etc/tk/config.toml:6:16: clients.c.response.access_token: \"authToken\" is not a JSON Pointer; write e.g. \"/authToken\"",
+        ),
         ("client_secret = \"s\"", "mode = \"0640\"", "ok"),
         ("client_secret = \"s\"", "mode = 0o640", "ok"),
-        ("client_secret = \"s\"", "mode = 640", "/etc/tk/config.toml:8:8: clients.c.outputs[0].mode: 640 is not a mode (a TOML integer is decimal); write it as a string, e.g. \"0640\""),
-        ("client_secret = \"s\"", "mode = \"0240\"", "/etc/tk/config.toml:8:8: clients.c.outputs[0].mode: 0240 leaves the owner unable to read the file"),
-        ("client_secret = \"s\"", "format = \"template\"\ntemplate = \"{{ token }}\"", "/etc/tk/config.toml:9:12: clients.c.outputs[0].template: unknown template field `token` (known: access_token, token_type, expires_at, issued_at, expires_at_unix, issued_at_unix)"),
-        ("client_secret = \"s\"", "extra_headers = { \"X-Tenant-ID\" = \"t\" }", "/etc/tk/config.toml:8:17: clients.c.outputs[0].extra_headers: applies only to format = \"header\""),
-        ("client_secret = \"s\"", "format = \"header\"\nextra_headers = { \"X-Tenant-ID\" = \"t\" }", "ok"),
-        ("client_secret = \"s\"", "owner = \"no-such-user-here\"", "/etc/tk/config.toml:8:9: clients.c.outputs[0].owner: no user named \"no-such-user-here\""),
-        ("client_secret = \"s\"\nca_file = \"/nonexistent/ca.pem\"", "", "/etc/tk/config.toml:5:11: clients.c.ca_file: cannot read /nonexistent/ca.pem: No such file or directory (os error 2)"),
-        ("client_secret = \"s\"\npreset = \"shopware\"", "", "/etc/tk/config.toml:5:10: clients.c.preset: presets are not available in this version yet; spell out token_url, auth and encoding"),
+        (
+            "client_secret = \"s\"",
+            "mode = 640",
+            "/etc/tk/config.toml:8:8: clients.c.outputs[0].mode: 640 is not a mode (a TOML integer is decimal); write it as a string, e.g. \"0640\"",
+        ),
+        (
+            "client_secret = \"s\"",
+            "mode = \"0240\"",
+            "/etc/tk/config.toml:8:8: clients.c.outputs[0].mode: 0240 leaves the owner unable to read the file",
+        ),
+        (
+            "client_secret = \"s\"",
+            "format = \"template\"\ntemplate = \"{{ token }}\"",
+            "/etc/tk/config.toml:9:12: clients.c.outputs[0].template: unknown template field `token` (known: access_token, token_type, expires_at, issued_at, expires_at_unix, issued_at_unix)",
+        ),
+        (
+            "client_secret = \"s\"",
+            "extra_headers = { \"X-Tenant-ID\" = \"t\" }",
+            "/etc/tk/config.toml:8:17: clients.c.outputs[0].extra_headers: applies only to format = \"header\"",
+        ),
+        (
+            "client_secret = \"s\"",
+            "format = \"header\"\nextra_headers = { \"X-Tenant-ID\" = \"t\" }",
+            "ok",
+        ),
+        (
+            "client_secret = \"s\"",
+            "owner = \"no-such-user-here\"",
+            "/etc/tk/config.toml:8:9: clients.c.outputs[0].owner: no user named \"no-such-user-here\"",
+        ),
+        (
+            "client_secret = \"s\"\nca_file = \"/nonexistent/ca.pem\"",
+            "",
+            "/etc/tk/config.toml:5:11: clients.c.ca_file: cannot read /nonexistent/ca.pem: No such file or directory (os error 2)",
+        ),
+        (
+            "client_secret = \"s\"\npreset = \"shopware\"",
+            "",
+            "/etc/tk/config.toml:5:10: clients.c.preset: presets are not available in this version yet; spell out token_url, auth and encoding",
+        ),
     ];
     for (extra, output, expected) in cases {
         check(&base(extra, output), expected);
@@ -147,7 +234,14 @@ fn semantic_errors_table() {
 
 #[test]
 fn plain_http_only_for_loopback_unless_allowed() {
-    let with_url = |url: &str, extra: &str| MINIMAL.replace("https://auth.example.com/token", url).replace("client_id = \"id\"", &format!("client_id = \"id\"\n{extra}"));
+    let with_url = |url: &str, extra: &str| {
+        MINIMAL
+            .replace("https://auth.example.com/token", url)
+            .replace(
+                "client_id = \"id\"",
+                &format!("client_id = \"id\"\n{extra}"),
+            )
+    };
     check(&with_url("http://127.0.0.1:8080/token", ""), "ok");
     check(&with_url("http://[::1]:8080/token", ""), "ok");
     check(&with_url("http://localhost/token", ""), "ok");
@@ -155,13 +249,25 @@ fn plain_http_only_for_loopback_unless_allowed() {
         &with_url("http://auth.example.com/token", ""),
         "/etc/tk/config.toml:3:13: clients.shop.token_url: plain http:// would send credentials in the clear; use https://, or set allow_insecure_http = true (loopback hosts are always allowed)",
     );
-    check(&with_url("http://auth.example.com/token", "allow_insecure_http = true"), "ok");
-    check(&with_url("ftp://auth.example.com/token", ""), "/etc/tk/config.toml:3:13: clients.shop.token_url: scheme \"ftp\" is not supported; use https://");
+    check(
+        &with_url(
+            "http://auth.example.com/token",
+            "allow_insecure_http = true",
+        ),
+        "ok",
+    );
+    check(
+        &with_url("ftp://auth.example.com/token", ""),
+        "/etc/tk/config.toml:3:13: clients.shop.token_url: scheme \"ftp\" is not supported; use https://",
+    );
 }
 
 #[test]
 fn two_outputs_cannot_share_a_path() {
-    let second = MINIMAL.replace("[clients.shop]", "[clients.erp]").replace("clients.shop.outputs", "clients.erp.outputs").replace("/run/tk/shop.token", "/run/tk/./x/../shop.token");
+    let second = MINIMAL
+        .replace("[clients.shop]", "[clients.erp]")
+        .replace("clients.shop.outputs", "clients.erp.outputs")
+        .replace("/run/tk/shop.token", "/run/tk/./x/../shop.token");
     check(
         &format!("{MINIMAL}{second}"),
         "/etc/tk/config.toml:8:8: clients.shop.outputs[0].path: /run/tk/shop.token is also written by clients.erp.outputs[0]; two outputs cannot share a path",
@@ -173,27 +279,50 @@ fn secret_files_lose_one_trailing_newline_and_relative_paths_follow_the_config()
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("shop.secret"), "s3cret\n").unwrap();
     let input = MINIMAL
-        .replace("client_secret = \"s3cret\"", "client_secret_file = \"shop.secret\"")
+        .replace(
+            "client_secret = \"s3cret\"",
+            "client_secret_file = \"shop.secret\"",
+        )
         .replace("/run/tk/shop.token", "out/shop.token");
     let path = dir.path().join("config.toml");
     let c = load_str(&path, &input, &env).unwrap();
     let shop = &c.clients["shop"];
-    assert_eq!(shop.request.client_secret.as_ref().unwrap().expose(), "s3cret");
+    assert_eq!(
+        shop.request.client_secret.as_ref().unwrap().expose(),
+        "s3cret"
+    );
     let OutputKind::File(f) = &shop.outputs[0].kind;
     assert_eq!(f.path, dir.path().join("out/shop.token"));
 
     std::fs::write(dir.path().join("shop.secret"), "\n").unwrap();
     let e = load_str(&path, &input, &env).unwrap_err().to_string();
-    let want = format!("clients.shop.client_secret_file: {} is empty", dir.path().join("shop.secret").display());
+    let want = format!(
+        "clients.shop.client_secret_file: {} is empty",
+        dir.path().join("shop.secret").display()
+    );
     assert!(e.ends_with(&want), "{e}");
 }
 
 #[test]
 fn syntax_errors_and_empty_files() {
-    check("[clients.a\n", "/etc/tk/config.toml:1:11: (syntax): unclosed table, expected `]`");
-    check("", "/etc/tk/config.toml: clients: no client is configured; add a [clients.NAME] table");
-    check("colour = 1\n[clients]\n", "/etc/tk/config.toml:1:1: colour: unknown top-level key, expected `daemon`, `defaults` or `clients`\n/etc/tk/config.toml: clients: no client is configured; add a [clients.NAME] table");
-    check(&MINIMAL.replace("[clients.shop]", "[clients.\"my shop\"]").replace("clients.shop.outputs", "clients.\"my shop\".outputs"), "/etc/tk/config.toml:2:10: clients.my shop: client names may use only letters, digits, `_` and `-`");
+    check(
+        "[clients.a\n",
+        "/etc/tk/config.toml:1:11: (syntax): unclosed table, expected `]`",
+    );
+    check(
+        "",
+        "/etc/tk/config.toml: clients: no client is configured; add a [clients.NAME] table",
+    );
+    check(
+        "colour = 1\n[clients]\n",
+        "/etc/tk/config.toml:1:1: colour: unknown top-level key, expected `daemon`, `defaults` or `clients`\n/etc/tk/config.toml: clients: no client is configured; add a [clients.NAME] table",
+    );
+    check(
+        &MINIMAL
+            .replace("[clients.shop]", "[clients.\"my shop\"]")
+            .replace("clients.shop.outputs", "clients.\"my shop\".outputs"),
+        "/etc/tk/config.toml:2:10: clients.my shop: client names may use only letters, digits, `_` and `-`",
+    );
 }
 
 #[test]
@@ -202,6 +331,10 @@ fn no_secret_in_errors_or_debug() {
     let dbg = format!("{c:?}");
     assert!(!dbg.contains("s3cret"), "{dbg}");
     let bad = MINIMAL.replace("refresh", "") + "min_interval = \"x\"\n";
-    let e = load(&bad.replace("[[clients.shop.outputs]]", "min_interval = \"x\"\n[[clients.shop.outputs]]")).unwrap_err();
+    let e = load(&bad.replace(
+        "[[clients.shop.outputs]]",
+        "min_interval = \"x\"\n[[clients.shop.outputs]]",
+    ))
+    .unwrap_err();
     assert!(!e.to_string().contains("s3cret"));
 }

@@ -34,8 +34,13 @@ pub enum SecretSource {
 #[derive(Clone, Debug, PartialEq)]
 pub enum GrantPlan {
     ClientCredentials,
-    Password { username: String, password: Located<SecretSource> },
-    RefreshToken { initial: Located<SecretSource> },
+    Password {
+        username: String,
+        password: Located<SecretSource>,
+    },
+    RefreshToken {
+        initial: Located<SecretSource>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -91,7 +96,11 @@ pub struct Plan {
 
 /// Variables that may appear in paths, as `$NAME` or `${NAME}`; systemd sets
 /// them for `LoadCredential=`, `RuntimeDirectory=` and `StateDirectory=`.
-pub const PATH_VARIABLES: &[&str] = &["CREDENTIALS_DIRECTORY", "RUNTIME_DIRECTORY", "STATE_DIRECTORY"];
+pub const PATH_VARIABLES: &[&str] = &[
+    "CREDENTIALS_DIRECTORY",
+    "RUNTIME_DIRECTORY",
+    "STATE_DIRECTORY",
+];
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/tokenkeeper";
 
@@ -110,7 +119,13 @@ impl Validator<'_> {
         });
     }
 
-    fn duration(&mut self, value: &S<String>, fallback: Option<Duration>, key: &str, default: Duration) -> Duration {
+    fn duration(
+        &mut self,
+        value: &S<String>,
+        fallback: Option<Duration>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
         let Some(v) = value else {
             return fallback.unwrap_or(default);
         };
@@ -120,7 +135,10 @@ impl Validator<'_> {
                 self.error(
                     v.span(),
                     key,
-                    format!("{:?} is not a duration ({e}); write e.g. \"90s\", \"5m\", \"1h\"", v.get_ref()),
+                    format!(
+                        "{:?} is not a duration ({e}); write e.g. \"90s\", \"5m\", \"1h\"",
+                        v.get_ref()
+                    ),
                 );
                 default
             }
@@ -156,7 +174,11 @@ impl Validator<'_> {
             return None;
         }
         let path = Path::new(&text);
-        Some(normalize(&if path.is_absolute() { path.to_path_buf() } else { self.base.join(path) }))
+        Some(normalize(&if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base.join(path)
+        }))
     }
 
     fn secret_source(
@@ -167,10 +189,11 @@ impl Validator<'_> {
         key_prefix: &str,
         client_key: &str,
     ) -> Option<Located<SecretSource>> {
-        let mut given: Vec<(&Spanned<String>, &str)> = [(file, "_file"), (env, "_env"), (inline, "")]
-            .into_iter()
-            .filter_map(|(v, suffix)| v.as_ref().map(|v| (v, suffix)))
-            .collect();
+        let mut given: Vec<(&Spanned<String>, &str)> =
+            [(file, "_file"), (env, "_env"), (inline, "")]
+                .into_iter()
+                .filter_map(|(v, suffix)| v.as_ref().map(|v| (v, suffix)))
+                .collect();
         given.sort_by_key(|(v, _)| v.span().start);
         if given.len() > 1 {
             self.error(
@@ -198,7 +221,11 @@ impl Validator<'_> {
                 SecretSource::Inline(Secret::new(value.get_ref().clone()))
             }
         };
-        Some(Located { value: source, span: value.span(), key })
+        Some(Located {
+            value: source,
+            span: value.span(),
+            key,
+        })
     }
 }
 
@@ -228,7 +255,10 @@ fn is_loopback(url: &Url) -> bool {
 }
 
 fn valid_client_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn parse_mode(mode: &RawMode) -> Result<u32, String> {
@@ -242,12 +272,18 @@ fn parse_mode(mode: &RawMode) -> Result<u32, String> {
     };
     if bits > 0o777 {
         return Err(match mode {
-            RawMode::Number(n) => format!("{n} is not a mode (a TOML integer is decimal); write it as a string, e.g. \"0640\""),
-            RawMode::Text(s) => format!("{s:?} is not a permission mode (at most \"0777\"; no setuid, setgid or sticky bits)"),
+            RawMode::Number(n) => format!(
+                "{n} is not a mode (a TOML integer is decimal); write it as a string, e.g. \"0640\""
+            ),
+            RawMode::Text(s) => format!(
+                "{s:?} is not a permission mode (at most \"0777\"; no setuid, setgid or sticky bits)"
+            ),
         });
     }
     if bits & 0o400 == 0 {
-        return Err(format!("{bits:04o} leaves the owner unable to read the file"));
+        return Err(format!(
+            "{bits:04o} leaves the owner unable to read the file"
+        ));
     }
     Ok(bits)
 }
@@ -264,7 +300,11 @@ fn header_value_ok(value: &str) -> bool {
 /// environment variables. Returns the plan of every client that validated
 /// (so that building can still report its problems) and every error found;
 /// the config is valid only when the list is empty.
-pub fn validate(raw: &RawConfig, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> (Plan, Vec<Diagnostic>) {
+pub fn validate(
+    raw: &RawConfig,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> (Plan, Vec<Diagnostic>) {
     let mut v = Validator {
         diagnostics: Vec::new(),
         env,
@@ -274,7 +314,9 @@ pub fn validate(raw: &RawConfig, base: &Path, env: &dyn Fn(&str) -> Option<Strin
     let state_dir = match &raw.daemon.state_dir {
         Some(dir) => v.path(dir, "daemon.state_dir"),
         None => Some(match env("STATE_DIRECTORY") {
-            Some(dir) if !dir.is_empty() => PathBuf::from(dir.split(':').next().unwrap_or(DEFAULT_STATE_DIR)),
+            Some(dir) if !dir.is_empty() => {
+                PathBuf::from(dir.split(':').next().unwrap_or(DEFAULT_STATE_DIR))
+            }
             _ => PathBuf::from(DEFAULT_STATE_DIR),
         }),
     };
@@ -282,7 +324,14 @@ pub fn validate(raw: &RawConfig, base: &Path, env: &dyn Fn(&str) -> Option<Strin
         Some(addr) => match addr.get_ref().parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                v.error(addr.span(), "daemon.listen", format!("{:?} is not an address like \"127.0.0.1:9464\"", addr.get_ref()));
+                v.error(
+                    addr.span(),
+                    "daemon.listen",
+                    format!(
+                        "{:?} is not an address like \"127.0.0.1:9464\"",
+                        addr.get_ref()
+                    ),
+                );
                 None
             }
         },
@@ -290,19 +339,57 @@ pub fn validate(raw: &RawConfig, base: &Path, env: &dyn Fn(&str) -> Option<Strin
     };
     let daemon = DaemonPlan {
         state_dir: state_dir.unwrap_or_default(),
-        log_format: raw.daemon.log_format.as_ref().map(|f| *f.get_ref()).unwrap_or_default(),
+        log_format: raw
+            .daemon
+            .log_format
+            .as_ref()
+            .map(|f| *f.get_ref())
+            .unwrap_or_default(),
         listen,
     };
 
     let defaults = &raw.defaults;
     let base_policy = Policy::default();
-    let d_ratio = defaults.refresh_ratio.as_ref().map(|r| (*r.get_ref(), r.span(), "defaults.refresh_ratio".to_string()));
-    let d_before = v.duration(&defaults.refresh_before, None, "defaults.refresh_before", base_policy.refresh_before);
-    let d_min = v.duration(&defaults.min_interval, None, "defaults.min_interval", base_policy.min_interval);
-    let d_timeout = v.duration(&defaults.timeout, None, "defaults.timeout", Duration::from_secs(30));
-    let d_binit = v.duration(&defaults.backoff_initial, None, "defaults.backoff_initial", base_policy.backoff_initial);
-    let d_bmax = v.duration(&defaults.backoff_max, None, "defaults.backoff_max", base_policy.backoff_max);
-    let d_lifetime = v.duration(&defaults.default_lifetime, None, "defaults.default_lifetime", Duration::from_secs(3600));
+    let d_ratio = defaults
+        .refresh_ratio
+        .as_ref()
+        .map(|r| (*r.get_ref(), r.span(), "defaults.refresh_ratio".to_string()));
+    let d_before = v.duration(
+        &defaults.refresh_before,
+        None,
+        "defaults.refresh_before",
+        base_policy.refresh_before,
+    );
+    let d_min = v.duration(
+        &defaults.min_interval,
+        None,
+        "defaults.min_interval",
+        base_policy.min_interval,
+    );
+    let d_timeout = v.duration(
+        &defaults.timeout,
+        None,
+        "defaults.timeout",
+        Duration::from_secs(30),
+    );
+    let d_binit = v.duration(
+        &defaults.backoff_initial,
+        None,
+        "defaults.backoff_initial",
+        base_policy.backoff_initial,
+    );
+    let d_bmax = v.duration(
+        &defaults.backoff_max,
+        None,
+        "defaults.backoff_max",
+        base_policy.backoff_max,
+    );
+    let d_lifetime = v.duration(
+        &defaults.default_lifetime,
+        None,
+        "defaults.default_lifetime",
+        Duration::from_secs(3600),
+    );
 
     if raw.clients.is_empty() && raw.unreadable_clients == 0 {
         v.diagnostics.push(Diagnostic {
@@ -317,28 +404,62 @@ pub fn validate(raw: &RawConfig, base: &Path, env: &dyn Fn(&str) -> Option<Strin
     for (name, c) in &raw.clients {
         let ck = format!("clients.{}", name.get_ref());
         if !valid_client_name(name.get_ref()) {
-            v.error(name.span(), &ck, "client names may use only letters, digits, `_` and `-`");
+            v.error(
+                name.span(),
+                &ck,
+                "client names may use only letters, digits, `_` and `-`",
+            );
         }
-        let plan = validate_client(&mut v, name.get_ref(), &ck, c, ClientDefaults {
-            ratio: d_ratio.clone(),
-            before: d_before,
-            min: d_min,
-            timeout: d_timeout,
-            binit: d_binit,
-            bmax: d_bmax,
-            lifetime: d_lifetime,
-        });
+        let plan = validate_client(
+            &mut v,
+            name.get_ref(),
+            &ck,
+            c,
+            ClientDefaults {
+                ratio: d_ratio.clone(),
+                before: d_before,
+                min: d_min,
+                timeout: d_timeout,
+                binit: d_binit,
+                bmax: d_bmax,
+                lifetime: d_lifetime,
+            },
+        );
         if let Some(plan) = plan {
             for (i, out) in plan.outputs.iter().enumerate() {
                 if let Some(first) = output_paths.get(&out.path) {
-                    let span = c.outputs.as_ref().and_then(|o| o.get_ref().get(i)).and_then(|o| o.get_ref().path.as_ref()).map(|p| p.span()).unwrap_or_default();
-                    v.error(span, &format!("{}.path", out.key), format!("{} is also written by {first}; two outputs cannot share a path", out.path.display()));
+                    let span = c
+                        .outputs
+                        .as_ref()
+                        .and_then(|o| o.get_ref().get(i))
+                        .and_then(|o| o.get_ref().path.as_ref())
+                        .map(|p| p.span())
+                        .unwrap_or_default();
+                    v.error(
+                        span,
+                        &format!("{}.path", out.key),
+                        format!(
+                            "{} is also written by {first}; two outputs cannot share a path",
+                            out.path.display()
+                        ),
+                    );
                 } else {
                     output_paths.insert(out.path.clone(), out.key.clone());
                 }
             }
-            if plan.outputs.iter().any(|o| o.path.starts_with(&daemon.state_dir)) {
-                v.diagnostics.push(Diagnostic { span: None, key: format!("{ck}.outputs"), message: format!("an output path lies inside state_dir {}, which tokenkeeper owns", daemon.state_dir.display()) });
+            if plan
+                .outputs
+                .iter()
+                .any(|o| o.path.starts_with(&daemon.state_dir))
+            {
+                v.diagnostics.push(Diagnostic {
+                    span: None,
+                    key: format!("{ck}.outputs"),
+                    message: format!(
+                        "an output path lies inside state_dir {}, which tokenkeeper owns",
+                        daemon.state_dir.display()
+                    ),
+                });
             }
             clients.push(plan);
         }
@@ -357,12 +478,22 @@ struct ClientDefaults {
     lifetime: Duration,
 }
 
-fn validate_client(v: &mut Validator<'_>, name: &str, ck: &str, c: &RawClient, d: ClientDefaults) -> Option<ClientPlan> {
+fn validate_client(
+    v: &mut Validator<'_>,
+    name: &str,
+    ck: &str,
+    c: &RawClient,
+    d: ClientDefaults,
+) -> Option<ClientPlan> {
     let before_errors = v.diagnostics.len();
     let key = |k: &str| format!("{ck}.{k}");
 
     if let Some(p) = &c.preset {
-        v.error(p.span(), &key("preset"), "presets are not available in this version yet; spell out token_url, auth and encoding");
+        v.error(
+            p.span(),
+            &key("preset"),
+            "presets are not available in this version yet; spell out token_url, auth and encoding",
+        );
     }
     if let Some(i) = &c.issuer {
         v.error(i.span(), &key("issuer"), "issuer discovery is not available in this version yet; set token_url to the token endpoint");
@@ -377,7 +508,11 @@ fn validate_client(v: &mut Validator<'_>, name: &str, ck: &str, c: &RawClient, d
                 None
             }
             Ok(url) => {
-                v.error(u.span(), &key("token_url"), format!("scheme {:?} is not supported; use https://", url.scheme()));
+                v.error(
+                    u.span(),
+                    &key("token_url"),
+                    format!("scheme {:?} is not supported; use https://", url.scheme()),
+                );
                 None
             }
             Err(e) => {
@@ -387,22 +522,54 @@ fn validate_client(v: &mut Validator<'_>, name: &str, ck: &str, c: &RawClient, d
         },
         None => {
             if c.issuer.is_none() {
-                v.diagnostics.push(Diagnostic { span: None, key: ck.to_string(), message: "token_url is required".into() });
+                v.diagnostics.push(Diagnostic {
+                    span: None,
+                    key: ck.to_string(),
+                    message: "token_url is required".into(),
+                });
             }
             None
         }
     };
 
-    let auth = c.auth.as_ref().map(|a| *a.get_ref()).unwrap_or(ClientAuth::Body);
-    let encoding = c.encoding.as_ref().map(|e| *e.get_ref()).unwrap_or(Encoding::Form);
-    let client_secret = v.secret_source(&c.client_secret_file, &c.client_secret_env, &c.client_secret, "client_secret", ck);
+    let auth = c
+        .auth
+        .as_ref()
+        .map(|a| *a.get_ref())
+        .unwrap_or(ClientAuth::Body);
+    let encoding = c
+        .encoding
+        .as_ref()
+        .map(|e| *e.get_ref())
+        .unwrap_or(Encoding::Form);
+    let client_secret = v.secret_source(
+        &c.client_secret_file,
+        &c.client_secret_env,
+        &c.client_secret,
+        "client_secret",
+        ck,
+    );
     let client_id = c.client_id.as_ref().map(|s| s.get_ref().clone());
     match auth {
         ClientAuth::Body | ClientAuth::Basic => {
             if client_id.is_none() {
-                v.diagnostics.push(Diagnostic { span: c.auth.as_ref().map(|a| a.span()), key: key("client_id"), message: format!("is required with auth = \"{}\"", if auth == ClientAuth::Basic { "basic" } else { "body" }) });
+                v.diagnostics.push(Diagnostic {
+                    span: c.auth.as_ref().map(|a| a.span()),
+                    key: key("client_id"),
+                    message: format!(
+                        "is required with auth = \"{}\"",
+                        if auth == ClientAuth::Basic {
+                            "basic"
+                        } else {
+                            "body"
+                        }
+                    ),
+                });
             }
-            if c.client_secret_file.is_none() && c.client_secret_env.is_none() && c.client_secret.is_none() {
+            if c.client_secret_file.is_none()
+                && c.client_secret_env.is_none()
+                && c.client_secret.is_none()
+            {
                 v.diagnostics.push(Diagnostic { span: c.client_id.as_ref().map(|s| s.span()), key: key("client_secret"), message: "one of client_secret_file, client_secret_env or client_secret is required (or auth = \"none\" for a public client)".into() });
             }
         }
@@ -413,27 +580,54 @@ fn validate_client(v: &mut Validator<'_>, name: &str, ck: &str, c: &RawClient, d
         }
     }
 
-    let grant_kind = c.grant_type.as_ref().map(|g| *g.get_ref()).unwrap_or(GrantKind::ClientCredentials);
-    let password = v.secret_source(&c.password_file, &c.password_env, &c.password, "password", ck);
+    let grant_kind = c
+        .grant_type
+        .as_ref()
+        .map(|g| *g.get_ref())
+        .unwrap_or(GrantKind::ClientCredentials);
+    let password = v.secret_source(
+        &c.password_file,
+        &c.password_env,
+        &c.password,
+        "password",
+        ck,
+    );
     let grant = match grant_kind {
         GrantKind::ClientCredentials => Some(GrantPlan::ClientCredentials),
         GrantKind::Password => match (&c.username, password.clone()) {
-            (Some(u), Some(p)) => Some(GrantPlan::Password { username: u.get_ref().clone(), password: p }),
+            (Some(u), Some(p)) => Some(GrantPlan::Password {
+                username: u.get_ref().clone(),
+                password: p,
+            }),
             (u, p) => {
                 let span = c.grant_type.as_ref().map(|g| g.span());
                 if u.is_none() {
-                    v.diagnostics.push(Diagnostic { span: span.clone(), key: key("username"), message: "is required with grant_type = \"password\"".into() });
+                    v.diagnostics.push(Diagnostic {
+                        span: span.clone(),
+                        key: key("username"),
+                        message: "is required with grant_type = \"password\"".into(),
+                    });
                 }
-                if p.is_none() && c.password_file.is_none() && c.password_env.is_none() && c.password.is_none() {
+                if p.is_none()
+                    && c.password_file.is_none()
+                    && c.password_env.is_none()
+                    && c.password.is_none()
+                {
                     v.diagnostics.push(Diagnostic { span, key: key("password"), message: "one of password_file, password_env or password is required with grant_type = \"password\"".into() });
                 }
                 None
             }
         },
         GrantKind::RefreshToken => match &c.refresh_token_file {
-            Some(f) => v.path(f, &key("refresh_token_file")).map(|p| GrantPlan::RefreshToken {
-                initial: Located { value: SecretSource::File(p), span: f.span(), key: key("refresh_token_file") },
-            }),
+            Some(f) => v
+                .path(f, &key("refresh_token_file"))
+                .map(|p| GrantPlan::RefreshToken {
+                    initial: Located {
+                        value: SecretSource::File(p),
+                        span: f.span(),
+                        key: key("refresh_token_file"),
+                    },
+                }),
             None => {
                 v.diagnostics.push(Diagnostic { span: c.grant_type.as_ref().map(|g| g.span()), key: key("refresh_token_file"), message: "is required with grant_type = \"refresh_token\" (the initial refresh token)".into() });
                 None
@@ -441,15 +635,28 @@ fn validate_client(v: &mut Validator<'_>, name: &str, ck: &str, c: &RawClient, d
         },
     };
     if grant_kind != GrantKind::Password {
-        for (field, k) in [(&c.username, "username"), (&c.password_file, "password_file"), (&c.password_env, "password_env"), (&c.password, "password")] {
+        for (field, k) in [
+            (&c.username, "username"),
+            (&c.password_file, "password_file"),
+            (&c.password_env, "password_env"),
+            (&c.password, "password"),
+        ] {
             if let Some(f) = field {
-                v.error(f.span(), &key(k), "applies only to grant_type = \"password\"");
+                v.error(
+                    f.span(),
+                    &key(k),
+                    "applies only to grant_type = \"password\"",
+                );
             }
         }
     }
     if grant_kind != GrantKind::RefreshToken {
         if let Some(f) = &c.refresh_token_file {
-            v.error(f.span(), &key("refresh_token_file"), "applies only to grant_type = \"refresh_token\"");
+            v.error(
+                f.span(),
+                &key("refresh_token_file"),
+                "applies only to grant_type = \"refresh_token\"",
+            );
         }
     }
 
@@ -464,18 +671,39 @@ fn validate_client(v: &mut Validator<'_>, name: &str, ck: &str, c: &RawClient, d
         }
     };
     let scope_param = nonempty(v, &c.scope_param, "scope_param", "scope");
-    let refresh_token_param = nonempty(v, &c.refresh_token_param, "refresh_token_param", "refresh_token");
-    let params = c.params.as_ref().map(|p| p.get_ref().clone()).unwrap_or_default();
+    let refresh_token_param = nonempty(
+        v,
+        &c.refresh_token_param,
+        "refresh_token_param",
+        "refresh_token",
+    );
+    let params = c
+        .params
+        .as_ref()
+        .map(|p| p.get_ref().clone())
+        .unwrap_or_default();
     if let Some(p) = &c.params {
         if p.get_ref().keys().any(|k| k.is_empty()) {
-            v.error(p.span(), &key("params"), "parameter names must not be empty");
+            v.error(
+                p.span(),
+                &key("params"),
+                "parameter names must not be empty",
+            );
         }
     }
-    let headers = c.headers.as_ref().map(|h| h.get_ref().clone()).unwrap_or_default();
+    let headers = c
+        .headers
+        .as_ref()
+        .map(|h| h.get_ref().clone())
+        .unwrap_or_default();
     if let Some(h) = &c.headers {
         for (n, val) in h.get_ref() {
             if !header_name_ok(n) {
-                v.error(h.span(), &key("headers"), format!("{n:?} is not a valid HTTP header name"));
+                v.error(
+                    h.span(),
+                    &key("headers"),
+                    format!("{n:?} is not a valid HTTP header name"),
+                );
             } else if !header_value_ok(val) {
                 v.error(h.span(), &key("headers"), format!("the value of {n} is not a valid HTTP header value (no line breaks or control characters)"));
             }
@@ -489,12 +717,24 @@ fn validate_client(v: &mut Validator<'_>, name: &str, ck: &str, c: &RawClient, d
             (&r.access_token, &mut response.access_token, "access_token"),
             (&r.expires_in, &mut response.expires_in, "expires_in"),
             (&r.expires_at, &mut response.expires_at, "expires_at"),
-            (&r.refresh_token, &mut response.refresh_token, "refresh_token"),
+            (
+                &r.refresh_token,
+                &mut response.refresh_token,
+                "refresh_token",
+            ),
             (&r.token_type, &mut response.token_type, "token_type"),
         ] {
             if let Some(p) = field {
                 if !p.get_ref().starts_with('/') {
-                    v.error(p.span(), &key(&format!("response.{k}")), format!("{:?} is not a JSON Pointer; write e.g. \"/{}\"", p.get_ref(), p.get_ref().trim_start_matches('/')));
+                    v.error(
+                        p.span(),
+                        &key(&format!("response.{k}")),
+                        format!(
+                            "{:?} is not a JSON Pointer; write e.g. \"/{}\"",
+                            p.get_ref(),
+                            p.get_ref().trim_start_matches('/')
+                        ),
+                    );
                 }
                 *target = p.get_ref().clone();
             }
@@ -510,7 +750,13 @@ fn validate_client(v: &mut Validator<'_>, name: &str, ck: &str, c: &RawClient, d
     let refresh_ratio = match refresh_ratio {
         Some((r, span, k)) => {
             if !(r > 0.0 && r < 1.0) {
-                v.error(span, &k, format!("{r} must lie strictly between 0 and 1 (a share of the token's lifetime)"));
+                v.error(
+                    span,
+                    &k,
+                    format!(
+                        "{r} must lie strictly between 0 and 1 (a share of the token's lifetime)"
+                    ),
+                );
             }
             r
         }
@@ -518,28 +764,63 @@ fn validate_client(v: &mut Validator<'_>, name: &str, ck: &str, c: &RawClient, d
     };
     let policy = Policy {
         refresh_ratio,
-        refresh_before: v.duration(&c.refresh_before, Some(d.before), &key("refresh_before"), d.before),
+        refresh_before: v.duration(
+            &c.refresh_before,
+            Some(d.before),
+            &key("refresh_before"),
+            d.before,
+        ),
         min_interval: v.duration(&c.min_interval, Some(d.min), &key("min_interval"), d.min),
-        backoff_initial: v.duration(&c.backoff_initial, Some(d.binit), &key("backoff_initial"), d.binit),
+        backoff_initial: v.duration(
+            &c.backoff_initial,
+            Some(d.binit),
+            &key("backoff_initial"),
+            d.binit,
+        ),
         backoff_max: v.duration(&c.backoff_max, Some(d.bmax), &key("backoff_max"), d.bmax),
     };
     let timeout = v.duration(&c.timeout, Some(d.timeout), &key("timeout"), d.timeout);
-    let default_lifetime = v.duration(&c.default_lifetime, Some(d.lifetime), &key("default_lifetime"), d.lifetime);
+    let default_lifetime = v.duration(
+        &c.default_lifetime,
+        Some(d.lifetime),
+        &key("default_lifetime"),
+        d.lifetime,
+    );
     let span_of = |own: &S<String>| own.as_ref().map(|s| s.span());
     if policy.min_interval.is_zero() {
         v.diagnostics.push(Diagnostic { span: span_of(&c.min_interval), key: key("min_interval"), message: "must be more than zero: it is what keeps a short-lived token from turning into a tight loop".into() });
     }
     if policy.backoff_initial.is_zero() {
-        v.diagnostics.push(Diagnostic { span: span_of(&c.backoff_initial), key: key("backoff_initial"), message: "must be more than zero".into() });
+        v.diagnostics.push(Diagnostic {
+            span: span_of(&c.backoff_initial),
+            key: key("backoff_initial"),
+            message: "must be more than zero".into(),
+        });
     }
     if policy.backoff_max < policy.backoff_initial {
-        v.diagnostics.push(Diagnostic { span: span_of(&c.backoff_max), key: key("backoff_max"), message: format!("{} is less than backoff_initial {}", humantime::format_duration(policy.backoff_max), humantime::format_duration(policy.backoff_initial)) });
+        v.diagnostics.push(Diagnostic {
+            span: span_of(&c.backoff_max),
+            key: key("backoff_max"),
+            message: format!(
+                "{} is less than backoff_initial {}",
+                humantime::format_duration(policy.backoff_max),
+                humantime::format_duration(policy.backoff_initial)
+            ),
+        });
     }
     if timeout.is_zero() {
-        v.diagnostics.push(Diagnostic { span: span_of(&c.timeout), key: key("timeout"), message: "must be more than zero".into() });
+        v.diagnostics.push(Diagnostic {
+            span: span_of(&c.timeout),
+            key: key("timeout"),
+            message: "must be more than zero".into(),
+        });
     }
     if default_lifetime.is_zero() {
-        v.diagnostics.push(Diagnostic { span: span_of(&c.default_lifetime), key: key("default_lifetime"), message: "must be more than zero".into() });
+        v.diagnostics.push(Diagnostic {
+            span: span_of(&c.default_lifetime),
+            key: key("default_lifetime"),
+            message: "must be more than zero".into(),
+        });
     } else if policy.min_interval >= default_lifetime {
         v.diagnostics.push(Diagnostic {
             span: span_of(&c.min_interval).or(span_of(&c.default_lifetime)),
@@ -552,7 +833,13 @@ fn validate_client(v: &mut Validator<'_>, name: &str, ck: &str, c: &RawClient, d
         });
     }
 
-    let ca_file = c.ca_file.as_ref().and_then(|f| v.path(f, &key("ca_file")).map(|p| Located { value: p, span: f.span(), key: key("ca_file") }));
+    let ca_file = c.ca_file.as_ref().and_then(|f| {
+        v.path(f, &key("ca_file")).map(|p| Located {
+            value: p,
+            span: f.span(),
+            key: key("ca_file"),
+        })
+    });
 
     let mut outputs = Vec::new();
     match &c.outputs {
@@ -563,8 +850,16 @@ fn validate_client(v: &mut Validator<'_>, name: &str, ck: &str, c: &RawClient, d
                 }
             }
         }
-        Some(list) => v.error(list.span(), &key("outputs"), "at least one output is required"),
-        None => v.diagnostics.push(Diagnostic { span: None, key: key("outputs"), message: "at least one [[clients.NAME.outputs]] table is required".into() }),
+        Some(list) => v.error(
+            list.span(),
+            &key("outputs"),
+            "at least one output is required",
+        ),
+        None => v.diagnostics.push(Diagnostic {
+            span: None,
+            key: key("outputs"),
+            message: "at least one [[clients.NAME.outputs]] table is required".into(),
+        }),
     }
 
     if v.diagnostics.len() > before_errors {
@@ -600,7 +895,11 @@ fn validate_output(v: &mut Validator<'_>, ok: &str, o: &Spanned<RawOutput>) -> O
     let path = match &o.path {
         Some(p) => v.path(p, &key("path")),
         None => {
-            v.error(span.clone(), &key("path"), "is required for type = \"file\"");
+            v.error(
+                span.clone(),
+                &key("path"),
+                "is required for type = \"file\"",
+            );
             None
         }
     };
@@ -614,14 +913,25 @@ fn validate_output(v: &mut Validator<'_>, ok: &str, o: &Spanned<RawOutput>) -> O
         },
         None => 0o600,
     };
-    let kind = o.format.as_ref().map(|f| *f.get_ref()).unwrap_or(FormatKind::Raw);
+    let kind = o
+        .format
+        .as_ref()
+        .map(|f| *f.get_ref())
+        .unwrap_or(FormatKind::Raw);
     if kind != FormatKind::Header {
         if let Some(h) = &o.extra_headers {
-            v.error(h.span(), &key("extra_headers"), "applies only to format = \"header\"");
+            v.error(
+                h.span(),
+                &key("extra_headers"),
+                "applies only to format = \"header\"",
+            );
         }
     }
     if kind != FormatKind::Template {
-        for (f, k) in [(&o.template, "template"), (&o.template_file, "template_file")] {
+        for (f, k) in [
+            (&o.template, "template"),
+            (&o.template_file, "template_file"),
+        ] {
             if let Some(f) = f {
                 v.error(f.span(), &key(k), "applies only to format = \"template\"");
             }
@@ -636,16 +946,30 @@ fn validate_output(v: &mut Validator<'_>, ok: &str, o: &Spanned<RawOutput>) -> O
             if let Some(h) = &o.extra_headers {
                 for (n, val) in h.get_ref() {
                     if !header_name_ok(n) {
-                        v.error(h.span(), &key("extra_headers"), format!("{n:?} is not a valid HTTP header name"));
+                        v.error(
+                            h.span(),
+                            &key("extra_headers"),
+                            format!("{n:?} is not a valid HTTP header name"),
+                        );
                     } else if !header_value_ok(val) || val.contains(['\n', '\r']) {
-                        v.error(h.span(), &key("extra_headers"), format!("the value of {n} is not a valid HTTP header value"));
+                        v.error(
+                            h.span(),
+                            &key("extra_headers"),
+                            format!("the value of {n} is not a valid HTTP header value"),
+                        );
                     } else if n.eq_ignore_ascii_case("authorization") {
-                        v.error(h.span(), &key("extra_headers"), "Authorization is written by tokenkeeper itself");
+                        v.error(
+                            h.span(),
+                            &key("extra_headers"),
+                            "Authorization is written by tokenkeeper itself",
+                        );
                     }
                     extra.push((n.clone(), val.clone()));
                 }
             }
-            Some(FormatPlan::Ready(crate::output::Format::Header { extra_headers: extra }))
+            Some(FormatPlan::Ready(crate::output::Format::Header {
+                extra_headers: extra,
+            }))
         }
         FormatKind::Template => match (&o.template, &o.template_file) {
             (Some(t), None) => match Template::parse(t.get_ref()) {
@@ -655,18 +979,38 @@ fn validate_output(v: &mut Validator<'_>, ok: &str, o: &Spanned<RawOutput>) -> O
                     None
                 }
             },
-            (None, Some(f)) => v.path(f, &key("template_file")).map(|p| FormatPlan::TemplateFile(Located { value: p, span: f.span(), key: key("template_file") })),
+            (None, Some(f)) => v.path(f, &key("template_file")).map(|p| {
+                FormatPlan::TemplateFile(Located {
+                    value: p,
+                    span: f.span(),
+                    key: key("template_file"),
+                })
+            }),
             (Some(_), Some(f)) => {
-                v.error(f.span(), &key("template_file"), "set only one of template, template_file");
+                v.error(
+                    f.span(),
+                    &key("template_file"),
+                    "set only one of template, template_file",
+                );
                 None
             }
             (None, None) => {
-                v.error(span.clone(), &key("template"), "format = \"template\" needs template or template_file");
+                v.error(
+                    span.clone(),
+                    &key("template"),
+                    "format = \"template\" needs template or template_file",
+                );
                 None
             }
         },
     };
-    let located = |s: &S<String>, k: &str| s.as_ref().map(|s| Located { value: s.get_ref().clone(), span: s.span(), key: key(k) });
+    let located = |s: &S<String>, k: &str| {
+        s.as_ref().map(|s| Located {
+            value: s.get_ref().clone(),
+            span: s.span(),
+            key: key(k),
+        })
+    };
     if v.diagnostics.len() > before_errors {
         return None;
     }

@@ -51,7 +51,11 @@ pub struct Start {
 }
 
 /// The cached token of `spec`, if it is from the same request and not expired.
-pub fn usable_cache(state: Option<&StateStore>, spec: &ClientSpec, now: SystemTime) -> Option<Token> {
+pub fn usable_cache(
+    state: Option<&StateStore>,
+    spec: &ClientSpec,
+    now: SystemTime,
+) -> Option<Token> {
     let cached = match state?.load(&spec.name) {
         Ok(c) => c?,
         Err(e) => {
@@ -97,7 +101,9 @@ impl<S: TokenSource> ClientTask<S> {
             // sleep until `next`, a forced refresh, or shutdown
             loop {
                 let now = self.clock.now();
-                let Ok(wait) = next.duration_since(now) else { break };
+                let Ok(wait) = next.duration_since(now) else {
+                    break;
+                };
                 if wait.is_zero() {
                     break;
                 }
@@ -146,7 +152,9 @@ impl<S: TokenSource> ClientTask<S> {
                     if plan.basis != RefreshBasis::Policy && !warned_basis {
                         warned_basis = true;
                         let why = match plan.basis {
-                            RefreshBasis::MinInterval => "refreshing no sooner than min_interval after issue",
+                            RefreshBasis::MinInterval => {
+                                "refreshing no sooner than min_interval after issue"
+                            }
                             _ => "refresh_before exceeds the lifetime; refreshing by refresh_ratio",
                         };
                         tracing::warn!(client = %name, lifetime_s = lifetime.as_secs(), "short token lifetime: {why}");
@@ -194,23 +202,46 @@ impl<S: TokenSource> ClientTask<S> {
     }
 
     async fn persist(&self, token: &Token) {
-        let Some(state) = self.state.clone() else { return };
-        let (name, fingerprint, token) = (self.spec.name.clone(), self.spec.request.fingerprint(), token.clone());
-        let result = tokio::task::spawn_blocking(move || state.save(&name, &fingerprint, &token)).await;
+        let Some(state) = self.state.clone() else {
+            return;
+        };
+        let (name, fingerprint, token) = (
+            self.spec.name.clone(),
+            self.spec.request.fingerprint(),
+            token.clone(),
+        );
+        let result =
+            tokio::task::spawn_blocking(move || state.save(&name, &fingerprint, &token)).await;
         match result {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(client = %self.spec.name, error = %e, "cannot save the token to state_dir"),
-            Err(e) => tracing::error!(client = %self.spec.name, error = %e, "saving the token to state_dir failed"),
+            Ok(Err(e)) => {
+                tracing::error!(client = %self.spec.name, error = %e, "cannot save the token to state_dir")
+            }
+            Err(e) => {
+                tracing::error!(client = %self.spec.name, error = %e, "saving the token to state_dir failed")
+            }
         }
     }
 
-    fn report_failure(&self, error: &FetchError, failures: u32, delay: Duration, current: Option<&Token>) {
+    fn report_failure(
+        &self,
+        error: &FetchError,
+        failures: u32,
+        delay: Duration,
+        current: Option<&Token>,
+    ) {
         let name = &self.spec.name;
         let retry_in_s = delay.as_secs_f64();
         let now = self.clock.now();
         let token_state = match current {
-            Some(t) if !t.is_expired(now) => format!("current token stays in place until {}", rfc3339(t.expires_at)),
-            Some(t) => format!("NO VALID TOKEN: the last one expired at {}", rfc3339(t.expires_at)),
+            Some(t) if !t.is_expired(now) => format!(
+                "current token stays in place until {}",
+                rfc3339(t.expires_at)
+            ),
+            Some(t) => format!(
+                "NO VALID TOKEN: the last one expired at {}",
+                rfc3339(t.expires_at)
+            ),
             None => "no token yet".to_string(),
         };
         if error.is_permanent() {
@@ -260,19 +291,37 @@ mod tests {
 
         /// Call times in seconds since the test's epoch.
         fn calls(&self) -> Vec<u64> {
-            self.calls.lock().unwrap().iter().map(|t| t.duration_since(epoch()).unwrap().as_secs()).collect()
+            self.calls
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|t| t.duration_since(epoch()).unwrap().as_secs())
+                .collect()
         }
     }
 
     impl TokenSource for Scripted {
-        async fn fetch(&self, _: &TokenRequestSpec, rt: Option<&Secret>, now: SystemTime) -> Result<Token, FetchError> {
+        async fn fetch(
+            &self,
+            _: &TokenRequestSpec,
+            rt: Option<&Secret>,
+            now: SystemTime,
+        ) -> Result<Token, FetchError> {
             let n = {
                 let mut calls = self.calls.lock().unwrap();
                 calls.push(now);
                 calls.len()
             };
-            self.refresh_tokens_seen.lock().unwrap().push(rt.map(|s| s.expose().to_string()));
-            let lifetime = self.script.lock().unwrap().pop_front().unwrap_or(Ok(self.lifetime))?;
+            self.refresh_tokens_seen
+                .lock()
+                .unwrap()
+                .push(rt.map(|s| s.expose().to_string()));
+            let lifetime = self
+                .script
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or(Ok(self.lifetime))?;
             Ok(Token {
                 access_token: Secret::new(format!("tok-{n}")),
                 token_type: "Bearer".into(),
@@ -291,7 +340,10 @@ mod tests {
         let toml = format!(
             "[clients.c]\ntoken_url = \"https://a.example/token\"\nclient_id = \"id\"\nclient_secret = \"s\"\n{policy}\n[[clients.c.outputs]]\ntype = \"file\"\npath = \"/run/tk/c\"\n"
         );
-        load_str(Path::new("/etc/tk/config.toml"), &toml, &|_| None).unwrap().clients["c"].clone()
+        load_str(Path::new("/etc/tk/config.toml"), &toml, &|_| None)
+            .unwrap()
+            .clients["c"]
+            .clone()
     }
 
     struct Harness {
@@ -318,7 +370,12 @@ mod tests {
             cancel: cancel.clone(),
         };
         tokio::spawn(task.run(start));
-        Harness { tokens, refresh, cancel, board }
+        Harness {
+            tokens,
+            refresh,
+            cancel,
+            board,
+        }
     }
 
     async fn advance(secs: u64) {
@@ -326,7 +383,10 @@ mod tests {
     }
 
     fn fresh() -> Start {
-        Start { cached: None, force: false }
+        Start {
+            cached: None,
+            force: false,
+        }
     }
 
     fn transient() -> Result<Duration, FetchError> {
@@ -340,7 +400,10 @@ mod tests {
         advance(400).await;
         h.cancel.cancel();
         assert_eq!(source.calls(), vec![0, 75, 150, 225, 300, 375]);
-        assert_eq!(h.tokens.borrow().as_ref().unwrap().access_token.expose(), "tok-6");
+        assert_eq!(
+            h.tokens.borrow().as_ref().unwrap().access_token.expose(),
+            "tok-6"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -357,30 +420,54 @@ mod tests {
         let source = Scripted::new(Duration::ZERO, vec![]);
         let _h = start(spec("min_interval = \"10s\""), source.clone(), 0.0, fresh());
         advance(105).await;
-        assert_eq!(source.calls(), vec![0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]);
+        assert_eq!(
+            source.calls(),
+            vec![0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn transient_failures_back_off_exponentially_and_keep_the_last_token() {
         let source = Scripted::new(
             Duration::from_secs(100),
-            vec![Ok(Duration::from_secs(100)), transient(), transient(), transient(), transient()],
+            vec![
+                Ok(Duration::from_secs(100)),
+                transient(),
+                transient(),
+                transient(),
+                transient(),
+            ],
         );
-        let h = start(spec("backoff_initial = \"1s\"\nbackoff_max = \"60s\""), source.clone(), 1.0, fresh());
+        let h = start(
+            spec("backoff_initial = \"1s\"\nbackoff_max = \"60s\""),
+            source.clone(),
+            1.0,
+            fresh(),
+        );
         advance(80).await;
         // success at 0; refresh at 75 - 10 (full jitter) = 65; then 1, 2, 4, 8 s apart
         assert_eq!(source.calls(), vec![0, 65, 66, 68, 72]);
-        assert_eq!(h.tokens.borrow().as_ref().unwrap().access_token.expose(), "tok-1", "the last good token stays");
+        assert_eq!(
+            h.tokens.borrow().as_ref().unwrap().access_token.expose(),
+            "tok-1",
+            "the last good token stays"
+        );
         assert_eq!(h.board.snapshot()["c"].consecutive_failures, 4);
         advance(10).await;
         assert_eq!(source.calls(), vec![0, 65, 66, 68, 72, 80]);
-        assert_eq!(h.tokens.borrow().as_ref().unwrap().access_token.expose(), "tok-6");
+        assert_eq!(
+            h.tokens.borrow().as_ref().unwrap().access_token.expose(),
+            "tok-6"
+        );
         assert_eq!(h.board.snapshot()["c"].consecutive_failures, 0);
     }
 
     #[tokio::test(start_paused = true)]
     async fn permanent_failures_retry_at_backoff_max_and_honour_retry_after() {
-        let refused = Err(FetchError::permanent(Reason::Refused, "HTTP 401 invalid_client"));
+        let refused = Err(FetchError::permanent(
+            Reason::Refused,
+            "HTTP 401 invalid_client",
+        ));
         let mut limited = FetchError::transient(Reason::RateLimited, "HTTP 429");
         limited.retry_after = Some(Duration::from_secs(30));
         let source = Scripted::new(Duration::from_secs(3600), vec![refused, Err(limited)]);
@@ -402,13 +489,34 @@ mod tests {
             expires_at: epoch() + Duration::from_secs(50),
             refresh_token: Some(Secret::new("rt-cached")),
         };
-        let h = start(spec(""), source.clone(), 0.0, Start { cached: Some(cached), force: false });
+        let h = start(
+            spec(""),
+            source.clone(),
+            0.0,
+            Start {
+                cached: Some(cached),
+                force: false,
+            },
+        );
         advance(1).await;
-        assert_eq!(h.tokens.borrow().as_ref().unwrap().access_token.expose(), "cached");
-        assert!(source.calls().is_empty(), "no request while the cached token is fresh");
+        assert_eq!(
+            h.tokens.borrow().as_ref().unwrap().access_token.expose(),
+            "cached"
+        );
+        assert!(
+            source.calls().is_empty(),
+            "no request while the cached token is fresh"
+        );
         advance(30).await;
-        assert_eq!(source.calls(), vec![25], "refresh at 75% of the cached token's lifetime");
-        assert_eq!(source.refresh_tokens_seen.lock().unwrap()[0].as_deref(), Some("rt-cached"));
+        assert_eq!(
+            source.calls(),
+            vec![25],
+            "refresh at 75% of the cached token's lifetime"
+        );
+        assert_eq!(
+            source.refresh_tokens_seen.lock().unwrap()[0].as_deref(),
+            Some("rt-cached")
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -22,7 +22,10 @@ pub async fn fetch_with_retries<S: TokenSource>(
 ) -> Result<Token, FetchError> {
     let mut failures = 0;
     loop {
-        match source.fetch(&spec.request, refresh_token, clock.now()).await {
+        match source
+            .fetch(&spec.request, refresh_token, clock.now())
+            .await
+        {
             Ok(mut token) => {
                 if token.refresh_token.is_none() {
                     token.refresh_token = refresh_token.cloned();
@@ -35,8 +38,14 @@ pub async fn fetch_with_retries<S: TokenSource>(
                 if failures >= ONCE_ATTEMPTS {
                     return Err(e);
                 }
-                let delay = retry_delay(failures, e.class, e.retry_after, &spec.policy, rand::random())
-                    .min(Duration::from_secs(10));
+                let delay = retry_delay(
+                    failures,
+                    e.class,
+                    e.retry_after,
+                    &spec.policy,
+                    rand::random(),
+                )
+                .min(Duration::from_secs(10));
                 tracing::warn!(client = %spec.name, retry_in_s = delay.as_secs_f64(), "token request failed: {e}");
                 tokio::time::sleep(delay).await;
             }
@@ -45,7 +54,12 @@ pub async fn fetch_with_retries<S: TokenSource>(
 }
 
 /// One client: fetch, persist, write every output. Returns whether all went well.
-async fn once_client<S: TokenSource>(source: Arc<S>, spec: Arc<ClientSpec>, state: Option<StateStore>, clock: Arc<dyn Clock>) -> bool {
+async fn once_client<S: TokenSource>(
+    source: Arc<S>,
+    spec: Arc<ClientSpec>,
+    state: Option<StateStore>,
+    clock: Arc<dyn Clock>,
+) -> bool {
     let previous_rt = state
         .as_ref()
         .and_then(|s| s.load(&spec.name).ok().flatten())
@@ -83,10 +97,20 @@ async fn once_client<S: TokenSource>(source: Arc<S>, spec: Arc<ClientSpec>, stat
 
 /// `tokenkeeper once`: every client at once; true when every client got a
 /// token into every output.
-pub async fn once<S: TokenSource>(config: &Config, source: Arc<S>, state: Option<StateStore>, clock: Arc<dyn Clock>) -> bool {
+pub async fn once<S: TokenSource>(
+    config: &Config,
+    source: Arc<S>,
+    state: Option<StateStore>,
+    clock: Arc<dyn Clock>,
+) -> bool {
     let mut tasks = tokio::task::JoinSet::new();
     for spec in config.clients.values() {
-        tasks.spawn(once_client(source.clone(), spec.clone(), state.clone(), clock.clone()));
+        tasks.spawn(once_client(
+            source.clone(),
+            spec.clone(),
+            state.clone(),
+            clock.clone(),
+        ));
     }
     let mut all_ok = true;
     while let Some(result) = tasks.join_next().await {

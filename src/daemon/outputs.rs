@@ -30,7 +30,9 @@ pub async fn run_output(
     let label = spec.label();
     let OutputKind::File(file) = &spec.kind;
     let path = file.path.clone();
-    let _ = tokio::task::spawn_blocking(move || crate::output::file::remove_stale_temp_files(&path)).await;
+    let _ =
+        tokio::task::spawn_blocking(move || crate::output::file::remove_stale_temp_files(&path))
+            .await;
 
     tokens.mark_changed();
     let mut failures: u32 = 0;
@@ -50,7 +52,9 @@ pub async fn run_output(
         if !alive {
             return;
         }
-        let Some(token) = tokens.borrow_and_update().clone() else { continue };
+        let Some(token) = tokens.borrow_and_update().clone() else {
+            continue;
+        };
         let (spec2, token2) = (spec.clone(), token.clone());
         let result = tokio::task::spawn_blocking(move || spec2.write(&token2)).await;
         let result = match result {
@@ -73,7 +77,13 @@ pub async fn run_output(
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
-                let delay = retry_delay(failures, FailureClass::Transient, None, &output_retry_policy(), rand::random());
+                let delay = retry_delay(
+                    failures,
+                    FailureClass::Transient,
+                    None,
+                    &output_retry_policy(),
+                    rand::random(),
+                );
                 tracing::warn!(
                     client = %client, output = %label, failures, retry_in_s = delay.as_secs_f64(),
                     "cannot write output: {e}; the previous file stays in place"

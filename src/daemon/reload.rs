@@ -23,7 +23,10 @@ impl Diff {
 
 /// Which clients were added, changed (any setting, secret or output), removed
 /// or left alone between `old` and `new`.
-pub fn diff(old: &BTreeMap<String, Arc<ClientSpec>>, new: &BTreeMap<String, Arc<ClientSpec>>) -> Diff {
+pub fn diff(
+    old: &BTreeMap<String, Arc<ClientSpec>>,
+    new: &BTreeMap<String, Arc<ClientSpec>>,
+) -> Diff {
     let mut d = Diff::default();
     for (name, spec) in new {
         match old.get(name) {
@@ -32,7 +35,11 @@ pub fn diff(old: &BTreeMap<String, Arc<ClientSpec>>, new: &BTreeMap<String, Arc<
             Some(_) => d.changed.push(name.clone()),
         }
     }
-    d.removed = old.keys().filter(|n| !new.contains_key(*n)).cloned().collect();
+    d.removed = old
+        .keys()
+        .filter(|n| !new.contains_key(*n))
+        .cloned()
+        .collect();
     d
 }
 
@@ -41,11 +48,20 @@ pub fn diff(old: &BTreeMap<String, Arc<ClientSpec>>, new: &BTreeMap<String, Arc<
 /// sends `()` on `tx` when something that may be the config changes: the file
 /// itself, or a `..data`-style entry of a ConfigMap volume. The receiver
 /// debounces and compares a digest before reloading.
-pub fn watch_config(config: &Path, tx: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
+pub fn watch_config(
+    config: &Path,
+    tx: mpsc::Sender<()>,
+) -> notify::Result<notify::RecommendedWatcher> {
     use notify::{EventKind, RecursiveMode, Watcher};
     let config = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
-    let dir = config.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
-    let name = config.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let dir = config
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let name = config
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         if matches!(event.kind, EventKind::Access(_)) {
@@ -69,7 +85,9 @@ mod tests {
     use crate::config::load_str;
 
     fn clients(toml: &str) -> BTreeMap<String, Arc<ClientSpec>> {
-        load_str(Path::new("/etc/tk/config.toml"), toml, &|_| None).unwrap().clients
+        load_str(Path::new("/etc/tk/config.toml"), toml, &|_| None)
+            .unwrap()
+            .clients
     }
 
     fn client(name: &str, scope: &str) -> String {

@@ -46,7 +46,13 @@ pub struct Supervisor<S: TokenSource> {
 }
 
 impl<S: TokenSource> Supervisor<S> {
-    pub fn new(source: Arc<S>, clock: Arc<dyn Clock>, jitter: Jitter, state: Option<StateStore>, board: Arc<StatusBoard>) -> Self {
+    pub fn new(
+        source: Arc<S>,
+        clock: Arc<dyn Clock>,
+        jitter: Jitter,
+        state: Option<StateStore>,
+        board: Arc<StatusBoard>,
+    ) -> Self {
         Supervisor {
             source,
             clock,
@@ -86,7 +92,14 @@ impl<S: TokenSource> Supervisor<S> {
             cancel: cancel.clone(),
         };
         tasks.push(tokio::spawn(task.run(Start { cached, force })));
-        self.running.insert(spec.name.clone(), Running { spec, cancel, tasks });
+        self.running.insert(
+            spec.name.clone(),
+            Running {
+                spec,
+                cancel,
+                tasks,
+            },
+        );
     }
 
     fn stop_client(&mut self, name: &str) {
@@ -99,8 +112,11 @@ impl<S: TokenSource> Supervisor<S> {
 
     /// Applies `clients` as a diff against what runs now.
     pub fn apply(&mut self, clients: &BTreeMap<String, Arc<ClientSpec>>) {
-        let current: BTreeMap<String, Arc<ClientSpec>> =
-            self.running.iter().map(|(n, r)| (n.clone(), r.spec.clone())).collect();
+        let current: BTreeMap<String, Arc<ClientSpec>> = self
+            .running
+            .iter()
+            .map(|(n, r)| (n.clone(), r.spec.clone()))
+            .collect();
         let d = diff(&current, clients);
         for name in &d.removed {
             self.stop_client(name);
@@ -193,7 +209,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
 
     let source = Arc::new(HttpTokenSource::new());
-    let mut supervisor = Supervisor::new(source, Arc::new(SystemClock), random_jitter(), Some(state), board);
+    let mut supervisor = Supervisor::new(
+        source,
+        Arc::new(SystemClock),
+        random_jitter(),
+        Some(state),
+        board,
+    );
     tracing::info!(config = %config.path.display(), clients = config.clients.len(), version = env!("CARGO_PKG_VERSION"), "tokenkeeper started");
     supervisor.apply(&config.clients);
     let mut current = config;

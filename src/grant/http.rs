@@ -121,9 +121,13 @@ impl TokenSource for HttpTokenSource {
 
         let mut builder = client.post(wire.url.clone());
         for (name, value) in &wire.headers {
-            let mut header = reqwest::header::HeaderValue::from_str(value.expose()).map_err(|_| {
-                FetchError::permanent(Reason::Other, format!("header {name} has a value HTTP cannot carry"))
-            })?;
+            let mut header =
+                reqwest::header::HeaderValue::from_str(value.expose()).map_err(|_| {
+                    FetchError::permanent(
+                        Reason::Other,
+                        format!("header {name} has a value HTTP cannot carry"),
+                    )
+                })?;
             header.set_sensitive(value.is_secret());
             builder = builder.header(name.as_str(), header);
         }
@@ -194,10 +198,17 @@ impl TokenSource for HttpTokenSource {
                 } else {
                     Reason::Other
                 };
-                let what = if e.is_connect() { "cannot connect to" } else { "request failed to" };
+                let what = if e.is_connect() {
+                    "cannot connect to"
+                } else {
+                    "request failed to"
+                };
                 return Err(FetchError::transient(
                     reason,
-                    redactor.scrub(&format!("{what} token endpoint {endpoint}: {}", describe(&e))),
+                    redactor.scrub(&format!(
+                        "{what} token endpoint {endpoint}: {}",
+                        describe(&e)
+                    )),
                 ));
             }
             Ok(Ok(Err(status))) => {

@@ -24,10 +24,15 @@ pub use error::{FetchError, Reason};
 pub enum GrantSpec {
     ClientCredentials,
     /// Resource owner password credentials (RFC 6749 §4.3).
-    Password { username: String, password: Secret },
+    Password {
+        username: String,
+        password: Secret,
+    },
     /// Refresh token grant; `initial` is used until the endpoint hands out a
     /// newer one, which is then kept in the state directory.
-    RefreshToken { initial: Secret },
+    RefreshToken {
+        initial: Secret,
+    },
 }
 
 impl GrantSpec {
@@ -129,7 +134,10 @@ impl TokenRequestSpec {
     }
 
     /// The secrets this request carries, for scrubbing foreign text.
-    pub fn redactor<'a>(&'a self, refresh_token: Option<&'a Secret>) -> crate::secret::Redactor<'a> {
+    pub fn redactor<'a>(
+        &'a self,
+        refresh_token: Option<&'a Secret>,
+    ) -> crate::secret::Redactor<'a> {
         let password = match &self.grant {
             GrantSpec::Password { password, .. } => Some(password),
             GrantSpec::RefreshToken { initial } => Some(initial),

@@ -47,7 +47,10 @@ pub struct WireRequest {
 
 impl WireRequest {
     pub fn field(&self, name: &str) -> Option<&str> {
-        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.expose())
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.expose())
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -85,7 +88,10 @@ fn basic_credentials(client_id: &str, secret: &str) -> Secret {
 /// Builds the request for `spec`. `refresh_token` (the newest one known)
 /// takes precedence over the configured initial one for the refresh grant.
 pub fn build_request(spec: &TokenRequestSpec, refresh_token: Option<&Secret>) -> WireRequest {
-    let mut headers = vec![("Accept".to_string(), Value::Plain("application/json".into()))];
+    let mut headers = vec![(
+        "Accept".to_string(),
+        Value::Plain("application/json".into()),
+    )];
     let mut fields = vec![(
         "grant_type".to_string(),
         Value::Plain(spec.grant.grant_type().into()),
@@ -117,7 +123,11 @@ pub fn build_request(spec: &TokenRequestSpec, refresh_token: Option<&Secret>) ->
         }
         ClientAuth::Basic => {
             let id = spec.client_id.as_deref().unwrap_or("");
-            let secret = spec.client_secret.as_ref().map(Secret::expose).unwrap_or("");
+            let secret = spec
+                .client_secret
+                .as_ref()
+                .map(Secret::expose)
+                .unwrap_or("");
             headers.push((
                 "Authorization".into(),
                 Value::Secret(basic_credentials(id, secret)),
@@ -131,7 +141,12 @@ pub fn build_request(spec: &TokenRequestSpec, refresh_token: Option<&Secret>) ->
     }
 
     if let Some(scope) = &spec.scope {
-        set(&mut fields, &spec.scope_param, Value::Plain(scope.clone()), false);
+        set(
+            &mut fields,
+            &spec.scope_param,
+            Value::Plain(scope.clone()),
+            false,
+        );
     }
     for (name, value) in &spec.params {
         set(&mut fields, name, Value::Plain(value.clone()), false);
@@ -194,7 +209,10 @@ mod tests {
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(header.strip_prefix("Basic ").unwrap())
             .unwrap();
-        assert_eq!(String::from_utf8(decoded).unwrap(), "my+client:p%40ss%3Aword");
+        assert_eq!(
+            String::from_utf8(decoded).unwrap(),
+            "my+client:p%40ss%3Aword"
+        );
     }
 
     #[test]
@@ -233,11 +251,19 @@ mod tests {
         assert_eq!(r.field("username"), Some("alice"));
         assert_eq!(r.field("password"), Some("pw"));
 
-        let mut s = spec(ClientAuth::Basic, GrantSpec::RefreshToken { initial: Secret::new("rt-1") });
+        let mut s = spec(
+            ClientAuth::Basic,
+            GrantSpec::RefreshToken {
+                initial: Secret::new("rt-1"),
+            },
+        );
         s.refresh_token_param = "refreshToken".into();
         assert_eq!(build_request(&s, None).field("refreshToken"), Some("rt-1"));
         let newer = Secret::new("rt-2");
-        assert_eq!(build_request(&s, Some(&newer)).field("refreshToken"), Some("rt-2"));
+        assert_eq!(
+            build_request(&s, Some(&newer)).field("refreshToken"),
+            Some("rt-2")
+        );
     }
 
     #[test]

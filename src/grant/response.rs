@@ -1,8 +1,8 @@
 //! Turning an HTTP answer from a token endpoint into a [`Token`] or a
 //! classified [`FetchError`]. Pure: the caller passes the answer and `now`.
 
-use super::error::{FetchError, Reason};
 use super::ResponseMapping;
+use super::error::{FetchError, Reason};
 use crate::schedule::FailureClass;
 use crate::secret::{Redactor, Secret};
 use crate::token::Token;
@@ -47,7 +47,8 @@ pub fn parse_answer(answer: &HttpAnswer<'_>, cx: &ParseContext<'_>) -> Result<To
                      for a request that carries credentials: set token_url to the final address",
                     cx.endpoint,
                     answer.status,
-                    cx.redactor.scrub(answer.location.unwrap_or("(no Location header)")),
+                    cx.redactor
+                        .scrub(answer.location.unwrap_or("(no Location header)")),
                 ),
             )
         }),
@@ -65,7 +66,9 @@ fn error_answer(answer: &HttpAnswer<'_>, cx: &ParseContext<'_>) -> FetchError {
         // invalid_scope, invalid_request, ...) will not heal by retrying soon
         _ => (FailureClass::Permanent, Reason::Refused),
     };
-    let retry_after = answer.retry_after.and_then(|v| parse_retry_after(v, cx.now));
+    let retry_after = answer
+        .retry_after
+        .and_then(|v| parse_retry_after(v, cx.now));
 
     let json: Option<Json> = serde_json::from_slice(answer.body).ok();
     let oauth_error = json
@@ -114,7 +117,10 @@ fn bad_response(cx: &ParseContext<'_>, status: u16, what: String) -> FetchError 
         status: Some(status),
         ..FetchError::transient(
             Reason::BadResponse,
-            format!("token endpoint {} answered HTTP {status} but {what}", cx.endpoint),
+            format!(
+                "token endpoint {} answered HTTP {status} but {what}",
+                cx.endpoint
+            ),
         )
     }
 }
@@ -133,18 +139,31 @@ fn parse_success(answer: &HttpAnswer<'_>, cx: &ParseContext<'_>) -> Result<Token
         )
     })?;
     if !json.is_object() {
-        return Err(bad_response(cx, status, "the body is not a JSON object".into()));
+        return Err(bad_response(
+            cx,
+            status,
+            "the body is not a JSON object".into(),
+        ));
     }
     let keys = || {
         json.as_object()
-            .map(|o| o.keys().map(|k| printable(k, 40)).collect::<Vec<_>>().join(", "))
+            .map(|o| {
+                o.keys()
+                    .map(|k| printable(k, 40))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
             .unwrap_or_default()
     };
 
     let access_token = match json.pointer(&cx.mapping.access_token) {
         Some(Json::String(s)) if !s.is_empty() => s.as_str(),
         Some(Json::String(_)) => {
-            return Err(bad_response(cx, status, format!("the access token at {} is empty", cx.mapping.access_token)));
+            return Err(bad_response(
+                cx,
+                status,
+                format!("the access token at {} is empty", cx.mapping.access_token),
+            ));
         }
         _ => {
             return Err(bad_response(
@@ -158,7 +177,10 @@ fn parse_success(answer: &HttpAnswer<'_>, cx: &ParseContext<'_>) -> Result<Token
             ));
         }
     };
-    if let Some(pos) = access_token.bytes().position(|b| !(0x21..=0x7e).contains(&b)) {
+    if let Some(pos) = access_token
+        .bytes()
+        .position(|b| !(0x21..=0x7e).contains(&b))
+    {
         return Err(FetchError {
             status: Some(status),
             ..FetchError::transient(
@@ -182,7 +204,10 @@ fn parse_success(answer: &HttpAnswer<'_>, cx: &ParseContext<'_>) -> Result<Token
             return Err(bad_response(
                 cx,
                 status,
-                format!("its token_type {:?} is not a valid HTTP auth scheme", printable(t, 40)),
+                format!(
+                    "its token_type {:?} is not a valid HTTP auth scheme",
+                    printable(t, 40)
+                ),
             ));
         }
     };
@@ -190,7 +215,11 @@ fn parse_success(answer: &HttpAnswer<'_>, cx: &ParseContext<'_>) -> Result<Token
     let now = cx.now;
     let expires_at = if let Some(v) = non_null(json.pointer(&cx.mapping.expires_in)) {
         let secs = seconds(v).ok_or_else(|| {
-            bad_response(cx, status, format!("{} is not a number of seconds", cx.mapping.expires_in))
+            bad_response(
+                cx,
+                status,
+                format!("{} is not a number of seconds", cx.mapping.expires_in),
+            )
         })?;
         now + Duration::from_secs_f64(secs)
     } else if let Some(v) = non_null(json.pointer(&cx.mapping.expires_at)) {
@@ -198,7 +227,10 @@ fn parse_success(answer: &HttpAnswer<'_>, cx: &ParseContext<'_>) -> Result<Token
             bad_response(
                 cx,
                 status,
-                format!("{} is neither an RFC 3339 timestamp nor Unix seconds", cx.mapping.expires_at),
+                format!(
+                    "{} is neither an RFC 3339 timestamp nor Unix seconds",
+                    cx.mapping.expires_at
+                ),
             )
         })?
     } else if let Some(exp) = jwt_exp(access_token) {
@@ -265,7 +297,8 @@ pub fn jwt_exp(token: &str) -> Option<SystemTime> {
         .ok()?;
     let claims: Json = serde_json::from_slice(&bytes).ok()?;
     let exp = claims.get("exp")?.as_f64()?;
-    (exp.is_finite() && (0.0..=1e11).contains(&exp)).then(|| UNIX_EPOCH + Duration::from_secs_f64(exp))
+    (exp.is_finite() && (0.0..=1e11).contains(&exp))
+        .then(|| UNIX_EPOCH + Duration::from_secs_f64(exp))
 }
 
 /// `Retry-After`: delta-seconds or an HTTP date.
@@ -289,7 +322,11 @@ fn printable(s: &str, max: usize) -> String {
     let mut out = String::new();
     let mut last_space = false;
     for c in s.chars() {
-        let c = if c.is_control() || c.is_whitespace() { ' ' } else { c };
+        let c = if c.is_control() || c.is_whitespace() {
+            ' '
+        } else {
+            c
+        };
         if c == ' ' && last_space {
             continue;
         }
@@ -349,7 +386,11 @@ mod tests {
 
     fn jwt(exp: u64) -> String {
         let b = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-        format!("{}.{}.sig", b(r#"{"alg":"RS256"}"#), b(&format!(r#"{{"exp":{exp}}}"#)))
+        format!(
+            "{}.{}.sig",
+            b(r#"{"alg":"RS256"}"#),
+            b(&format!(r#"{{"exp":{exp}}}"#))
+        )
     }
 
     #[test]
@@ -358,14 +399,23 @@ mod tests {
         let cases = [
             (r#"{"access_token":"abc","expires_in":3600}"#, 3600),
             (r#"{"access_token":"abc","expires_in":"600"}"#, 600),
-            (r#"{"access_token":"abc","expires_in":59.9,"token_type":"bearer"}"#, 59),
+            (
+                r#"{"access_token":"abc","expires_in":59.9,"token_type":"bearer"}"#,
+                59,
+            ),
             (r#"{"access_token":"abc"}"#, 3600),
             (r#"{"access_token":"abc","expires_in":null}"#, 3600),
             // now is 2027-01-15T08:00:00Z; any offset is understood
-            (r#"{"access_token":"abc","expires_at":"2027-01-15T10:00:00+01:00"}"#, 3600),
+            (
+                r#"{"access_token":"abc","expires_at":"2027-01-15T10:00:00+01:00"}"#,
+                3600,
+            ),
             (r#"{"access_token":"abc","expires_at":1800000600}"#, 600),
             // already past: a zero lifetime, never a negative one
-            (r#"{"access_token":"abc","expires_at":"2027-01-15T07:00:00Z"}"#, 0),
+            (
+                r#"{"access_token":"abc","expires_at":"2027-01-15T07:00:00Z"}"#,
+                0,
+            ),
         ];
         for (body, want) in cases {
             assert_eq!(lifetime(&check(200, body, &m)), want, "{body}");
@@ -390,7 +440,8 @@ mod tests {
             refresh_token: "/data/rt".into(),
             ..ResponseMapping::default()
         };
-        let body = r#"{"authToken":"scx","tokenExpireAt":"2027-01-15T07:00:00.500Z","data":{"rt":"r1"}}"#;
+        let body =
+            r#"{"authToken":"scx","tokenExpireAt":"2027-01-15T07:00:00.500Z","data":{"rt":"r1"}}"#;
         let t = check(200, body, &m).unwrap();
         assert_eq!(t.access_token.expose(), "scx");
         assert_eq!(t.refresh_token.unwrap().expose(), "r1");
@@ -404,12 +455,24 @@ mod tests {
             ("[1,2]", Reason::BadResponse),
             (r#"{"token":"x"}"#, Reason::BadResponse),
             (r#"{"access_token":""}"#, Reason::BadResponse),
-            (r#"{"access_token":"abc","expires_in":-5}"#, Reason::BadResponse),
-            (r#"{"access_token":"abc","expires_in":"soon"}"#, Reason::BadResponse),
-            (r#"{"access_token":"abc","token_type":"Bearer x"}"#, Reason::BadResponse),
+            (
+                r#"{"access_token":"abc","expires_in":-5}"#,
+                Reason::BadResponse,
+            ),
+            (
+                r#"{"access_token":"abc","expires_in":"soon"}"#,
+                Reason::BadResponse,
+            ),
+            (
+                r#"{"access_token":"abc","token_type":"Bearer x"}"#,
+                Reason::BadResponse,
+            ),
             (r#"{"access_token":"secret-tok\nen"}"#, Reason::InvalidToken),
             (r#"{"access_token":"secret-tok en"}"#, Reason::InvalidToken),
-            ("{\"access_token\":\"secret-tok\u{e9}n\"}", Reason::InvalidToken),
+            (
+                "{\"access_token\":\"secret-tok\u{e9}n\"}",
+                Reason::InvalidToken,
+            ),
         ];
         for (body, reason) in cases {
             let e = check(200, body, &m).unwrap_err();
@@ -418,14 +481,22 @@ mod tests {
             assert!(!e.message.contains("secret-tok"), "{}", e.message);
         }
         let e = check(200, r#"{"token":"x","ttl":1}"#, &m).unwrap_err();
-        assert!(e.message.contains("top-level keys: token, ttl"), "{}", e.message);
+        assert!(
+            e.message.contains("top-level keys: token, ttl"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
     fn oauth_errors_show_code_description_and_status() {
         let m = ResponseMapping::default();
-        let e = check(401, r#"{"error":"invalid_client","error_description":"client authentication failed"}"#, &m)
-            .unwrap_err();
+        let e = check(
+            401,
+            r#"{"error":"invalid_client","error_description":"client authentication failed"}"#,
+            &m,
+        )
+        .unwrap_err();
         assert_eq!(e.class, FailureClass::Permanent);
         assert_eq!(e.oauth_error.as_deref(), Some("invalid_client"));
         assert_eq!(
@@ -449,9 +520,18 @@ mod tests {
     #[test]
     fn html_error_pages_are_summarised_by_title() {
         let m = ResponseMapping::default();
-        let e = check(502, "<html><head><title>502 Bad\n Gateway</title></head><body>…</body></html>", &m)
-            .unwrap_err();
-        assert!(e.message.ends_with("(application/json, 73 bytes): 502 Bad Gateway"), "{}", e.message);
+        let e = check(
+            502,
+            "<html><head><title>502 Bad\n Gateway</title></head><body>…</body></html>",
+            &m,
+        )
+        .unwrap_err();
+        assert!(
+            e.message
+                .ends_with("(application/json, 73 bytes): 502 Bad Gateway"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
@@ -466,17 +546,30 @@ mod tests {
             now: now(),
             redactor: &redactor,
         };
-        let body = br#"{"error":"invalid_client","error_description":"bad secret the-client-secret"}"#;
-        let answer = HttpAnswer { status: 401, content_type: None, retry_after: None, location: None, body };
+        let body =
+            br#"{"error":"invalid_client","error_description":"bad secret the-client-secret"}"#;
+        let answer = HttpAnswer {
+            status: 401,
+            content_type: None,
+            retry_after: None,
+            location: None,
+            body,
+        };
         let e = parse_answer(&answer, &cx).unwrap_err();
         assert!(!e.message.contains("the-client-secret"), "{}", e.message);
     }
 
     #[test]
     fn retry_after_seconds_and_dates() {
-        assert_eq!(parse_retry_after("30", now()), Some(Duration::from_secs(30)));
+        assert_eq!(
+            parse_retry_after("30", now()),
+            Some(Duration::from_secs(30))
+        );
         let date = httpdate::fmt_http_date(now() + Duration::from_secs(90));
-        assert_eq!(parse_retry_after(&date, now()), Some(Duration::from_secs(90)));
+        assert_eq!(
+            parse_retry_after(&date, now()),
+            Some(Duration::from_secs(90))
+        );
         assert_eq!(parse_retry_after("soon", now()), None);
     }
 }

@@ -24,10 +24,12 @@ fn error(path: &Path, what: &str, e: io::Error) -> io::Error {
 }
 
 fn split(path: &Path) -> io::Result<(PathBuf, String)> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{}: not a file path", path.display())))?;
+    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: not a file path", path.display()),
+        )
+    })?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -46,7 +48,12 @@ fn unchanged(path: &Path, meta: &fs::Metadata, content: &[u8], opts: &FileOption
     }
     let mut existing = Vec::with_capacity(content.len());
     match File::open(path) {
-        Ok(f) => f.take(content.len() as u64 + 1).read_to_end(&mut existing).is_ok() && existing == content,
+        Ok(f) => {
+            f.take(content.len() as u64 + 1)
+                .read_to_end(&mut existing)
+                .is_ok()
+                && existing == content
+        }
         Err(_) => false,
     }
 }
@@ -73,7 +80,10 @@ pub fn write_atomic(path: &Path, content: &[u8], opts: &FileOptions) -> io::Resu
         Ok(meta) if meta.file_type().is_symlink() => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("{}: is a symlink; refusing to write through it", path.display()),
+                format!(
+                    "{}: is a symlink; refusing to write through it",
+                    path.display()
+                ),
             ));
         }
         Ok(meta) if !meta.is_file() => {
@@ -110,8 +120,11 @@ pub fn write_atomic(path: &Path, content: &[u8], opts: &FileOptions) -> io::Resu
     tmp.as_file()
         .set_permissions(Permissions::from_mode(opts.mode))
         .map_err(|e| error(path, "cannot set mode", e))?;
-    tmp.write_all(content).map_err(|e| error(path, "cannot write", e))?;
-    tmp.as_file().sync_all().map_err(|e| error(path, "cannot fsync", e))?;
+    tmp.write_all(content)
+        .map_err(|e| error(path, "cannot write", e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| error(path, "cannot fsync", e))?;
     tmp.persist(path)
         .map_err(|e| error(path, "cannot rename into place", e.error))?;
     File::open(&dir)
@@ -124,10 +137,14 @@ pub fn write_atomic(path: &Path, content: &[u8], opts: &FileOptions) -> io::Resu
 pub fn remove_stale_temp_files(path: &Path) {
     let Ok((dir, name)) = split(path) else { return };
     let prefix = format!(".{name}.");
-    let Ok(entries) = fs::read_dir(&dir) else { return };
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let file_name = entry.file_name();
-        let Some(n) = file_name.to_str() else { continue };
+        let Some(n) = file_name.to_str() else {
+            continue;
+        };
         if n.starts_with(&prefix) && n.ends_with(".tk-tmp") {
             let _ = fs::remove_file(entry.path());
         }
@@ -141,19 +158,35 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     fn opts(mode: u32) -> FileOptions {
-        FileOptions { mode, owner: None, group: None }
+        FileOptions {
+            mode,
+            owner: None,
+            group: None,
+        }
     }
 
     #[test]
     fn writes_then_skips_unchanged_content() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t");
-        assert_eq!(write_atomic(&p, b"one", &opts(0o600)).unwrap(), WriteOutcome::Written);
-        assert_eq!(write_atomic(&p, b"one", &opts(0o600)).unwrap(), WriteOutcome::Unchanged);
-        assert_eq!(write_atomic(&p, b"two", &opts(0o600)).unwrap(), WriteOutcome::Written);
+        assert_eq!(
+            write_atomic(&p, b"one", &opts(0o600)).unwrap(),
+            WriteOutcome::Written
+        );
+        assert_eq!(
+            write_atomic(&p, b"one", &opts(0o600)).unwrap(),
+            WriteOutcome::Unchanged
+        );
+        assert_eq!(
+            write_atomic(&p, b"two", &opts(0o600)).unwrap(),
+            WriteOutcome::Written
+        );
         assert_eq!(fs::read(&p).unwrap(), b"two");
         // a mode change alone is a write
-        assert_eq!(write_atomic(&p, b"two", &opts(0o640)).unwrap(), WriteOutcome::Written);
+        assert_eq!(
+            write_atomic(&p, b"two", &opts(0o640)).unwrap(),
+            WriteOutcome::Written
+        );
         assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, 0o640);
     }
 
@@ -186,7 +219,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a/b/t");
         write_atomic(&p, b"x", &opts(0o640)).unwrap();
-        assert_eq!(fs::metadata(p.parent().unwrap()).unwrap().mode() & 0o777, 0o750);
+        assert_eq!(
+            fs::metadata(p.parent().unwrap()).unwrap().mode() & 0o777,
+            0o750
+        );
     }
 
     #[test]
@@ -196,7 +232,10 @@ mod tests {
         fs::write(dir.path().join(".t.abc123.tk-tmp"), b"half").unwrap();
         fs::write(dir.path().join(".other.abc.tk-tmp"), b"not ours").unwrap();
         remove_stale_temp_files(&p);
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from(".other.abc.tk-tmp")]);
     }
 

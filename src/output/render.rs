@@ -22,7 +22,9 @@ pub enum Format {
     /// Shell-sourceable `KEY='value'` lines.
     Env,
     /// `Authorization: <type> <token>` plus extra headers, for `curl -H @file`.
-    Header { extra_headers: Vec<(String, String)> },
+    Header {
+        extra_headers: Vec<(String, String)>,
+    },
     /// A user template, parsed at config time.
     Template(Template),
 }
@@ -167,15 +169,31 @@ mod tests {
             "Authorization: Bearer eyJ.abc'd.sig\nX-Tenant-ID: t-1\n",
         );
         check(
-            Format::Template(Template::parse("machine api login x password {{ access_token }} # {{expires_at_unix}}\n").unwrap()),
+            Format::Template(
+                Template::parse(
+                    "machine api login x password {{ access_token }} # {{expires_at_unix}}\n",
+                )
+                .unwrap(),
+            ),
             "machine api login x password eyJ.abc'd.sig # 1800003600\n",
         );
     }
 
     #[test]
     fn templates_reject_unknown_fields_and_unclosed_braces() {
-        assert!(Template::parse("{{ acess_token }}").unwrap_err().contains("unknown template field `acess_token`"));
-        assert!(Template::parse("x {{ access_token").unwrap_err().contains("never closed"));
-        assert_eq!(Template::parse("plain").unwrap().pieces, vec![Piece::Text("plain".into())]);
+        assert!(
+            Template::parse("{{ acess_token }}")
+                .unwrap_err()
+                .contains("unknown template field `acess_token`")
+        );
+        assert!(
+            Template::parse("x {{ access_token")
+                .unwrap_err()
+                .contains("never closed")
+        );
+        assert_eq!(
+            Template::parse("plain").unwrap().pieces,
+            vec![Piece::Text("plain".into())]
+        );
     }
 }

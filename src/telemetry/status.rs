@@ -54,12 +54,18 @@ impl StatusBoard {
     }
 
     pub fn remove(&self, client: &str) {
-        self.clients.lock().unwrap_or_else(|p| p.into_inner()).remove(client);
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(client);
         self.changed.notify_one();
     }
 
     pub fn snapshot(&self) -> BTreeMap<String, ClientStatus> {
-        self.clients.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Writes the board to `path` whenever it changes (at most every 200 ms)
@@ -95,11 +101,20 @@ impl StatusBoard {
 
 pub fn write_status(path: &Path, file: &StatusFile) -> std::io::Result<()> {
     let text = serde_json::to_string_pretty(file).map_err(std::io::Error::other)?;
-    write_atomic(path, text.as_bytes(), &FileOptions { mode: 0o644, owner: None, group: None })?;
+    write_atomic(
+        path,
+        text.as_bytes(),
+        &FileOptions {
+            mode: 0o644,
+            owner: None,
+            group: None,
+        },
+    )?;
     Ok(())
 }
 
 pub fn read_status(path: &Path) -> std::io::Result<StatusFile> {
     let bytes = std::fs::read(path)?;
-    serde_json::from_slice(&bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
