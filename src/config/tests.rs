@@ -338,3 +338,29 @@ fn no_secret_in_errors_or_debug() {
     .unwrap_err();
     assert!(!e.to_string().contains("s3cret"));
 }
+
+#[test]
+fn the_packaged_example_config_is_valid() {
+    let creds = tempfile::tempdir().unwrap();
+    std::fs::write(creds.path().join("shop"), "s\n").unwrap();
+    std::fs::write(creds.path().join("jtl"), "s\n").unwrap();
+    let creds_dir = creds.path().display().to_string();
+    let env = move |name: &str| match name {
+        "CREDENTIALS_DIRECTORY" => Some(creds_dir.clone()),
+        "RUNTIME_DIRECTORY" => Some("/run/tokenkeeper".into()),
+        "CUSTOM_SECRET" => Some("c".into()),
+        _ => None,
+    };
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/config.example.toml");
+    // the example's group may not exist on the machine running the tests
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("group = \"integrations\"", "group = \"0\"");
+    let c = load_str(&path, &text, &env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.clients.keys().collect::<Vec<_>>(),
+        ["custom", "jtl", "shop"]
+    );
+    let OutputKind::File(f) = &c.clients["jtl"].outputs[0].kind;
+    assert_eq!(f.path, PathBuf::from("/run/tokenkeeper/jtl.header"));
+}
