@@ -189,3 +189,29 @@ fn dev_demo_rotates_tokens_within_seconds() {
     let (status, _) = daemon.stop();
     assert!(status.success());
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_client() {
+    let server = FaultServer::start(Some(3600));
+    let sb = Sandbox::new();
+    sb.write(
+        "config.toml",
+        &format!(
+            "[daemon]\nstate_dir = \"state\"\nlog_format = \"json\"\n\n{}",
+            client("a", &server.url, "")
+        ),
+    );
+    let (code, _, stderr) = sb.run(&["once"]);
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    let written = lines
+        .iter()
+        .find(|l| l["message"] == "token written")
+        .expect("a 'token written' line");
+    assert_eq!(written["client"], "a");
+    assert_eq!(written["level"], "INFO");
+    assert!(written["expires_at"].as_str().unwrap().ends_with('Z'));
+}

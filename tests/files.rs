@@ -225,3 +225,30 @@ fn a_failing_output_is_retried_on_its_own_and_blocks_nothing() {
     );
     daemon.stop();
 }
+
+#[test]
+fn owner_and_group_are_applied_on_every_write() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: changing a file's owner needs root");
+        return;
+    }
+    let server = FaultServer::start(Some(3600));
+    let sb = Sandbox::new();
+    sb.write_config(&client("a", &server.url, "").replace(
+        "path = \"a.token\"",
+        "path = \"a.token\"\nowner = \"nobody\"\ngroup = \"1234\"\nmode = \"0640\"",
+    ));
+    let (code, _, stderr) = sb.run(&["once"]);
+    assert_eq!(code, 0, "{stderr}");
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(sb.path("a.token")).unwrap();
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o777),
+        (nobody, 1234, 0o640)
+    );
+}

@@ -189,3 +189,60 @@ fn an_invalid_reload_keeps_the_old_config_serving() {
     });
     daemon.stop();
 }
+
+/// A Kubernetes ConfigMap volume: `config.toml -> ..data/config.toml`,
+/// `..data -> ..<timestamp>`, updated by one rename of a new `..data` link.
+#[test]
+fn a_configmap_style_data_swap_reloads() {
+    let server = FaultServer::start(Some(3600));
+    let sb = Sandbox::new();
+    let volume = sb.path("volume");
+    fs::create_dir_all(volume.join("..2026_01")).unwrap();
+    fs::write(
+        volume.join("..2026_01/config.toml"),
+        with_config_text(
+            &sb,
+            &client("a", &server.at("/a"), "").replace(
+                "path = \"a.token\"",
+                &format!("path = \"{}\"", sb.path("a.token").display()),
+            ),
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("..2026_01", volume.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/config.toml", volume.join("config.toml")).unwrap();
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(["run", "--config"])
+        .arg(volume.join("config.toml"))
+        .env_remove("RUST_LOG");
+    let daemon = sb.start_with(cmd);
+    wait_until("a's token", WAIT, || sb.read("a.token").is_some());
+
+    let both = [
+        client("a", &server.at("/a"), ""),
+        client("b", &server.at("/b"), ""),
+    ]
+    .concat()
+    .replace(
+        "path = \"a.token\"",
+        &format!("path = \"{}\"", sb.path("a.token").display()),
+    )
+    .replace(
+        "path = \"b.token\"",
+        &format!("path = \"{}\"", sb.path("b.token").display()),
+    );
+    fs::create_dir_all(volume.join("..2026_02")).unwrap();
+    fs::write(
+        volume.join("..2026_02/config.toml"),
+        with_config_text(&sb, &both),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("..2026_02", volume.join("..data_tmp")).unwrap();
+    fs::rename(volume.join("..data_tmp"), volume.join("..data")).unwrap();
+    fs::remove_dir_all(volume.join("..2026_01")).unwrap();
+    wait_until("b's token after the swap", WAIT, || {
+        sb.read("b.token").is_some()
+    });
+    assert_eq!(server.count_path("/a"), 1);
+    daemon.stop();
+}
