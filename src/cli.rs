@@ -184,25 +184,39 @@ async fn token(name: &str, arg: &ConfigArg) -> ExitCode {
         return ExitCode::from(FAILED);
     };
     let now = SystemTime::now();
-    let cached = StateStore::at(&config.daemon.state_dir)
-        .load(name)
-        .ok()
-        .flatten()
-        .filter(|c| c.fingerprint == spec.request.fingerprint());
-    if let Some(c) = &cached {
-        if c.token.remaining(now) > still_fresh(c.token.lifetime()) {
-            println!("{}", c.token.access_token.expose());
+    let resume = StateStore::at(&config.daemon.state_dir)
+        .resume(&spec.request, name, now)
+        .unwrap_or_default();
+    if let Some(token) = &resume.token {
+        if token.remaining(now) > still_fresh(token.lifetime()) {
+            println!("{}", token.access_token.expose());
             return ExitCode::from(OK);
         }
     }
+    // a rotated refresh token must be kept, or the next request replays a consumed one
+    let store = StateStore::open(&config.daemon.state_dir);
+    if spec.request.grant.uses_refresh_tokens() {
+        if let Err(e) = &store {
+            eprintln!(
+                "tokenkeeper: {name}: {e}; not fetching, since the rotated refresh token could not be kept"
+            );
+            return ExitCode::from(FAILED);
+        }
+    }
     let source = HttpTokenSource::new();
-    let refresh_token = cached.and_then(|c| c.token.refresh_token);
-    match daemon::once::fetch_with_retries(&source, spec, refresh_token.as_ref(), &SystemClock)
-        .await
+    match daemon::once::fetch_with_retries(
+        &source,
+        spec,
+        resume.refresh_token.as_ref(),
+        &SystemClock,
+    )
+    .await
     {
         Ok(token) => {
-            if let Ok(store) = StateStore::open(&config.daemon.state_dir) {
-                let _ = store.save(name, &spec.request.fingerprint(), &token);
+            if let Ok(store) = &store {
+                if let Err(e) = daemon::once::save(store, spec, &token) {
+                    eprintln!("tokenkeeper: {name}: cannot save the token to state_dir: {e}");
+                }
             }
             println!("{}", token.access_token.expose());
             ExitCode::from(OK)

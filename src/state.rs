@@ -18,6 +18,8 @@ const VERSION: u32 = 1;
 #[derive(Clone, Debug, PartialEq)]
 pub struct CachedToken {
     pub fingerprint: String,
+    /// Digest of the initial refresh token the chain started from (refresh grant).
+    pub seed: Option<String>,
     pub token: Token,
 }
 
@@ -33,6 +35,19 @@ struct StateFile {
     expires_at_ms: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     refresh_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seed: Option<String>,
+}
+
+/// What a client resumes from after a restart.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Resume {
+    /// A still-valid access token.
+    pub token: Option<Token>,
+    /// The newest refresh token, even when the access token has expired.
+    pub refresh_token: Option<Secret>,
+    /// When the cached token was issued (to notice a newer one written by another process).
+    pub issued_at: Option<std::time::SystemTime>,
 }
 
 #[derive(Clone, Debug)]
@@ -41,6 +56,40 @@ pub struct StateStore {
 }
 
 impl StateStore {
+    /// What of the cached state of `spec` may be used now: the access token
+    /// while it is valid, and the refresh token while the request (and, for
+    /// the refresh grant, the configured initial token) is the same.
+    pub fn resume(
+        &self,
+        spec: &crate::grant::TokenRequestSpec,
+        client: &str,
+        now: std::time::SystemTime,
+    ) -> io::Result<Resume> {
+        let Some(cached) = self.load(client)? else {
+            return Ok(Resume::default());
+        };
+        if cached.fingerprint != spec.fingerprint() {
+            return Ok(Resume::default());
+        }
+        let refresh_token = match (
+            cached.seed == spec.refresh_seed(),
+            spec.grant.uses_refresh_tokens(),
+        ) {
+            (true, true) => cached.token.refresh_token.clone(),
+            _ => None,
+        };
+        let issued_at = cached.token.issued_at;
+        let token = (!cached.token.is_expired(now)).then(|| Token {
+            refresh_token: refresh_token.clone(),
+            ..cached.token
+        });
+        Ok(Resume {
+            token,
+            refresh_token,
+            issued_at: Some(issued_at),
+        })
+    }
+
     /// Opens (creating, 0700) the state directory. An existing directory
     /// that others can read is tightened to 0700.
     pub fn open(dir: &Path) -> io::Result<StateStore> {
@@ -106,6 +155,7 @@ impl StateStore {
         }
         Ok(Some(CachedToken {
             fingerprint: file.fingerprint,
+            seed: file.seed,
             token: Token {
                 access_token: Secret::new(file.access_token),
                 token_type: file.token_type,
@@ -116,7 +166,13 @@ impl StateStore {
         }))
     }
 
-    pub fn save(&self, client: &str, fingerprint: &str, token: &Token) -> io::Result<()> {
+    pub fn save(
+        &self,
+        client: &str,
+        fingerprint: &str,
+        seed: Option<&str>,
+        token: &Token,
+    ) -> io::Result<()> {
         let file = StateFile {
             version: VERSION,
             fingerprint: fingerprint.to_string(),
@@ -125,6 +181,7 @@ impl StateStore {
             issued_at_ms: unix_millis(token.issued_at),
             expires_at_ms: unix_millis(token.expires_at),
             refresh_token: token.refresh_token.as_ref().map(|s| s.expose().to_string()),
+            seed: seed.map(str::to_string),
         };
         let bytes = Secret::new(serde_json::to_string(&file).map_err(io::Error::other)?);
         write_atomic(
@@ -163,12 +220,13 @@ mod tests {
             expires_at: issued + Duration::from_secs(60),
             refresh_token: Some(Secret::new("rt")),
         };
-        store.save("a", "fp", &token).unwrap();
+        store.save("a", "fp", Some("seed"), &token).unwrap();
         let cached = store.load("a").unwrap().unwrap();
         assert_eq!(
             cached,
             CachedToken {
                 fingerprint: "fp".into(),
+                seed: Some("seed".into()),
                 token
             }
         );

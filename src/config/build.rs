@@ -126,6 +126,7 @@ impl Builder<'_> {
             GrantPlan::RefreshToken { initial } => self
                 .secret(initial)
                 .map(|initial| GrantSpec::RefreshToken { initial }),
+            GrantPlan::Static => Some(GrantSpec::Static),
         };
         let ca_pem: Option<Option<Arc<[u8]>>> =
             plan.ca_file
@@ -143,12 +144,23 @@ impl Builder<'_> {
                         None
                     }
                 });
+        if let crate::grant::Endpoint::StaticFile(path) = &plan.endpoint {
+            if let Err(e) = std::fs::read(path) {
+                self.diagnostics.push(Diagnostic {
+                    span: None,
+                    key: format!("clients.{}.token_file", plan.name),
+                    message: format!("cannot read {}: {e}", path.display()),
+                });
+            }
+        }
         let outputs: Vec<Option<OutputSpec>> =
             plan.outputs.iter().map(|o| self.output(o)).collect();
         Some(ClientSpec {
             name: plan.name.clone(),
             request: TokenRequestSpec {
-                token_url: plan.token_url.clone(),
+                endpoint: plan.endpoint.clone(),
+                allow_insecure_http: plan.allow_insecure_http,
+                token_type: plan.token_type.clone(),
                 grant: grant?,
                 client_id: plan.client_id.clone(),
                 client_secret: client_secret.map(|s| s.ok_or(())).transpose().ok()?,

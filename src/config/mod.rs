@@ -8,6 +8,7 @@
 //! `check` and `token`.
 
 pub mod build;
+pub mod presets;
 pub mod raw;
 pub mod validate;
 

@@ -47,12 +47,13 @@ pub enum GrantKind {
     ClientCredentials,
     Password,
     RefreshToken,
+    Static,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawClient {
-    pub preset: S<String>,
+    pub preset: S<super::presets::Preset>,
     pub token_url: S<String>,
     pub issuer: S<String>,
     pub grant_type: S<GrantKind>,
@@ -72,6 +73,8 @@ pub struct RawClient {
     pub password: S<String>,
     pub refresh_token_file: S<String>,
     pub refresh_token_param: S<String>,
+    pub token_file: S<String>,
+    pub token_type: S<String>,
     pub response: S<RawResponse>,
     pub ca_file: S<String>,
     pub allow_insecure_http: S<bool>,

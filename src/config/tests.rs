@@ -103,7 +103,7 @@ path = "/run/tk/b"
 /etc/tk/config.toml:9:17: clients.a.refresh_ratio: 1.5 must lie strictly between 0 and 1 (a share of the token's lifetime)
 /etc/tk/config.toml:10:18: clients.a.refresh_before: "soon" is not a duration (expected number at 0); write e.g. "90s", "5m", "1h"
 /etc/tk/config.toml:14:8: clients.a.outputs[0].mode: "0999" is not an octal mode; write e.g. "0640"
-/etc/tk/config.toml:20:1: clients.b: unknown field `colour`, expected one of `preset`, `token_url`, `issuer`, `grant_type`, `client_id`, `client_secret_file`, `client_secret_env`, `client_secret`, `auth`, `encoding`, `scope`, `scope_param`, `params`, `headers`, `username`, `password_file`, `password_env`, `password`, `refresh_token_file`, `refresh_token_param`, `response`, `ca_file`, `allow_insecure_http`, `default_lifetime`, `refresh_ratio`, `refresh_before`, `min_interval`, `timeout`, `backoff_initial`, `backoff_max`, `outputs`
+/etc/tk/config.toml:20:1: clients.b: unknown field `colour`, expected one of `preset`, `token_url`, `issuer`, `grant_type`, `client_id`, `client_secret_file`, `client_secret_env`, `client_secret`, `auth`, `encoding`, `scope`, `scope_param`, `params`, `headers`, `username`, `password_file`, `password_env`, `password`, `refresh_token_file`, `refresh_token_param`, `token_file`, `token_type`, `response`, `ca_file`, `allow_insecure_http`, `default_lifetime`, `refresh_ratio`, `refresh_before`, `min_interval`, `timeout`, `backoff_initial`, `backoff_max`, `outputs`
 "#,
     );
 }
@@ -221,10 +221,46 @@ fn semantic_errors_table() {
             "",
             "/etc/tk/config.toml:5:11: clients.c.ca_file: cannot read /nonexistent/ca.pem: No such file or directory (os error 2)",
         ),
+        ("client_secret = \"s\"\npreset = \"shopware\"", "", "ok"),
         (
-            "client_secret = \"s\"\npreset = \"shopware\"",
+            "preset = \"shopware\"\ngrant_type = \"password\"",
             "",
-            "/etc/tk/config.toml:5:10: clients.c.preset: presets are not available in this version yet; spell out token_url, auth and encoding",
+            "/etc/tk/config.toml:5:14: clients.c.username: is required: preset \"shopware\" with grant_type = \"password\" logs in as an Administration user: set username and one of password_file, password_env, password\n/etc/tk/config.toml:5:14: clients.c.password: is required: preset \"shopware\" with grant_type = \"password\" logs in as an Administration user: set username and one of password_file, password_env, password",
+        ),
+        (
+            "preset = \"shopware\"\ngrant_type = \"password\"\nusername = \"admin\"\npassword = \"pw\"",
+            "",
+            "ok",
+        ),
+        (
+            "preset = \"jtl-scx\"",
+            "",
+            "/etc/tk/config.toml:4:10: clients.c.refresh_token_file: is required: preset \"jtl-scx\" authenticates with the seller's long-lived SCX refresh token: set refresh_token_file",
+        ),
+        (
+            "client_secret = \"s\"\npreset = \"floriday\"",
+            "",
+            "/etc/tk/config.toml:5:10: clients.c.scope: is required: preset \"floriday\" needs scope: the API scopes, space-separated, e.g. \"role:app catalog:read\"",
+        ),
+        (
+            "client_secret = \"s\"\npreset = \"magento\"",
+            "",
+            "/etc/tk/config.toml:5:10: clients.c: unknown variant `magento`, expected one of `plentymarkets`, `jtl-cloud`, `jtl-scx`, `oro`, `shopware`, `floriday`",
+        ),
+        (
+            "client_secret = \"s\"\nissuer = \"https://idp.example.com\"",
+            "",
+            "/etc/tk/config.toml:5:10: clients.c.issuer: set only one of token_url, issuer",
+        ),
+        (
+            "client_secret = \"s\"\ngrant_type = \"static\"",
+            "",
+            "/etc/tk/config.toml:2:13: clients.c.token_url: a static token is read from token_file; it has no endpoint\n/etc/tk/config.toml:5:14: clients.c.token_file: is required with grant_type = \"static\" (the file holding the key)",
+        ),
+        (
+            "client_secret = \"s\"\ntoken_type = \"Wawi key\"",
+            "",
+            "/etc/tk/config.toml:5:14: clients.c.token_type: \"Wawi key\" is not an HTTP authorization scheme (letters, digits, -._~+/)",
         ),
     ];
     for (extra, output, expected) in cases {

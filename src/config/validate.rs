@@ -3,13 +3,15 @@
 //! passed in (for `$CREDENTIALS_DIRECTORY` and friends).
 
 use super::Diagnostic;
+use super::presets::Preset;
 use super::raw::{FormatKind, GrantKind, LogFormat, RawClient, RawConfig, RawMode, RawOutput, S};
-use crate::grant::{ClientAuth, Encoding, ResponseMapping};
+use crate::grant::http::acceptable_scheme;
+use crate::grant::{ClientAuth, Encoding, Endpoint, ResponseMapping};
 use crate::output::render::{Format, Template};
 use crate::schedule::Policy;
 use crate::secret::Secret;
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -41,6 +43,7 @@ pub enum GrantPlan {
     RefreshToken {
         initial: Located<SecretSource>,
     },
+    Static,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -62,7 +65,9 @@ pub struct OutputPlan {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClientPlan {
     pub name: String,
-    pub token_url: Url,
+    pub endpoint: Endpoint,
+    pub allow_insecure_http: bool,
+    pub token_type: Option<String>,
     pub grant: GrantPlan,
     pub client_id: Option<String>,
     pub client_secret: Option<Located<SecretSource>>,
@@ -243,15 +248,6 @@ fn normalize(path: &Path) -> PathBuf {
         }
     }
     out
-}
-
-fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-        None => false,
-    }
 }
 
 fn valid_client_name(name: &str) -> bool {
@@ -488,47 +484,114 @@ fn validate_client(
     let before_errors = v.diagnostics.len();
     let key = |k: &str| format!("{ck}.{k}");
 
-    if let Some(p) = &c.preset {
-        v.error(
-            p.span(),
-            &key("preset"),
-            "presets are not available in this version yet; spell out token_url, auth and encoding",
-        );
-    }
-    if let Some(i) = &c.issuer {
-        v.error(i.span(), &key("issuer"), "issuer discovery is not available in this version yet; set token_url to the token endpoint");
-    }
+    let preset = c.preset.as_ref().map(|p| *p.get_ref());
+    let grant_kind = c
+        .grant_type
+        .as_ref()
+        .map(|g| *g.get_ref())
+        .or(preset.map(Preset::default_grant))
+        .unwrap_or(GrantKind::ClientCredentials);
+    let pd = preset.map(|p| p.defaults(grant_kind)).unwrap_or_default();
+    // "is required" messages name the preset's reason when there is one
+    let required = |k: &str, generic: String| match preset.and_then(|p| p.explain(grant_kind, k)) {
+        Some(why) => format!("is required: {why}"),
+        None => generic,
+    };
+    let grant_span = c
+        .grant_type
+        .as_ref()
+        .map(|g| g.span())
+        .or(c.preset.as_ref().map(|p| p.span()));
+
     let allow_http = c.allow_insecure_http.as_ref().is_some_and(|a| *a.get_ref());
-    let token_url = match &c.token_url {
-        Some(u) => match Url::parse(u.get_ref()) {
-            Ok(url) if url.scheme() == "https" => Some(url),
-            Ok(url) if url.scheme() == "http" && (allow_http || is_loopback(&url)) => Some(url),
+    let check_url = |v: &mut Validator<'_>,
+                     value: &str,
+                     span: Option<Range<usize>>,
+                     k: &str|
+     -> Option<Url> {
+        let complain = |v: &mut Validator<'_>, message: String| {
+            v.diagnostics.push(Diagnostic {
+                span: span.clone(),
+                key: key(k),
+                message,
+            });
+        };
+        match Url::parse(value) {
+            Ok(url) if acceptable_scheme(&url, allow_http) => Some(url),
             Ok(url) if url.scheme() == "http" => {
-                v.error(u.span(), &key("token_url"), "plain http:// would send credentials in the clear; use https://, or set allow_insecure_http = true (loopback hosts are always allowed)");
+                complain(v, "plain http:// would send credentials in the clear; use https://, or set allow_insecure_http = true (loopback hosts are always allowed)".into());
                 None
             }
             Ok(url) => {
-                v.error(
-                    u.span(),
-                    &key("token_url"),
+                complain(
+                    v,
                     format!("scheme {:?} is not supported; use https://", url.scheme()),
                 );
                 None
             }
             Err(e) => {
-                v.error(u.span(), &key("token_url"), format!("not a URL: {e}"));
+                complain(v, format!("not a URL: {e}"));
                 None
             }
-        },
-        None => {
-            if c.issuer.is_none() {
-                v.diagnostics.push(Diagnostic {
-                    span: None,
-                    key: ck.to_string(),
-                    message: "token_url is required".into(),
-                });
+        }
+    };
+    let endpoint = if grant_kind == GrantKind::Static {
+        for (field, k) in [(&c.token_url, "token_url"), (&c.issuer, "issuer")] {
+            if let Some(f) = field {
+                v.error(
+                    f.span(),
+                    &key(k),
+                    "a static token is read from token_file; it has no endpoint",
+                );
             }
-            None
+        }
+        match &c.token_file {
+            Some(f) => v.path(f, &key("token_file")).map(Endpoint::StaticFile),
+            None => {
+                v.diagnostics.push(Diagnostic {
+                    span: grant_span.clone(),
+                    key: key("token_file"),
+                    message: "is required with grant_type = \"static\" (the file holding the key)"
+                        .into(),
+                });
+                None
+            }
+        }
+    } else {
+        if let Some(f) = &c.token_file {
+            v.error(
+                f.span(),
+                &key("token_file"),
+                "applies only to grant_type = \"static\"",
+            );
+        }
+        match (&c.token_url, &c.issuer) {
+            (Some(_), Some(i)) => {
+                v.error(
+                    i.span(),
+                    &key("issuer"),
+                    "set only one of token_url, issuer",
+                );
+                None
+            }
+            (Some(u), None) => {
+                check_url(v, u.get_ref(), Some(u.span()), "token_url").map(Endpoint::TokenUrl)
+            }
+            (None, Some(i)) => {
+                check_url(v, i.get_ref(), Some(i.span()), "issuer").map(Endpoint::Issuer)
+            }
+            (None, None) => match pd.token_url {
+                Some(default) => check_url(v, default, None, "token_url").map(Endpoint::TokenUrl),
+                None => {
+                    let message = required("token_url", "token_url (or issuer) is required".into());
+                    v.diagnostics.push(Diagnostic {
+                        span: c.preset.as_ref().map(|p| p.span()),
+                        key: key("token_url"),
+                        message,
+                    });
+                    None
+                }
+            },
         }
     };
 
@@ -536,11 +599,13 @@ fn validate_client(
         .auth
         .as_ref()
         .map(|a| *a.get_ref())
+        .or(pd.auth)
         .unwrap_or(ClientAuth::Body);
     let encoding = c
         .encoding
         .as_ref()
         .map(|e| *e.get_ref())
+        .or(pd.encoding)
         .unwrap_or(Encoding::Form);
     let client_secret = v.secret_source(
         &c.client_secret_file,
@@ -549,42 +614,53 @@ fn validate_client(
         "client_secret",
         ck,
     );
-    let client_id = c.client_id.as_ref().map(|s| s.get_ref().clone());
-    match auth {
-        ClientAuth::Body | ClientAuth::Basic => {
+    let client_id = c
+        .client_id
+        .as_ref()
+        .map(|s| s.get_ref().clone())
+        .or(pd.client_id.map(str::to_string));
+    match (auth, grant_kind) {
+        (_, GrantKind::Static) => {}
+        (ClientAuth::Body | ClientAuth::Basic, _) => {
+            let auth_name = if auth == ClientAuth::Basic {
+                "basic"
+            } else {
+                "body"
+            };
             if client_id.is_none() {
+                let message = required(
+                    "client_id",
+                    format!("is required with auth = \"{auth_name}\""),
+                );
                 v.diagnostics.push(Diagnostic {
-                    span: c.auth.as_ref().map(|a| a.span()),
+                    span: c.auth.as_ref().map(|a| a.span()).or(grant_span.clone()),
                     key: key("client_id"),
-                    message: format!(
-                        "is required with auth = \"{}\"",
-                        if auth == ClientAuth::Basic {
-                            "basic"
-                        } else {
-                            "body"
-                        }
-                    ),
+                    message,
                 });
             }
             if c.client_secret_file.is_none()
                 && c.client_secret_env.is_none()
                 && c.client_secret.is_none()
             {
-                v.diagnostics.push(Diagnostic { span: c.client_id.as_ref().map(|s| s.span()), key: key("client_secret"), message: "one of client_secret_file, client_secret_env or client_secret is required (or auth = \"none\" for a public client)".into() });
+                let message = required("client_secret", "one of client_secret_file, client_secret_env or client_secret is required (or auth = \"none\" for a public client)".into());
+                v.diagnostics.push(Diagnostic {
+                    span: c
+                        .client_id
+                        .as_ref()
+                        .map(|s| s.span())
+                        .or(grant_span.clone()),
+                    key: key("client_secret"),
+                    message,
+                });
             }
         }
-        ClientAuth::None => {
+        (ClientAuth::None, _) => {
             if let Some(s) = &client_secret {
                 v.error(s.span.clone(), &s.key, "auth = \"none\" never sends a client secret; remove it or choose auth = \"body\" or \"basic\"");
             }
         }
     }
 
-    let grant_kind = c
-        .grant_type
-        .as_ref()
-        .map(|g| *g.get_ref())
-        .unwrap_or(GrantKind::ClientCredentials);
     let password = v.secret_source(
         &c.password_file,
         &c.password_env,
@@ -594,18 +670,22 @@ fn validate_client(
     );
     let grant = match grant_kind {
         GrantKind::ClientCredentials => Some(GrantPlan::ClientCredentials),
+        GrantKind::Static => Some(GrantPlan::Static),
         GrantKind::Password => match (&c.username, password.clone()) {
             (Some(u), Some(p)) => Some(GrantPlan::Password {
                 username: u.get_ref().clone(),
                 password: p,
             }),
             (u, p) => {
-                let span = c.grant_type.as_ref().map(|g| g.span());
                 if u.is_none() {
+                    let message = required(
+                        "username",
+                        "is required with grant_type = \"password\"".into(),
+                    );
                     v.diagnostics.push(Diagnostic {
-                        span: span.clone(),
+                        span: grant_span.clone(),
                         key: key("username"),
-                        message: "is required with grant_type = \"password\"".into(),
+                        message,
                     });
                 }
                 if p.is_none()
@@ -613,26 +693,38 @@ fn validate_client(
                     && c.password_env.is_none()
                     && c.password.is_none()
                 {
-                    v.diagnostics.push(Diagnostic { span, key: key("password"), message: "one of password_file, password_env or password is required with grant_type = \"password\"".into() });
+                    let message = required("password", "one of password_file, password_env or password is required with grant_type = \"password\"".into());
+                    v.diagnostics.push(Diagnostic {
+                        span: grant_span.clone(),
+                        key: key("password"),
+                        message,
+                    });
                 }
                 None
             }
         },
-        GrantKind::RefreshToken => match &c.refresh_token_file {
-            Some(f) => v
-                .path(f, &key("refresh_token_file"))
-                .map(|p| GrantPlan::RefreshToken {
-                    initial: Located {
-                        value: SecretSource::File(p),
-                        span: f.span(),
+        GrantKind::RefreshToken => {
+            match &c.refresh_token_file {
+                Some(f) => v
+                    .path(f, &key("refresh_token_file"))
+                    .map(|p| GrantPlan::RefreshToken {
+                        initial: Located {
+                            value: SecretSource::File(p),
+                            span: f.span(),
+                            key: key("refresh_token_file"),
+                        },
+                    }),
+                None => {
+                    let message = required("refresh_token_file", "is required with grant_type = \"refresh_token\" (the initial refresh token)".into());
+                    v.diagnostics.push(Diagnostic {
+                        span: grant_span.clone(),
                         key: key("refresh_token_file"),
-                    },
-                }),
-            None => {
-                v.diagnostics.push(Diagnostic { span: c.grant_type.as_ref().map(|g| g.span()), key: key("refresh_token_file"), message: "is required with grant_type = \"refresh_token\" (the initial refresh token)".into() });
-                None
+                        message,
+                    });
+                    None
+                }
             }
-        },
+        }
     };
     if grant_kind != GrantKind::Password {
         for (field, k) in [
@@ -659,6 +751,36 @@ fn validate_client(
             );
         }
     }
+    if pd.scope_required && c.scope.is_none() {
+        let message = required("scope", "is required".into());
+        v.diagnostics.push(Diagnostic {
+            span: c.preset.as_ref().map(|p| p.span()),
+            key: key("scope"),
+            message,
+        });
+    }
+    let token_type = match &c.token_type {
+        Some(t)
+            if !t.get_ref().is_empty()
+                && t.get_ref()
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b)) =>
+        {
+            Some(t.get_ref().clone())
+        }
+        Some(t) => {
+            v.error(
+                t.span(),
+                &key("token_type"),
+                format!(
+                    "{:?} is not an HTTP authorization scheme (letters, digits, -._~+/)",
+                    t.get_ref()
+                ),
+            );
+            None
+        }
+        None => None,
+    };
 
     let nonempty = |v: &mut Validator<'_>, s: &S<String>, k: &str, default: &str| -> String {
         match s {
@@ -670,12 +792,17 @@ fn validate_client(
             None => default.to_string(),
         }
     };
-    let scope_param = nonempty(v, &c.scope_param, "scope_param", "scope");
+    let scope_param = nonempty(
+        v,
+        &c.scope_param,
+        "scope_param",
+        pd.scope_param.unwrap_or("scope"),
+    );
     let refresh_token_param = nonempty(
         v,
         &c.refresh_token_param,
         "refresh_token_param",
-        "refresh_token",
+        pd.refresh_token_param.unwrap_or("refresh_token"),
     );
     let params = c
         .params
@@ -691,11 +818,17 @@ fn validate_client(
             );
         }
     }
-    let headers = c
+    let mut headers: BTreeMap<String, String> = pd
         .headers
-        .as_ref()
-        .map(|h| h.get_ref().clone())
-        .unwrap_or_default();
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    if let Some(h) = &c.headers {
+        for (name, value) in h.get_ref() {
+            headers.retain(|k, _| !k.eq_ignore_ascii_case(name));
+            headers.insert(name.clone(), value.clone());
+        }
+    }
     if let Some(h) = &c.headers {
         for (n, val) in h.get_ref() {
             if !header_name_ok(n) {
@@ -711,6 +844,16 @@ fn validate_client(
     }
 
     let mut response = ResponseMapping::default();
+    for (field, pointer) in pd.response {
+        let target = match *field {
+            "access_token" => &mut response.access_token,
+            "expires_in" => &mut response.expires_in,
+            "expires_at" => &mut response.expires_at,
+            "refresh_token" => &mut response.refresh_token,
+            _ => &mut response.token_type,
+        };
+        *target = pointer.to_string();
+    }
     if let Some(r) = &c.response {
         let r = r.get_ref();
         for (field, target, k) in [
@@ -867,7 +1010,9 @@ fn validate_client(
     }
     Some(ClientPlan {
         name: name.to_string(),
-        token_url: token_url?,
+        endpoint: endpoint?,
+        allow_insecure_http: allow_http,
+        token_type,
         grant: grant?,
         client_id,
         client_secret,

@@ -7,9 +7,10 @@
 
 use crate::clock::Clock;
 use crate::config::ClientSpec;
-use crate::grant::{FetchError, TokenSource};
+use crate::grant::{FetchError, GrantSpec, TokenSource};
 use crate::schedule::{self, RefreshBasis};
-use crate::state::StateStore;
+use crate::secret::Secret;
+use crate::state::{Resume, StateStore};
 use crate::telemetry::status::StatusBoard;
 use crate::token::{Token, rfc3339, unix_seconds};
 use std::sync::Arc;
@@ -44,37 +45,34 @@ pub struct ClientTask<S: TokenSource> {
 
 /// How a client task starts.
 pub struct Start {
-    /// A still-valid token from the state directory, published at once.
-    pub cached: Option<Token>,
+    /// What the state directory had: a still-valid token (published at
+    /// once) and the newest refresh token.
+    pub resume: Resume,
     /// Fetch at once even with a cached token (the client's config changed).
     pub force: bool,
 }
 
-/// The cached token of `spec`, if it is from the same request and not expired.
-pub fn usable_cache(
-    state: Option<&StateStore>,
-    spec: &ClientSpec,
-    now: SystemTime,
-) -> Option<Token> {
-    let cached = match state?.load(&spec.name) {
-        Ok(c) => c?,
-        Err(e) => {
-            tracing::warn!(client = %spec.name, error = %e, "ignoring unreadable cached token");
-            return None;
-        }
+/// What `spec` may resume from the state directory.
+pub fn resume(state: Option<&StateStore>, spec: &ClientSpec, now: SystemTime) -> Resume {
+    let Some(state) = state else {
+        return Resume::default();
     };
-    if cached.fingerprint != spec.request.fingerprint() || cached.token.is_expired(now) {
-        return None;
-    }
-    Some(cached.token)
+    state
+        .resume(&spec.request, &spec.name, now)
+        .unwrap_or_else(|e| {
+            tracing::warn!(client = %spec.name, error = %e, "ignoring unreadable cached token");
+            Resume::default()
+        })
 }
 
 impl<S: TokenSource> ClientTask<S> {
     pub async fn run(mut self, start: Start) {
         let name = self.spec.name.clone();
         let mut current: Option<Arc<Token>> = None;
+        let mut refresh_token: Option<Secret> = start.resume.refresh_token;
+        let mut known_issue = start.resume.issued_at;
         let mut next = self.clock.now();
-        if let Some(token) = start.cached {
+        if let Some(token) = start.resume.token {
             let token = Arc::new(token);
             if !start.force {
                 next = self.plan(&token).at;
@@ -120,18 +118,21 @@ impl<S: TokenSource> ClientTask<S> {
                 }
             }
 
+            if let Some((newer, issued)) = self.newer_refresh_token(known_issue).await {
+                tracing::info!(client = %name, "using a newer refresh token from state_dir (written by another tokenkeeper command)");
+                refresh_token = Some(newer);
+                known_issue = Some(issued);
+            }
             let started = self.clock.now();
-            let refresh_token = current.as_ref().and_then(|t| t.refresh_token.clone());
             let result = tokio::select! {
                 _ = self.cancel.cancelled() => return,
-                r = self.source.fetch(&self.spec.request, refresh_token.as_ref(), started) => r,
+                r = crate::grant::obtain(&*self.source, &self.spec.request, refresh_token.as_ref(), started) => r,
             };
             let took = self.clock.now().duration_since(started).unwrap_or_default();
             match result {
-                Ok(mut token) => {
-                    if token.refresh_token.is_none() {
-                        token.refresh_token = refresh_token;
-                    }
+                Ok(token) => {
+                    refresh_token = token.refresh_token.clone();
+                    known_issue = Some(token.issued_at);
                     // persist before publishing: a rotated refresh token must
                     // survive a crash right after this point
                     self.persist(&token).await;
@@ -201,17 +202,43 @@ impl<S: TokenSource> ClientTask<S> {
         )
     }
 
+    /// A refresh token in state_dir newer than the one this task knows: a
+    /// `tokenkeeper once` or `token` may have rotated it meanwhile, and
+    /// replaying the consumed one would break the chain.
+    async fn newer_refresh_token(
+        &self,
+        known_issue: Option<SystemTime>,
+    ) -> Option<(Secret, SystemTime)> {
+        if !self.spec.request.grant.uses_refresh_tokens() {
+            return None;
+        }
+        let state = self.state.clone()?;
+        let (spec, now) = (self.spec.clone(), self.clock.now());
+        let resume =
+            tokio::task::spawn_blocking(move || state.resume(&spec.request, &spec.name, now).ok())
+                .await
+                .ok()??;
+        let issued = resume.issued_at?;
+        if known_issue.is_some_and(|known| issued <= known) {
+            return None;
+        }
+        Some((resume.refresh_token?, issued))
+    }
+
     async fn persist(&self, token: &Token) {
         let Some(state) = self.state.clone() else {
             return;
         };
-        let (name, fingerprint, token) = (
+        let (name, fingerprint, seed, token) = (
             self.spec.name.clone(),
             self.spec.request.fingerprint(),
+            self.spec.request.refresh_seed(),
             token.clone(),
         );
-        let result =
-            tokio::task::spawn_blocking(move || state.save(&name, &fingerprint, &token)).await;
+        let result = tokio::task::spawn_blocking(move || {
+            state.save(&name, &fingerprint, seed.as_deref(), &token)
+        })
+        .await;
         match result {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -244,10 +271,16 @@ impl<S: TokenSource> ClientTask<S> {
             ),
             None => "no token yet".to_string(),
         };
+        let hint = match (&self.spec.request.grant, error.oauth_error.as_deref()) {
+            (GrantSpec::RefreshToken { .. }, Some("invalid_grant")) => {
+                "; put a new refresh token in refresh_token_file and reload (SIGHUP)"
+            }
+            _ => "",
+        };
         if error.is_permanent() {
             tracing::error!(
                 client = %name, reason = error.reason.as_str(), failures, retry_in_s,
-                "token request refused, needs attention: {error}; {token_state}"
+                "token request refused, needs attention: {error}; {token_state}{hint}"
             );
         } else {
             tracing::warn!(
@@ -265,6 +298,7 @@ mod tests {
     use crate::config::load_str;
     use crate::grant::{Reason, TokenRequestSpec};
     use crate::secret::Secret;
+    use crate::state::Resume;
     use std::collections::VecDeque;
     use std::path::Path;
     use std::sync::Mutex;
@@ -384,10 +418,12 @@ mod tests {
 
     fn fresh() -> Start {
         Start {
-            cached: None,
+            resume: Resume::default(),
             force: false,
         }
     }
+
+    const PASSWORD: &str = "grant_type = \"password\"\nusername = \"u\"\npassword = \"p\"";
 
     fn transient() -> Result<Duration, FetchError> {
         Err(FetchError::transient(Reason::ServerError, "HTTP 503"))
@@ -490,11 +526,15 @@ mod tests {
             refresh_token: Some(Secret::new("rt-cached")),
         };
         let h = start(
-            spec(""),
+            spec(PASSWORD),
             source.clone(),
             0.0,
             Start {
-                cached: Some(cached),
+                resume: Resume {
+                    refresh_token: cached.refresh_token.clone(),
+                    issued_at: Some(cached.issued_at),
+                    token: Some(cached),
+                },
                 force: false,
             },
         );
@@ -522,7 +562,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn refresh_now_fetches_at_once_and_rotated_refresh_tokens_are_used() {
         let source = Scripted::new(Duration::from_secs(1000), vec![]);
-        let h = start(spec(""), source.clone(), 0.0, fresh());
+        let h = start(spec(PASSWORD), source.clone(), 0.0, fresh());
         advance(5).await;
         h.refresh.send_modify(|n| *n += 1);
         advance(5).await;
@@ -532,6 +572,42 @@ mod tests {
         // call 1 returned rt-1; call 2 none (rt-1 is kept); call 3 sees rt-1 still
         let seen = source.refresh_tokens_seen.lock().unwrap().clone();
         assert_eq!(seen, vec![None, Some("rt-1".into()), Some("rt-1".into())]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn client_credentials_never_send_refresh_tokens() {
+        let source = Scripted::new(Duration::from_secs(1000), vec![]);
+        let h = start(spec(""), source.clone(), 0.0, fresh());
+        advance(5).await;
+        h.refresh.send_modify(|n| *n += 1);
+        advance(5).await;
+        assert_eq!(
+            *source.refresh_tokens_seen.lock().unwrap(),
+            vec![None, None]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_refresh_token_falls_back_to_the_password_in_the_same_attempt() {
+        let mut refused = FetchError::permanent(Reason::Refused, "HTTP 400 invalid_grant");
+        refused.oauth_error = Some("invalid_grant".into());
+        let source = Scripted::new(
+            Duration::from_secs(1000),
+            vec![Ok(Duration::from_secs(1000)), Err(refused)],
+        );
+        let h = start(spec(PASSWORD), source.clone(), 0.0, fresh());
+        advance(5).await;
+        h.refresh.send_modify(|n| *n += 1);
+        advance(5).await;
+        // rt-1 refused at 5 s, the password grant (no refresh token) at once after it
+        assert_eq!(source.calls(), vec![0, 5, 5]);
+        let seen = source.refresh_tokens_seen.lock().unwrap().clone();
+        assert_eq!(seen, vec![None, Some("rt-1".into()), None]);
+        assert_eq!(
+            h.tokens.borrow().as_ref().unwrap().access_token.expose(),
+            "tok-3"
+        );
+        assert_eq!(h.board.snapshot()["c"].consecutive_failures, 0);
     }
 
     #[tokio::test(start_paused = true)]

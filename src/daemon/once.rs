@@ -3,8 +3,9 @@
 
 use crate::clock::Clock;
 use crate::config::{ClientSpec, Config};
-use crate::grant::{FetchError, TokenSource};
+use crate::grant::{FetchError, TokenSource, obtain};
 use crate::schedule::retry_delay;
+use crate::secret::Secret;
 use crate::state::StateStore;
 use crate::token::Token;
 use std::sync::Arc;
@@ -13,25 +14,17 @@ use std::time::Duration;
 /// Attempts per client in `once` for transient failures.
 const ONCE_ATTEMPTS: u32 = 3;
 
-/// Fetches a token for `spec`, retrying transient failures a little.
+/// Gets a token for `spec`, retrying transient failures a little.
 pub async fn fetch_with_retries<S: TokenSource>(
     source: &S,
     spec: &ClientSpec,
-    refresh_token: Option<&crate::secret::Secret>,
+    refresh_token: Option<&Secret>,
     clock: &dyn Clock,
 ) -> Result<Token, FetchError> {
     let mut failures = 0;
     loop {
-        match source
-            .fetch(&spec.request, refresh_token, clock.now())
-            .await
-        {
-            Ok(mut token) => {
-                if token.refresh_token.is_none() {
-                    token.refresh_token = refresh_token.cloned();
-                }
-                return Ok(token);
-            }
+        match obtain(source, &spec.request, refresh_token, clock.now()).await {
+            Ok(token) => return Ok(token),
             Err(e) if e.is_permanent() => return Err(e),
             Err(e) => {
                 failures += 1;
@@ -53,6 +46,16 @@ pub async fn fetch_with_retries<S: TokenSource>(
     }
 }
 
+/// Saves `token` for `spec` in `state`.
+pub fn save(state: &StateStore, spec: &ClientSpec, token: &Token) -> std::io::Result<()> {
+    state.save(
+        &spec.name,
+        &spec.request.fingerprint(),
+        spec.request.refresh_seed().as_deref(),
+        token,
+    )
+}
+
 /// One client: fetch, persist, write every output. Returns whether all went well.
 async fn once_client<S: TokenSource>(
     source: Arc<S>,
@@ -60,12 +63,13 @@ async fn once_client<S: TokenSource>(
     state: Option<StateStore>,
     clock: Arc<dyn Clock>,
 ) -> bool {
-    let previous_rt = state
-        .as_ref()
-        .and_then(|s| s.load(&spec.name).ok().flatten())
-        .filter(|c| c.fingerprint == spec.request.fingerprint())
-        .and_then(|c| c.token.refresh_token);
-    let token = match fetch_with_retries(&*source, &spec, previous_rt.as_ref(), &*clock).await {
+    let refresh_token =
+        crate::daemon::client::resume(state.as_ref(), &spec, clock.now()).refresh_token;
+    if spec.request.grant.uses_refresh_tokens() && state.is_none() {
+        tracing::error!(client = %spec.name, "no usable state_dir: a rotated refresh token could not be kept; not fetching");
+        return false;
+    }
+    let token = match fetch_with_retries(&*source, &spec, refresh_token.as_ref(), &*clock).await {
         Ok(t) => t,
         Err(e) => {
             tracing::error!(client = %spec.name, reason = e.reason.as_str(), "no token: {e}");
@@ -76,8 +80,9 @@ async fn once_client<S: TokenSource>(
     let result = tokio::task::spawn_blocking(move || {
         let mut ok = true;
         if let Some(state) = &state {
-            if let Err(e) = state.save(&spec2.name, &spec2.request.fingerprint(), &token) {
+            if let Err(e) = save(state, &spec2, &token) {
                 tracing::error!(client = %spec2.name, error = %e, "cannot save the token to state_dir");
+                ok = !spec2.request.grant.uses_refresh_tokens();
             }
         }
         for output in &spec2.outputs {

@@ -4,7 +4,7 @@
 //! bounded grace period. Startup and reload share one code path: a reload
 //! from "no clients" to the first config.
 
-use super::client::{ClientTask, Jitter, Start, random_jitter, usable_cache};
+use super::client::{ClientTask, Jitter, Start, random_jitter, resume};
 use super::outputs::run_output;
 use super::reload::{diff, watch_config};
 use crate::clock::{Clock, SystemClock};
@@ -68,7 +68,7 @@ impl<S: TokenSource> Supervisor<S> {
 
     fn start_client(&mut self, spec: Arc<ClientSpec>, force: bool) {
         let cancel = self.root.child_token();
-        let cached = usable_cache(self.state.as_ref(), &spec, self.clock.now());
+        let resume = resume(self.state.as_ref(), &spec, self.clock.now());
         let (publish, _) = watch::channel(None);
         let mut tasks = Vec::new();
         for output in &spec.outputs {
@@ -91,7 +91,7 @@ impl<S: TokenSource> Supervisor<S> {
             refresh_now: self.refresh_tx.subscribe(),
             cancel: cancel.clone(),
         };
-        tasks.push(tokio::spawn(task.run(Start { cached, force })));
+        tasks.push(tokio::spawn(task.run(Start { resume, force })));
         self.running.insert(
             spec.name.clone(),
             Running {

@@ -5,7 +5,7 @@
 use super::error::{FetchError, Reason};
 use super::request::build_request;
 use super::response::{HttpAnswer, MAX_BODY_BYTES, ParseContext, parse_answer};
-use super::{Encoding, TokenRequestSpec, TokenSource};
+use super::{Encoding, Endpoint, TokenRequestSpec, TokenSource, discovery};
 use crate::secret::Secret;
 use crate::token::Token;
 use rustls::pki_types::CertificateDer;
@@ -21,6 +21,59 @@ use std::time::SystemTime;
 #[derive(Default)]
 pub struct HttpTokenSource {
     clients: Mutex<HashMap<Option<[u8; 32]>, reqwest::Client>>,
+    /// Discovered token endpoints by issuer; dropped when a request fails.
+    discovered: Mutex<HashMap<String, url::Url>>,
+}
+
+/// `https://`, or `http://` to a loopback host, or anywhere when allowed.
+pub fn acceptable_scheme(url: &url::Url, allow_insecure_http: bool) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => allow_insecure_http || is_loopback(url),
+        _ => false,
+    }
+}
+
+pub fn is_loopback(url: &url::Url) -> bool {
+    use std::net::IpAddr;
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+/// GETs `url` with the cap and timeout of a token request: (status, body).
+async fn get_capped(
+    client: &reqwest::Client,
+    url: &url::Url,
+    timeout: std::time::Duration,
+) -> Result<(u16, Vec<u8>), String> {
+    let exchange = async {
+        let mut response = client
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|e| describe(&e))?;
+        let status = response.status().as_u16();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| describe(&e))? {
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(format!("body over {} KiB", MAX_BODY_BYTES / 1024));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((status, body))
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no answer within {}",
+                humantime::format_duration(timeout)
+            ))
+        })
 }
 
 /// Builds the TLS configuration: Mozilla's roots (webpki-roots) plus `ca_pem`.
@@ -54,6 +107,73 @@ pub fn tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, String>
 impl HttpTokenSource {
     pub fn new() -> HttpTokenSource {
         HttpTokenSource::default()
+    }
+
+    /// The token endpoint of `spec`: configured, or discovered (and cached).
+    async fn token_url(
+        &self,
+        spec: &TokenRequestSpec,
+        client: &reqwest::Client,
+    ) -> Result<url::Url, FetchError> {
+        let issuer = match &spec.endpoint {
+            Endpoint::TokenUrl(url) => return Ok(url.clone()),
+            Endpoint::Issuer(issuer) => issuer,
+            Endpoint::StaticFile(_) => {
+                return Err(FetchError::permanent(
+                    Reason::Other,
+                    "a static token has no token endpoint",
+                ));
+            }
+        };
+        if let Some(url) = self
+            .discovered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(issuer.as_str())
+        {
+            return Ok(url.clone());
+        }
+        let mut problems = Vec::new();
+        for metadata in discovery::metadata_urls(issuer) {
+            let label = endpoint_label(&metadata);
+            match get_capped(client, &metadata, spec.timeout).await {
+                Ok((200, body)) => match discovery::token_endpoint(&body, issuer) {
+                    Ok(url) if acceptable_scheme(&url, spec.allow_insecure_http) => {
+                        tracing::info!(issuer = %issuer, token_endpoint = %endpoint_label(&url), "discovered the token endpoint");
+                        self.discovered
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(issuer.to_string(), url.clone());
+                        return Ok(url);
+                    }
+                    Ok(url) => {
+                        return Err(FetchError::permanent(
+                            Reason::Other,
+                            format!(
+                                "{label}: the discovered token_endpoint {} is not https:// (set allow_insecure_http = true to accept it)",
+                                endpoint_label(&url)
+                            ),
+                        ));
+                    }
+                    Err(e) => {
+                        return Err(FetchError::permanent(
+                            Reason::BadResponse,
+                            format!("{label}: {e}"),
+                        ));
+                    }
+                },
+                Ok((status, _)) => problems.push(format!("{label}: HTTP {status}")),
+                Err(e) => problems.push(format!("{label}: {e}")),
+            }
+        }
+        Err(FetchError::transient(
+            Reason::Connect,
+            format!(
+                "cannot discover the token endpoint of issuer {}: {}",
+                endpoint_label(issuer),
+                problems.join("; ")
+            ),
+        ))
     }
 
     fn client_for(&self, ca_pem: Option<&[u8]>) -> Result<reqwest::Client, FetchError> {
@@ -114,10 +234,37 @@ impl TokenSource for HttpTokenSource {
         refresh_token: Option<&Secret>,
         now: SystemTime,
     ) -> Result<Token, FetchError> {
-        let endpoint = endpoint_label(&spec.token_url);
         let redactor = spec.redactor(refresh_token);
         let client = self.client_for(spec.ca_pem.as_deref())?;
-        let wire = build_request(spec, refresh_token);
+        let token_url = self.token_url(spec, &client).await?;
+        let result = self
+            .exchange(spec, &client, &token_url, refresh_token, &redactor, now)
+            .await;
+        if result.is_err() {
+            if let Endpoint::Issuer(issuer) = &spec.endpoint {
+                // a failing endpoint may have moved: discover again next time
+                self.discovered
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(issuer.as_str());
+            }
+        }
+        result
+    }
+}
+
+impl HttpTokenSource {
+    async fn exchange(
+        &self,
+        spec: &TokenRequestSpec,
+        client: &reqwest::Client,
+        token_url: &url::Url,
+        refresh_token: Option<&Secret>,
+        redactor: &crate::secret::Redactor<'_>,
+        now: SystemTime,
+    ) -> Result<Token, FetchError> {
+        let endpoint = endpoint_label(token_url);
+        let wire = build_request(spec, token_url, refresh_token);
 
         let mut builder = client.post(wire.url.clone());
         for (name, value) in &wire.headers {
@@ -231,9 +378,9 @@ impl TokenSource for HttpTokenSource {
             mapping: &spec.response,
             default_lifetime: spec.default_lifetime,
             now,
-            redactor: &redactor,
+            redactor,
         };
-        parse_answer(
+        let token = parse_answer(
             &HttpAnswer {
                 status,
                 content_type: content_type.as_deref(),
@@ -242,6 +389,13 @@ impl TokenSource for HttpTokenSource {
                 body: &body,
             },
             &cx,
-        )
+        )?;
+        Ok(match &spec.token_type {
+            Some(forced) => Token {
+                token_type: forced.clone(),
+                ..token
+            },
+            None => token,
+        })
     }
 }

@@ -1,8 +1,11 @@
 //! Grants: what a token request looks like on the wire, and what comes back.
 //!
-//! `request` builds the wire form of a request and `response` parses an
-//! answer; both are pure. `http` is the only part that touches the network.
+//! `request` builds the wire form of a request, `response` parses an answer
+//! and `discovery` a metadata document; all three are pure. `http` is the
+//! only part that touches the network; [`obtain`] picks the grant (refresh
+//! token first, password as the fallback) and reads static tokens.
 
+pub mod discovery;
 pub mod error;
 pub mod http;
 pub mod request;
@@ -13,6 +16,7 @@ use crate::token::Token;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use url::Url;
@@ -33,6 +37,8 @@ pub enum GrantSpec {
     RefreshToken {
         initial: Secret,
     },
+    /// A permanent credential read from a file (an API key); no request.
+    Static,
 }
 
 impl GrantSpec {
@@ -41,6 +47,35 @@ impl GrantSpec {
             GrantSpec::ClientCredentials => "client_credentials",
             GrantSpec::Password { .. } => "password",
             GrantSpec::RefreshToken { .. } => "refresh_token",
+            GrantSpec::Static => "static",
+        }
+    }
+
+    /// Whether refresh tokens from the endpoint are used for the next request.
+    pub fn uses_refresh_tokens(&self) -> bool {
+        matches!(
+            self,
+            GrantSpec::Password { .. } | GrantSpec::RefreshToken { .. }
+        )
+    }
+}
+
+/// Where tokens come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    TokenUrl(Url),
+    /// Discover `token_endpoint` from this issuer's metadata (RFC 8414, OIDC).
+    Issuer(Url),
+    /// `grant_type = "static"`: the token is this file's content.
+    StaticFile(PathBuf),
+}
+
+impl Endpoint {
+    pub fn label(&self) -> String {
+        match self {
+            Endpoint::TokenUrl(u) => http::endpoint_label(u),
+            Endpoint::Issuer(u) => format!("issuer {}", http::endpoint_label(u)),
+            Endpoint::StaticFile(p) => format!("file {}", p.display()),
         }
     }
 }
@@ -91,7 +126,9 @@ impl Default for ResponseMapping {
 /// Everything needed to ask one token endpoint for a token.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TokenRequestSpec {
-    pub token_url: Url,
+    pub endpoint: Endpoint,
+    /// `http://` endpoints (also discovered ones) beyond loopback are allowed.
+    pub allow_insecure_http: bool,
     pub grant: GrantSpec,
     pub client_id: Option<String>,
     pub client_secret: Option<Secret>,
@@ -109,6 +146,8 @@ pub struct TokenRequestSpec {
     pub ca_pem: Option<Arc<[u8]>>,
     /// Lifetime assumed when neither the response nor a JWT `exp` gives one.
     pub default_lifetime: Duration,
+    /// Overrides the endpoint's `token_type` (the authorization scheme).
+    pub token_type: Option<String>,
 }
 
 impl TokenRequestSpec {
@@ -120,8 +159,12 @@ impl TokenRequestSpec {
             GrantSpec::Password { username, .. } => username.as_str(),
             _ => "",
         };
+        let endpoint = match &self.endpoint {
+            Endpoint::TokenUrl(u) | Endpoint::Issuer(u) => u.to_string(),
+            Endpoint::StaticFile(p) => p.display().to_string(),
+        };
         let identity = serde_json::json!({
-            "token_url": self.token_url.as_str(),
+            "endpoint": endpoint,
             "grant": self.grant.grant_type(),
             "username": username,
             "client_id": self.client_id,
@@ -141,24 +184,109 @@ impl TokenRequestSpec {
         let password = match &self.grant {
             GrantSpec::Password { password, .. } => Some(password),
             GrantSpec::RefreshToken { initial } => Some(initial),
-            GrantSpec::ClientCredentials => None,
+            GrantSpec::ClientCredentials | GrantSpec::Static => None,
         };
         crate::secret::Redactor::new()
             .with(self.client_secret.as_ref())
             .with(password)
             .with(refresh_token)
     }
+
+    /// A digest of the configured initial refresh token: when an operator
+    /// puts a new one in `refresh_token_file`, the persisted chain is dropped.
+    pub fn refresh_seed(&self) -> Option<String> {
+        match &self.grant {
+            GrantSpec::RefreshToken { initial } => {
+                let digest = Sha256::digest(initial.expose().as_bytes());
+                Some(digest.iter().take(16).map(|b| format!("{b:02x}")).collect())
+            }
+            _ => None,
+        }
+    }
 }
 
-/// Something that turns a request spec into a token: the HTTP implementation
-/// in production, a scripted fake in the core's tests.
+/// Something that sends one token request: the HTTP implementation in
+/// production, a scripted fake in the core's tests.
 pub trait TokenSource: Send + Sync + 'static {
-    /// `refresh_token` is the newest refresh token known for this client, if
-    /// any; `now` is stamped as the token's issue time.
+    /// With `refresh_token`, a grant that uses refresh tokens sends the
+    /// refresh_token grant; without, its primary grant. `now` is stamped as
+    /// the token's issue time.
     fn fetch(
         &self,
         spec: &TokenRequestSpec,
         refresh_token: Option<&Secret>,
         now: SystemTime,
     ) -> impl Future<Output = Result<Token, FetchError>> + Send;
+}
+
+/// Gets a token for `spec`: reads a static token, or asks `source` — with
+/// the newest refresh token when the grant uses them, falling back to the
+/// password grant when the endpoint refuses it (`invalid_grant`). The
+/// returned token carries the refresh token to use next time.
+pub async fn obtain<S: TokenSource>(
+    source: &S,
+    spec: &TokenRequestSpec,
+    refresh_token: Option<&Secret>,
+    now: SystemTime,
+) -> Result<Token, FetchError> {
+    if let Endpoint::StaticFile(path) = &spec.endpoint {
+        return read_static(path, spec, now).await;
+    }
+    let refresh_token = refresh_token.filter(|_| spec.grant.uses_refresh_tokens());
+    match source.fetch(spec, refresh_token, now).await {
+        Ok(mut token) => {
+            // endpoints that do not rotate send no new refresh token: keep ours
+            if token.refresh_token.is_none() && spec.grant.uses_refresh_tokens() {
+                token.refresh_token = refresh_token.cloned();
+            }
+            Ok(token)
+        }
+        Err(e)
+            if refresh_token.is_some()
+                && matches!(spec.grant, GrantSpec::Password { .. })
+                && e.oauth_error.as_deref() == Some("invalid_grant") =>
+        {
+            tracing::warn!("refresh token refused ({e}); falling back to the password grant");
+            source.fetch(spec, None, now).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `grant_type = "static"`: the file's content (one trailing newline and
+/// surrounding whitespace ignored), valid for `default_lifetime`, then read again.
+async fn read_static(
+    path: &std::path::Path,
+    spec: &TokenRequestSpec,
+    now: SystemTime,
+) -> Result<Token, FetchError> {
+    let text = tokio::fs::read_to_string(path).await.map_err(|e| {
+        FetchError::transient(
+            Reason::Other,
+            format!("cannot read the static token file {}: {e}", path.display()),
+        )
+    })?;
+    let value = text.trim();
+    if value.is_empty() {
+        return Err(FetchError::transient(
+            Reason::InvalidToken,
+            format!("the static token file {} is empty", path.display()),
+        ));
+    }
+    if let Some(pos) = value.bytes().position(|b| !(0x21..=0x7e).contains(&b)) {
+        return Err(FetchError::permanent(
+            Reason::InvalidToken,
+            format!(
+                "the static token in {} contains whitespace or a control character (byte {pos}); it would break a header",
+                path.display()
+            ),
+        ));
+    }
+    Ok(Token {
+        access_token: Secret::new(value),
+        token_type: spec.token_type.clone().unwrap_or_else(|| "Bearer".into()),
+        issued_at: now,
+        expires_at: now + spec.default_lifetime,
+        refresh_token: None,
+    })
 }

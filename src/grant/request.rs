@@ -85,31 +85,42 @@ fn basic_credentials(client_id: &str, secret: &str) -> Secret {
     ))
 }
 
-/// Builds the request for `spec`. `refresh_token` (the newest one known)
-/// takes precedence over the configured initial one for the refresh grant.
-pub fn build_request(spec: &TokenRequestSpec, refresh_token: Option<&Secret>) -> WireRequest {
+/// Builds the request for `spec` to `url`. With a `refresh_token` (the
+/// newest one known), a grant that uses refresh tokens sends the
+/// refresh_token grant; the refresh grant falls back to the configured
+/// initial token; client credentials ignore refresh tokens.
+pub fn build_request(
+    spec: &TokenRequestSpec,
+    url: &Url,
+    refresh_token: Option<&Secret>,
+) -> WireRequest {
     let mut headers = vec![(
         "Accept".to_string(),
         Value::Plain("application/json".into()),
     )];
-    let mut fields = vec![(
-        "grant_type".to_string(),
-        Value::Plain(spec.grant.grant_type().into()),
-    )];
-
-    match &spec.grant {
-        GrantSpec::ClientCredentials => {}
-        GrantSpec::Password { username, password } => {
+    let refresh_with = match &spec.grant {
+        GrantSpec::Password { .. } => refresh_token,
+        GrantSpec::RefreshToken { initial } => Some(refresh_token.unwrap_or(initial)),
+        GrantSpec::ClientCredentials | GrantSpec::Static => None,
+    };
+    let mut fields = Vec::new();
+    match (refresh_with, &spec.grant) {
+        (Some(rt), _) => {
+            fields.push((
+                "grant_type".to_string(),
+                Value::Plain("refresh_token".into()),
+            ));
+            fields.push((spec.refresh_token_param.clone(), Value::Secret(rt.clone())));
+        }
+        (None, GrantSpec::Password { username, password }) => {
+            fields.push(("grant_type".to_string(), Value::Plain("password".into())));
             fields.push(("username".into(), Value::Plain(username.clone())));
             fields.push(("password".into(), Value::Secret(password.clone())));
         }
-        GrantSpec::RefreshToken { initial } => {
-            let current = refresh_token.unwrap_or(initial);
-            fields.push((
-                spec.refresh_token_param.clone(),
-                Value::Secret(current.clone()),
-            ));
-        }
+        (None, grant) => fields.push((
+            "grant_type".to_string(),
+            Value::Plain(grant.grant_type().into()),
+        )),
     }
 
     match spec.auth {
@@ -156,7 +167,7 @@ pub fn build_request(spec: &TokenRequestSpec, refresh_token: Option<&Secret>) ->
     }
 
     WireRequest {
-        url: spec.token_url.clone(),
+        url: url.clone(),
         encoding: spec.encoding,
         headers,
         fields,
@@ -166,13 +177,14 @@ pub fn build_request(spec: &TokenRequestSpec, refresh_token: Option<&Secret>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grant::ResponseMapping;
+    use crate::grant::{Endpoint, ResponseMapping};
     use std::collections::BTreeMap;
     use std::time::Duration;
 
     fn spec(auth: ClientAuth, grant: GrantSpec) -> TokenRequestSpec {
         TokenRequestSpec {
-            token_url: Url::parse("https://auth.example.com/token").unwrap(),
+            endpoint: Endpoint::TokenUrl(url()),
+            allow_insecure_http: false,
             grant,
             client_id: Some("my client".into()),
             client_secret: Some(Secret::new("p@ss:word")),
@@ -187,7 +199,16 @@ mod tests {
             timeout: Duration::from_secs(30),
             ca_pem: None,
             default_lifetime: Duration::from_secs(3600),
+            token_type: None,
         }
+    }
+
+    fn url() -> Url {
+        Url::parse("https://auth.example.com/token").unwrap()
+    }
+
+    fn build_request(spec: &TokenRequestSpec, rt: Option<&Secret>) -> WireRequest {
+        super::build_request(spec, &url(), rt)
     }
 
     #[test]
@@ -264,6 +285,32 @@ mod tests {
             build_request(&s, Some(&newer)).field("refreshToken"),
             Some("rt-2")
         );
+    }
+
+    #[test]
+    fn a_password_client_with_a_refresh_token_refreshes_and_client_credentials_ignore_it() {
+        let pw = GrantSpec::Password {
+            username: "alice".into(),
+            password: Secret::new("pw"),
+        };
+        let mut s = spec(ClientAuth::None, pw);
+        s.client_id = Some("administration".into());
+        s.client_secret = None;
+        s.scope = Some("write".into());
+        s.scope_param = "scopes".into();
+        let rt = Secret::new("rt-9");
+        let r = build_request(&s, Some(&rt));
+        assert_eq!(r.field("grant_type"), Some("refresh_token"));
+        assert_eq!(r.field("refresh_token"), Some("rt-9"));
+        assert_eq!(r.field("password"), None);
+        assert_eq!(r.field("client_id"), Some("administration"));
+        assert_eq!(r.field("scopes"), Some("write"));
+        let cc = build_request(
+            &spec(ClientAuth::Body, GrantSpec::ClientCredentials),
+            Some(&rt),
+        );
+        assert_eq!(cc.field("grant_type"), Some("client_credentials"));
+        assert_eq!(cc.field("refresh_token"), None);
     }
 
     #[test]
