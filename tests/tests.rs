@@ -9,6 +9,7 @@ mod util;
 mod commands;
 mod faults;
 mod files;
+mod grants;
 mod oidc;
 mod reload;
 mod secrets;

@@ -262,6 +262,113 @@ impl Drop for OidcProvider {
     }
 }
 
+impl OidcProvider {
+    /// A refresh token from the authorization code flow (driven with curl).
+    pub fn refresh_token(&self) -> String {
+        let out = Command::new("bash")
+            .arg(repo().join("tests/upstreams/oidc-provider/get-refresh-token.sh"))
+            .arg(&self.base)
+            .output()
+            .expect("run get-refresh-token.sh");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!("code flow failed: {}", String::from_utf8_lossy(&out.stderr))
+        });
+        json["refresh_token"]
+            .as_str()
+            .expect("a refresh token")
+            .to_string()
+    }
+}
+
+/// Glewlwyd (Debian), provisioned with client gl-client/gl-secret and user alice/alice-pw.
+pub struct Glewlwyd {
+    pid: i32,
+    pub token_url: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Glewlwyd {
+    pub fn start(ttl: u64) -> Glewlwyd {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let out = Command::new("bash")
+            .arg(repo().join("tests/upstreams/glewlwyd/start.sh"))
+            .env("PORT", port.to_string())
+            .env("DIR", dir.path())
+            .env("TTL", ttl.to_string())
+            .output()
+            .expect("run glewlwyd/start.sh (is glewlwyd installed? run scripts/install-test-deps)");
+        let pid = fs::read_to_string(dir.path().join("glewlwyd.pid"))
+            .map(|p| p.trim().parse().unwrap_or(0))
+            .unwrap_or(0);
+        let glewlwyd = Glewlwyd {
+            pid,
+            token_url: format!("http://127.0.0.1:{port}/api/oidc/token"),
+            dir,
+        };
+        assert!(
+            out.status.success(),
+            "glewlwyd did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        glewlwyd
+    }
+}
+
+impl Drop for Glewlwyd {
+    fn drop(&mut self) {
+        if self.pid > 0 {
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// axa-group's oauth2-mock-server (npm): accepts any credentials, form or JSON bodies.
+pub struct MockServer {
+    child: Child,
+    pub token_url: String,
+}
+
+impl MockServer {
+    pub fn start(ttl: u64) -> MockServer {
+        let port = free_port();
+        let child = Command::new("node")
+            .arg(repo().join("tests/upstreams/oauth2-mock-server/server.mjs"))
+            .env("PORT", port.to_string())
+            .env("TTL", ttl.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start node");
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "oauth2-mock-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        MockServer {
+            child,
+            token_url: format!("http://127.0.0.1:{port}/token"),
+        }
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The refresh token kept in a sandbox's state for `client`.
+pub fn state_refresh_token(sb: &Sandbox, client: &str) -> Option<String> {
+    let text = sb.read(&format!("state/{client}.token.json"))?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json["refresh_token"].as_str().map(str::to_string)
+}
+
 /// A throwaway CA and a server certificate for 127.0.0.1, made with openssl.
 pub struct TestCa {
     pub ca: PathBuf,
