@@ -11,5 +11,6 @@ mod faults;
 mod files;
 mod grants;
 mod oidc;
+mod platforms;
 mod reload;
 mod secrets;

@@ -4,19 +4,24 @@
 use url::Url;
 
 /// The metadata URLs to try for `issuer`, in order: RFC 8414's
-/// `/.well-known/oauth-authorization-server` (inserted before the issuer's
-/// path), then OpenID Connect's `<issuer>/.well-known/openid-configuration`.
+/// `/.well-known/oauth-authorization-server` inserted before the issuer's
+/// path; the same appended to the issuer (as Okta, behind Floriday, serves
+/// it); then OpenID Connect's `<issuer>/.well-known/openid-configuration`.
 pub fn metadata_urls(issuer: &Url) -> Vec<Url> {
     let path = issuer.path().trim_end_matches('/');
-    let mut urls = Vec::new();
-    let mut rfc8414 = issuer.clone();
-    rfc8414.set_path(&format!("/.well-known/oauth-authorization-server{path}"));
-    rfc8414.set_query(None);
-    urls.push(rfc8414);
-    let mut oidc = issuer.clone();
-    oidc.set_path(&format!("{path}/.well-known/openid-configuration"));
-    oidc.set_query(None);
-    urls.push(oidc);
+    let mut urls: Vec<Url> = Vec::new();
+    for candidate in [
+        format!("/.well-known/oauth-authorization-server{path}"),
+        format!("{path}/.well-known/oauth-authorization-server"),
+        format!("{path}/.well-known/openid-configuration"),
+    ] {
+        let mut url = issuer.clone();
+        url.set_path(&candidate);
+        url.set_query(None);
+        if !urls.contains(&url) {
+            urls.push(url);
+        }
+    }
     urls
 }
 
@@ -73,6 +78,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             [
                 "https://idp.example.com/.well-known/oauth-authorization-server/oauth2/aus1",
+                "https://idp.example.com/oauth2/aus1/.well-known/oauth-authorization-server",
                 "https://idp.example.com/oauth2/aus1/.well-known/openid-configuration"
             ]
         );
