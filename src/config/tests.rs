@@ -400,3 +400,28 @@ fn the_packaged_example_config_is_valid() {
     let OutputKind::File(f) = &c.clients["jtl"].outputs[0].kind;
     assert_eq!(f.path, PathBuf::from("/run/tokenkeeper/jtl.header"));
 }
+
+#[test]
+fn every_example_config_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        // every credential the example names, present and readable
+        let creds = tempfile::tempdir().unwrap();
+        for name in text.split("$CREDENTIALS_DIRECTORY/").skip(1) {
+            let name: String = name.chars().take_while(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c)).collect();
+            std::fs::write(creds.path().join(name), "value\n").unwrap();
+        }
+        let creds_dir = creds.path().display().to_string();
+        let env = move |name: &str| match name {
+            "CREDENTIALS_DIRECTORY" => Some(creds_dir.clone()),
+            "RUNTIME_DIRECTORY" => Some("/run/tokenkeeper".into()),
+            _ => None,
+        };
+        load_str(&path, &text, &env).unwrap_or_else(|e| panic!("{e}"));
+        checked += 1;
+    }
+    assert!(checked >= 7, "{checked} examples");
+}
