@@ -411,7 +411,10 @@ fn every_example_config_is_valid() {
         // every credential the example names, present and readable
         let creds = tempfile::tempdir().unwrap();
         for name in text.split("$CREDENTIALS_DIRECTORY/").skip(1) {
-            let name: String = name.chars().take_while(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c)).collect();
+            let name: String = name
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c))
+                .collect();
             std::fs::write(creds.path().join(name), "value\n").unwrap();
         }
         let creds_dir = creds.path().display().to_string();
