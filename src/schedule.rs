@@ -16,6 +16,9 @@ pub struct Policy {
     pub min_interval: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// Written tokens must keep at least this much validity: refresh before
+    /// less remains.
+    pub min_valid: Duration,
 }
 
 impl Default for Policy {
@@ -26,6 +29,7 @@ impl Default for Policy {
             min_interval: Duration::from_secs(10),
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(5 * 60),
+            min_valid: Duration::ZERO,
         }
     }
 }
@@ -74,6 +78,11 @@ pub fn refresh_at(
             by_ratio
         }
     };
+    if !policy.min_valid.is_zero() {
+        // refresh while at least min_valid (and a tenth of the rest) remains
+        let latest = lifetime.saturating_sub(policy.min_valid);
+        offset = offset.min(latest.saturating_sub(latest / 10));
+    }
     offset = offset.saturating_sub(lifetime.mul_f64(JITTER_SHARE * jitter.clamp(0.0, 1.0)));
     if offset < policy.min_interval {
         offset = policy.min_interval;
@@ -163,6 +172,17 @@ mod tests {
             );
             assert_eq!(plan.basis, basis, "lifetime {lifetime}s");
         }
+    }
+
+    #[test]
+    fn min_valid_moves_the_refresh_before_the_consumers_cache_window() {
+        let p = Policy {
+            min_valid: Duration::from_secs(30 * 60),
+            ..Policy::default()
+        };
+        // 1h token: ratio says 45m, min_valid says before 30m remain (27m after a tenth of margin)
+        let plan = refresh_at(t(0), t(3600), t(0), &p, 0.0);
+        assert_eq!(secs_after_issue(plan), 1620.0);
     }
 
     #[test]

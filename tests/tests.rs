@@ -11,6 +11,7 @@ mod faults;
 mod files;
 mod grants;
 mod oidc;
+mod outputs;
 mod platforms;
 mod reload;
 mod secrets;

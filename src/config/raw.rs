@@ -79,6 +79,7 @@ pub struct RawClient {
     pub ca_file: S<String>,
     pub allow_insecure_http: S<bool>,
     pub default_lifetime: S<String>,
+    pub min_valid: S<String>,
     pub refresh_ratio: S<f64>,
     pub refresh_before: S<String>,
     pub min_interval: S<String>,
@@ -102,6 +103,15 @@ pub struct RawResponse {
 #[serde(rename_all = "snake_case")]
 pub enum OutputType {
     File,
+    VaultKv,
+    KubernetesSecret,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayoutKind {
+    File,
+    AtomicDir,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -127,6 +137,7 @@ pub enum RawMode {
 pub struct RawOutput {
     #[serde(rename = "type")]
     pub kind: Spanned<OutputType>,
+    // file
     pub path: S<String>,
     pub format: S<FormatKind>,
     pub mode: S<RawMode>,
@@ -135,6 +146,27 @@ pub struct RawOutput {
     pub extra_headers: S<BTreeMap<String, String>>,
     pub template: S<String>,
     pub template_file: S<String>,
+    pub layout: S<LayoutKind>,
+    // vault_kv (`path` is the secret's path below the mount)
+    pub address: S<String>,
+    pub mount: S<String>,
+    pub token_file: S<String>,
+    pub token_env: S<String>,
+    pub approle_mount: S<String>,
+    pub role_id_file: S<String>,
+    pub secret_id_file: S<String>,
+    pub namespace: S<String>,
+    pub ca_file: S<String>,
+    // kubernetes_secret (and `namespace`, `token_file`, `ca_file`, `format`)
+    pub name: S<String>,
+    pub key: S<String>,
+    pub api_server: S<String>,
+    // hooks
+    pub exec: S<Vec<String>>,
+    pub exec_timeout: S<String>,
+    pub exec_pass_token: S<bool>,
+    pub signal: S<String>,
+    pub pid_file: S<String>,
 }
 
 #[derive(Debug, Default)]

@@ -51,7 +51,9 @@ fn minimal_config_gets_the_documented_defaults() {
     assert_eq!(shop.request.timeout, Duration::from_secs(30));
     assert_eq!(shop.request.default_lifetime, Duration::from_secs(3600));
     assert_eq!(shop.policy, Policy::default());
-    let OutputKind::File(f) = &shop.outputs[0].kind;
+    let OutputKind::File(f) = &shop.outputs[0].kind else {
+        panic!("a file output")
+    };
     assert_eq!((f.mode, &f.format), (0o600, &Format::Raw));
 }
 
@@ -103,7 +105,7 @@ path = "/run/tk/b"
 /etc/tk/config.toml:9:17: clients.a.refresh_ratio: 1.5 must lie strictly between 0 and 1 (a share of the token's lifetime)
 /etc/tk/config.toml:10:18: clients.a.refresh_before: "soon" is not a duration (expected number at 0); write e.g. "90s", "5m", "1h"
 /etc/tk/config.toml:14:8: clients.a.outputs[0].mode: "0999" is not an octal mode; write e.g. "0640"
-/etc/tk/config.toml:20:1: clients.b: unknown field `colour`, expected one of `preset`, `token_url`, `issuer`, `grant_type`, `client_id`, `client_secret_file`, `client_secret_env`, `client_secret`, `auth`, `encoding`, `scope`, `scope_param`, `params`, `headers`, `username`, `password_file`, `password_env`, `password`, `refresh_token_file`, `refresh_token_param`, `token_file`, `token_type`, `response`, `ca_file`, `allow_insecure_http`, `default_lifetime`, `refresh_ratio`, `refresh_before`, `min_interval`, `timeout`, `backoff_initial`, `backoff_max`, `outputs`
+/etc/tk/config.toml:20:1: clients.b: unknown field `colour`, expected one of `preset`, `token_url`, `issuer`, `grant_type`, `client_id`, `client_secret_file`, `client_secret_env`, `client_secret`, `auth`, `encoding`, `scope`, `scope_param`, `params`, `headers`, `username`, `password_file`, `password_env`, `password`, `refresh_token_file`, `refresh_token_param`, `token_file`, `token_type`, `response`, `ca_file`, `allow_insecure_http`, `default_lifetime`, `min_valid`, `refresh_ratio`, `refresh_before`, `min_interval`, `timeout`, `backoff_initial`, `backoff_max`, `outputs`
 "#,
     );
 }
@@ -327,7 +329,9 @@ fn secret_files_lose_one_trailing_newline_and_relative_paths_follow_the_config()
         shop.request.client_secret.as_ref().unwrap().expose(),
         "s3cret"
     );
-    let OutputKind::File(f) = &shop.outputs[0].kind;
+    let OutputKind::File(f) = &shop.outputs[0].kind else {
+        panic!("a file output")
+    };
     assert_eq!(f.path, dir.path().join("out/shop.token"));
 
     std::fs::write(dir.path().join("shop.secret"), "\n").unwrap();
@@ -397,7 +401,9 @@ fn the_packaged_example_config_is_valid() {
         c.clients.keys().collect::<Vec<_>>(),
         ["custom", "jtl", "shop"]
     );
-    let OutputKind::File(f) = &c.clients["jtl"].outputs[0].kind;
+    let OutputKind::File(f) = &c.clients["jtl"].outputs[0].kind else {
+        panic!("a file output")
+    };
     assert_eq!(f.path, PathBuf::from("/run/tokenkeeper/jtl.header"));
 }
 

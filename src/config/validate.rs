@@ -4,10 +4,17 @@
 
 use super::Diagnostic;
 use super::presets::Preset;
-use super::raw::{FormatKind, GrantKind, LogFormat, RawClient, RawConfig, RawMode, RawOutput, S};
+use super::raw::{
+    FormatKind, GrantKind, LayoutKind, LogFormat, OutputType, RawClient, RawConfig, RawMode,
+    RawOutput, S,
+};
 use crate::grant::http::acceptable_scheme;
 use crate::grant::{ClientAuth, Encoding, Endpoint, ResponseMapping};
+use crate::output::Layout;
+use crate::output::hooks::{ExecHook, Hooks, SignalHook, parse_signal};
+use crate::output::kubernetes::SERVICE_ACCOUNT;
 use crate::output::render::{Format, Template};
+use crate::output::vault::VaultAuth;
 use crate::schedule::Policy;
 use crate::secret::Secret;
 use std::collections::{BTreeMap, HashMap};
@@ -55,11 +62,40 @@ pub enum FormatPlan {
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutputPlan {
     pub key: String,
-    pub path: PathBuf,
-    pub format: FormatPlan,
-    pub mode: u32,
-    pub owner: Option<Located<String>>,
-    pub group: Option<Located<String>>,
+    /// What the output writes to, to catch two outputs writing the same thing.
+    pub identity: String,
+    pub kind: OutputKindPlan,
+    pub hooks: Hooks,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum OutputKindPlan {
+    File {
+        path: PathBuf,
+        format: FormatPlan,
+        mode: u32,
+        owner: Option<Located<String>>,
+        group: Option<Located<String>>,
+        layout: Layout,
+    },
+    Vault {
+        address: Url,
+        mount: String,
+        path: String,
+        namespace: Option<String>,
+        auth: VaultAuth,
+        ca_file: Option<Located<PathBuf>>,
+    },
+    Kubernetes {
+        api_server: Url,
+        /// `None`: the pod's, read from the service account at build.
+        namespace: Option<String>,
+        name: String,
+        key: String,
+        format: Format,
+        token_file: PathBuf,
+        ca_file: Option<Located<PathBuf>>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -396,7 +432,7 @@ pub fn validate(
     }
 
     let mut clients = Vec::new();
-    let mut output_paths: HashMap<PathBuf, String> = HashMap::new();
+    let mut output_paths: HashMap<String, String> = HashMap::new();
     for (name, c) in &raw.clients {
         let ck = format!("clients.{}", name.get_ref());
         if !valid_client_name(name.get_ref()) {
@@ -423,31 +459,40 @@ pub fn validate(
         );
         if let Some(plan) = plan {
             for (i, out) in plan.outputs.iter().enumerate() {
-                if let Some(first) = output_paths.get(&out.path) {
-                    let span = c
-                        .outputs
-                        .as_ref()
-                        .and_then(|o| o.get_ref().get(i))
-                        .and_then(|o| o.get_ref().path.as_ref())
-                        .map(|p| p.span())
+                if let Some(first) = output_paths.get(&out.identity) {
+                    let raw_out = c.outputs.as_ref().and_then(|o| o.get_ref().get(i));
+                    let span = raw_out
+                        .and_then(|o| {
+                            o.get_ref()
+                                .path
+                                .as_ref()
+                                .or(o.get_ref().name.as_ref())
+                                .map(|p| p.span())
+                        })
+                        .or(raw_out.map(|o| o.span()))
                         .unwrap_or_default();
+                    let what = match &out.kind {
+                        OutputKindPlan::File { .. } => "path",
+                        OutputKindPlan::Vault { .. } => "path",
+                        OutputKindPlan::Kubernetes { .. } => "name",
+                    };
+                    let shown = match &out.kind {
+                        OutputKindPlan::File { path, .. } => path.display().to_string(),
+                        _ => out.identity.clone(),
+                    };
                     v.error(
                         span,
-                        &format!("{}.path", out.key),
+                        &format!("{}.{what}", out.key),
                         format!(
-                            "{} is also written by {first}; two outputs cannot share a path",
-                            out.path.display()
+                            "{shown} is also written by {first}; two outputs cannot share a {}",
+                            if what == "path" { "path" } else { "secret key" }
                         ),
                     );
                 } else {
-                    output_paths.insert(out.path.clone(), out.key.clone());
+                    output_paths.insert(out.identity.clone(), out.key.clone());
                 }
             }
-            if plan
-                .outputs
-                .iter()
-                .any(|o| o.path.starts_with(&daemon.state_dir))
-            {
+            if plan.outputs.iter().any(|o| matches!(&o.kind, OutputKindPlan::File { path, .. } if path.starts_with(&daemon.state_dir))) {
                 v.diagnostics.push(Diagnostic {
                     span: None,
                     key: format!("{ck}.outputs"),
@@ -921,6 +966,7 @@ fn validate_client(
             d.binit,
         ),
         backoff_max: v.duration(&c.backoff_max, Some(d.bmax), &key("backoff_max"), d.bmax),
+        min_valid: v.duration(&c.min_valid, None, &key("min_valid"), Duration::ZERO),
     };
     let timeout = v.duration(&c.timeout, Some(d.timeout), &key("timeout"), d.timeout);
     let default_lifetime = v.duration(
@@ -930,6 +976,17 @@ fn validate_client(
         d.lifetime,
     );
     let span_of = |own: &S<String>| own.as_ref().map(|s| s.span());
+    if !policy.min_valid.is_zero() && policy.min_valid >= default_lifetime {
+        v.diagnostics.push(Diagnostic {
+            span: span_of(&c.min_valid),
+            key: key("min_valid"),
+            message: format!(
+                "{} is not shorter than default_lifetime {}: no token of that lifetime could ever be written",
+                humantime::format_duration(policy.min_valid),
+                humantime::format_duration(default_lifetime)
+            ),
+        });
+    }
     if policy.min_interval.is_zero() {
         v.diagnostics.push(Diagnostic { span: span_of(&c.min_interval), key: key("min_interval"), message: "must be more than zero: it is what keeps a short-lived token from turning into a tight loop".into() });
     }
@@ -1037,33 +1094,72 @@ fn validate_output(v: &mut Validator<'_>, ok: &str, o: &Spanned<RawOutput>) -> O
     let span = o.span();
     let o = o.get_ref();
     let key = |k: &str| format!("{ok}.{k}");
-    let path = match &o.path {
-        Some(p) => v.path(p, &key("path")),
-        None => {
-            v.error(
-                span.clone(),
-                &key("path"),
-                "is required for type = \"file\"",
-            );
-            None
+    let kind = *o.kind.get_ref();
+    let type_name = match kind {
+        OutputType::File => "file",
+        OutputType::VaultKv => "vault_kv",
+        OutputType::KubernetesSecret => "kubernetes_secret",
+    };
+    // keys that belong to other output types
+    let foreign: Vec<(Option<Range<usize>>, &str)> = {
+        let f = |x: &S<String>| x.as_ref().map(|s| s.span());
+        let mut list = Vec::new();
+        if kind != OutputType::File {
+            list.extend([
+                (o.mode.as_ref().map(|s| s.span()), "mode"),
+                (f(&o.owner), "owner"),
+                (f(&o.group), "group"),
+                (o.extra_headers.as_ref().map(|s| s.span()), "extra_headers"),
+                (f(&o.template), "template"),
+                (f(&o.template_file), "template_file"),
+                (o.layout.as_ref().map(|s| s.span()), "layout"),
+            ]);
         }
+        if kind != OutputType::VaultKv {
+            list.extend([
+                (f(&o.address), "address"),
+                (f(&o.mount), "mount"),
+                (f(&o.token_env), "token_env"),
+                (f(&o.approle_mount), "approle_mount"),
+                (f(&o.role_id_file), "role_id_file"),
+                (f(&o.secret_id_file), "secret_id_file"),
+            ]);
+        }
+        if kind != OutputType::KubernetesSecret {
+            list.extend([
+                (f(&o.name), "name"),
+                (f(&o.key), "key"),
+                (f(&o.api_server), "api_server"),
+            ]);
+        }
+        if kind == OutputType::File {
+            list.extend([
+                (f(&o.namespace), "namespace"),
+                (f(&o.ca_file), "ca_file"),
+                (f(&o.token_file), "token_file"),
+            ]);
+        }
+        if kind == OutputType::KubernetesSecret {
+            list.push((f(&o.path), "path"));
+        }
+        list
     };
-    let mode = match &o.mode {
-        Some(m) => match parse_mode(m.get_ref()) {
-            Ok(bits) => bits,
-            Err(e) => {
-                v.error(m.span(), &key("mode"), e);
-                0o600
-            }
-        },
-        None => 0o600,
-    };
-    let kind = o
+    for (s, k) in foreign {
+        if let Some(s) = s {
+            v.error(
+                s,
+                &key(k),
+                format!("does not apply to type = \"{type_name}\""),
+            );
+        }
+    }
+
+    let format_kind = o
         .format
         .as_ref()
         .map(|f| *f.get_ref())
         .unwrap_or(FormatKind::Raw);
-    if kind != FormatKind::Header {
+    if format_kind != FormatKind::Header {
         if let Some(h) = &o.extra_headers {
             v.error(
                 h.span(),
@@ -1072,7 +1168,7 @@ fn validate_output(v: &mut Validator<'_>, ok: &str, o: &Spanned<RawOutput>) -> O
             );
         }
     }
-    if kind != FormatKind::Template {
+    if format_kind != FormatKind::Template {
         for (f, k) in [
             (&o.template, "template"),
             (&o.template_file, "template_file"),
@@ -1082,55 +1178,63 @@ fn validate_output(v: &mut Validator<'_>, ok: &str, o: &Spanned<RawOutput>) -> O
             }
         }
     }
-    let format = match kind {
-        FormatKind::Raw => Some(FormatPlan::Ready(crate::output::Format::Raw)),
-        FormatKind::Json => Some(FormatPlan::Ready(crate::output::Format::Json)),
-        FormatKind::Env => Some(FormatPlan::Ready(crate::output::Format::Env)),
-        FormatKind::Header => {
-            let mut extra = Vec::new();
-            if let Some(h) = &o.extra_headers {
-                for (n, val) in h.get_ref() {
-                    if !header_name_ok(n) {
-                        v.error(
-                            h.span(),
-                            &key("extra_headers"),
-                            format!("{n:?} is not a valid HTTP header name"),
-                        );
-                    } else if !header_value_ok(val) || val.contains(['\n', '\r']) {
-                        v.error(
-                            h.span(),
-                            &key("extra_headers"),
-                            format!("the value of {n} is not a valid HTTP header value"),
-                        );
-                    } else if n.eq_ignore_ascii_case("authorization") {
-                        v.error(
-                            h.span(),
-                            &key("extra_headers"),
-                            "Authorization is written by tokenkeeper itself",
-                        );
-                    }
-                    extra.push((n.clone(), val.clone()));
-                }
+    let mut extra = Vec::new();
+    if let Some(h) = &o.extra_headers {
+        for (n, val) in h.get_ref() {
+            if !header_name_ok(n) {
+                v.error(
+                    h.span(),
+                    &key("extra_headers"),
+                    format!("{n:?} is not a valid HTTP header name"),
+                );
+            } else if !header_value_ok(val) || val.contains(['\n', '\r']) {
+                v.error(
+                    h.span(),
+                    &key("extra_headers"),
+                    format!("the value of {n} is not a valid HTTP header value"),
+                );
+            } else if n.eq_ignore_ascii_case("authorization") {
+                v.error(
+                    h.span(),
+                    &key("extra_headers"),
+                    "Authorization is written by tokenkeeper itself",
+                );
             }
-            Some(FormatPlan::Ready(crate::output::Format::Header {
-                extra_headers: extra,
-            }))
+            extra.push((n.clone(), val.clone()));
         }
+    }
+    let format = match format_kind {
+        FormatKind::Raw => Some(FormatPlan::Ready(Format::Raw)),
+        FormatKind::Json => Some(FormatPlan::Ready(Format::Json)),
+        FormatKind::Env => Some(FormatPlan::Ready(Format::Env)),
+        FormatKind::Header => Some(FormatPlan::Ready(Format::Header {
+            extra_headers: extra,
+        })),
         FormatKind::Template => match (&o.template, &o.template_file) {
             (Some(t), None) => match Template::parse(t.get_ref()) {
-                Ok(t) => Some(FormatPlan::Ready(crate::output::Format::Template(t))),
+                Ok(t) => Some(FormatPlan::Ready(Format::Template(t))),
                 Err(e) => {
                     v.error(t.span(), &key("template"), e);
                     None
                 }
             },
-            (None, Some(f)) => v.path(f, &key("template_file")).map(|p| {
-                FormatPlan::TemplateFile(Located {
-                    value: p,
-                    span: f.span(),
-                    key: key("template_file"),
+            (None, Some(f)) if kind == OutputType::File => {
+                v.path(f, &key("template_file")).map(|p| {
+                    FormatPlan::TemplateFile(Located {
+                        value: p,
+                        span: f.span(),
+                        key: key("template_file"),
+                    })
                 })
-            }),
+            }
+            (None, Some(f)) => {
+                v.error(
+                    f.span(),
+                    &key("template_file"),
+                    "use an inline template with this output type",
+                );
+                None
+            }
             (Some(_), Some(f)) => {
                 v.error(
                     f.span(),
@@ -1149,22 +1253,335 @@ fn validate_output(v: &mut Validator<'_>, ok: &str, o: &Spanned<RawOutput>) -> O
             }
         },
     };
-    let located = |s: &S<String>, k: &str| {
-        s.as_ref().map(|s| Located {
-            value: s.get_ref().clone(),
-            span: s.span(),
-            key: key(k),
+
+    let hooks = validate_hooks(v, ok, o);
+    let required = |v: &mut Validator<'_>, value: &S<String>, k: &str| -> Option<String> {
+        match value {
+            Some(x) if !x.get_ref().trim().is_empty() => Some(x.get_ref().trim().to_string()),
+            Some(x) => {
+                v.error(x.span(), &key(k), "must not be empty");
+                None
+            }
+            None => {
+                v.error(
+                    span.clone(),
+                    &key(k),
+                    format!("is required for type = \"{type_name}\""),
+                );
+                None
+            }
+        }
+    };
+    let ca_file = |v: &mut Validator<'_>| {
+        o.ca_file.as_ref().and_then(|f| {
+            v.path(f, &key("ca_file")).map(|p| Located {
+                value: p,
+                span: f.span(),
+                key: key("ca_file"),
+            })
         })
+    };
+
+    let (identity, plan_kind) = match kind {
+        OutputType::File => {
+            let path =
+                required(v, &o.path, "path").and_then(|_| v.path(o.path.as_ref()?, &key("path")));
+            let mode = match &o.mode {
+                Some(m) => match parse_mode(m.get_ref()) {
+                    Ok(bits) => bits,
+                    Err(e) => {
+                        v.error(m.span(), &key("mode"), e);
+                        0o600
+                    }
+                },
+                None => 0o600,
+            };
+            let layout = match o.layout.as_ref().map(|l| *l.get_ref()) {
+                Some(LayoutKind::AtomicDir) => {
+                    if !matches!(format_kind, FormatKind::Raw | FormatKind::Header) {
+                        v.error(o.format.as_ref().map(|f| f.span()).unwrap_or(span.clone()), &key("format"), "layout = \"atomic_dir\" writes every format as its own file (token, expires_at, header, token.json, token.env); leave format out, or \"header\" for extra_headers");
+                    }
+                    Layout::AtomicDir
+                }
+                _ => Layout::File,
+            };
+            let located = |s: &S<String>, k: &str| {
+                s.as_ref().map(|s| Located {
+                    value: s.get_ref().clone(),
+                    span: s.span(),
+                    key: key(k),
+                })
+            };
+            let path = path?;
+            (
+                format!("file:{}", path.display()),
+                OutputKindPlan::File {
+                    path,
+                    format: format?,
+                    mode,
+                    owner: located(&o.owner, "owner"),
+                    group: located(&o.group, "group"),
+                    layout,
+                },
+            )
+        }
+        OutputType::VaultKv => {
+            let address_text = match &o.address {
+                Some(a) => Some((a.get_ref().clone(), Some(a.span()))),
+                None => (v.env)("VAULT_ADDR")
+                    .filter(|a| !a.is_empty())
+                    .map(|a| (a, None)),
+            };
+            let address = match address_text {
+                Some((text, at)) => {
+                    match Url::parse(&text) {
+                        Ok(u) if acceptable_scheme(&u, false) => Some(u),
+                        Ok(_) => {
+                            v.diagnostics.push(Diagnostic { span: at, key: key("address"), message: format!("{text:?}: use https:// (plain http:// only to a loopback address)") });
+                            None
+                        }
+                        Err(e) => {
+                            v.diagnostics.push(Diagnostic {
+                                span: at,
+                                key: key("address"),
+                                message: format!("{text:?} is not a URL: {e}"),
+                            });
+                            None
+                        }
+                    }
+                }
+                None => {
+                    v.error(
+                        span.clone(),
+                        &key("address"),
+                        "is required for type = \"vault_kv\" (or set VAULT_ADDR)",
+                    );
+                    None
+                }
+            };
+            let mount = o
+                .mount
+                .as_ref()
+                .map(|m| m.get_ref().trim_matches('/').to_string())
+                .unwrap_or_else(|| "secret".into());
+            let path = required(v, &o.path, "path").map(|p| p.trim_matches('/').to_string());
+            let auth = match (
+                &o.token_file,
+                &o.token_env,
+                &o.role_id_file,
+                &o.secret_id_file,
+            ) {
+                (None, None, Some(r), Some(s)) => {
+                    let role = v.path(r, &key("role_id_file"));
+                    let secret = v.path(s, &key("secret_id_file"));
+                    let mount = o
+                        .approle_mount
+                        .as_ref()
+                        .map(|m| m.get_ref().clone())
+                        .unwrap_or_else(|| "approle".into());
+                    role.zip(secret)
+                        .map(|(role_id_file, secret_id_file)| VaultAuth::AppRole {
+                            mount,
+                            role_id_file,
+                            secret_id_file,
+                        })
+                }
+                (Some(f), None, None, None) => {
+                    v.path(f, &key("token_file")).map(VaultAuth::TokenFile)
+                }
+                (None, Some(e), None, None) => Some(VaultAuth::TokenEnv(e.get_ref().clone())),
+                (None, None, None, None) => Some(VaultAuth::TokenEnv("VAULT_TOKEN".into())),
+                _ => {
+                    v.error(span.clone(), &key("token_file"), "authenticate with one of token_file, token_env, or role_id_file + secret_id_file");
+                    None
+                }
+            };
+            let ca = ca_file(v);
+            let namespace = o.namespace.as_ref().map(|n| n.get_ref().clone());
+            let (address, path, auth) = (address?, path?, auth?);
+            (
+                format!("vault:{}{}/{}", address, mount, path),
+                OutputKindPlan::Vault {
+                    address,
+                    mount,
+                    path,
+                    namespace,
+                    auth,
+                    ca_file: ca,
+                },
+            )
+        }
+        OutputType::KubernetesSecret => {
+            let api_server = match &o.api_server {
+                Some(a) => match Url::parse(a.get_ref()) {
+                    Ok(u) if acceptable_scheme(&u, false) => Some(u),
+                    _ => {
+                        v.error(
+                            a.span(),
+                            &key("api_server"),
+                            format!("{:?} is not an https:// URL", a.get_ref()),
+                        );
+                        None
+                    }
+                },
+                None => match (
+                    (v.env)("KUBERNETES_SERVICE_HOST"),
+                    (v.env)("KUBERNETES_SERVICE_PORT"),
+                ) {
+                    (Some(host), port) => {
+                        let host = if host.contains(':') {
+                            format!("[{host}]")
+                        } else {
+                            host
+                        };
+                        Url::parse(&format!(
+                            "https://{host}:{}",
+                            port.unwrap_or_else(|| "443".into())
+                        ))
+                        .ok()
+                    }
+                    _ => {
+                        v.error(
+                            span.clone(),
+                            &key("api_server"),
+                            "is required outside a pod (KUBERNETES_SERVICE_HOST is not set)",
+                        );
+                        None
+                    }
+                },
+            };
+            let name = required(v, &o.name, "name");
+            let key_name = o
+                .key
+                .as_ref()
+                .map(|k| k.get_ref().clone())
+                .unwrap_or_else(|| "token".into());
+            if !key_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                || key_name.is_empty()
+            {
+                v.error(
+                    o.key.as_ref().map(|k| k.span()).unwrap_or(span.clone()),
+                    &key("key"),
+                    format!("{key_name:?} is not a valid Secret key (letters, digits, -, _, .)"),
+                );
+            }
+            let token_file = match &o.token_file {
+                Some(f) => v.path(f, &key("token_file")),
+                None => Some(PathBuf::from(SERVICE_ACCOUNT).join("token")),
+            };
+            let ca = ca_file(v).or_else(|| {
+                o.api_server.is_none().then(|| Located {
+                    value: PathBuf::from(SERVICE_ACCOUNT).join("ca.crt"),
+                    span: span.clone(),
+                    key: key("ca_file"),
+                })
+            });
+            let namespace = o.namespace.as_ref().map(|n| n.get_ref().clone());
+            let format = match format? {
+                FormatPlan::Ready(f) => f,
+                FormatPlan::TemplateFile(_) => return None,
+            };
+            let (api_server, name, token_file) = (api_server?, name?, token_file?);
+            (
+                format!(
+                    "k8s:{}/{}/{}/{}",
+                    api_server,
+                    namespace.clone().unwrap_or_default(),
+                    name,
+                    key_name
+                ),
+                OutputKindPlan::Kubernetes {
+                    api_server,
+                    namespace,
+                    name,
+                    key: key_name,
+                    format,
+                    token_file,
+                    ca_file: ca,
+                },
+            )
+        }
     };
     if v.diagnostics.len() > before_errors {
         return None;
     }
     Some(OutputPlan {
         key: ok.to_string(),
-        path: path?,
-        format: format?,
-        mode,
-        owner: located(&o.owner, "owner"),
-        group: located(&o.group, "group"),
+        identity,
+        kind: plan_kind,
+        hooks: hooks?,
     })
+}
+
+fn validate_hooks(v: &mut Validator<'_>, ok: &str, o: &RawOutput) -> Option<Hooks> {
+    let key = |k: &str| format!("{ok}.{k}");
+    let before = v.diagnostics.len();
+    let exec = match &o.exec {
+        Some(argv) if argv.get_ref().is_empty() || argv.get_ref()[0].is_empty() => {
+            v.error(
+                argv.span(),
+                &key("exec"),
+                "must name a program: exec = [\"/usr/bin/systemctl\", \"reload\", \"app\"]",
+            );
+            None
+        }
+        Some(argv) => Some(ExecHook {
+            argv: argv.get_ref().clone(),
+            timeout: v.duration(
+                &o.exec_timeout,
+                None,
+                &key("exec_timeout"),
+                Duration::from_secs(10),
+            ),
+            pass_token: o.exec_pass_token.as_ref().is_some_and(|p| *p.get_ref()),
+        }),
+        None => {
+            for (f, k) in [
+                (o.exec_timeout.as_ref().map(|s| s.span()), "exec_timeout"),
+                (
+                    o.exec_pass_token.as_ref().map(|s| s.span()),
+                    "exec_pass_token",
+                ),
+            ] {
+                if let Some(f) = f {
+                    v.error(f, &key(k), "applies only with exec");
+                }
+            }
+            None
+        }
+    };
+    let signal = match (&o.signal, &o.pid_file) {
+        (Some(s), Some(p)) => match parse_signal(s.get_ref()) {
+            Some(signal) => v
+                .path(p, &key("pid_file"))
+                .map(|pid_file| SignalHook { signal, pid_file }),
+            None => {
+                v.error(
+                    s.span(),
+                    &key("signal"),
+                    format!(
+                        "{:?} is not a signal name; write e.g. \"HUP\" or \"USR1\"",
+                        s.get_ref()
+                    ),
+                );
+                None
+            }
+        },
+        (Some(s), None) => {
+            v.error(
+                s.span(),
+                &key("pid_file"),
+                "is required with signal (the file holding the consumer's pid)",
+            );
+            None
+        }
+        (None, Some(p)) => {
+            v.error(p.span(), &key("pid_file"), "applies only with signal");
+            None
+        }
+        (None, None) => None,
+    };
+    (v.diagnostics.len() == before).then_some(Hooks { exec, signal })
 }

@@ -76,28 +76,45 @@ async fn once_client<S: TokenSource>(
             return false;
         }
     };
-    let spec2 = spec.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let mut ok = true;
-        if let Some(state) = &state {
-            if let Err(e) = save(state, &spec2, &token) {
-                tracing::error!(client = %spec2.name, error = %e, "cannot save the token to state_dir");
-                ok = !spec2.request.grant.uses_refresh_tokens();
-            }
+    let min_valid = spec.policy.min_valid;
+    if !min_valid.is_zero() && token.remaining(clock.now()) < min_valid {
+        tracing::error!(
+            client = %spec.name,
+            "the new token has less than min_valid ({}) left; not writing it",
+            humantime::format_duration(min_valid)
+        );
+        return false;
+    }
+    let mut ok = true;
+    if let Some(state) = state {
+        let (spec2, token2) = (spec.clone(), token.clone());
+        let saved = tokio::task::spawn_blocking(move || save(&state, &spec2, &token2)).await;
+        if let Ok(Err(e)) | Err(e) = saved.map_err(std::io::Error::other) {
+            tracing::error!(client = %spec.name, error = %e, "cannot save the token to state_dir");
+            ok = !spec.request.grant.uses_refresh_tokens();
         }
-        for output in &spec2.outputs {
-            if let Err(e) = output.write(&token) {
-                tracing::error!(client = %spec2.name, output = %output.label(), "cannot write output: {e}");
+    }
+    let token = Arc::new(token);
+    for output in &spec.outputs {
+        let written = match crate::output::Writer::new(output) {
+            Ok(writer) => writer.write(&token).await,
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(crate::output::WriteOutcome::Written) => {
+                crate::daemon::outputs::run_hooks(&spec.name, output, &token).await;
+            }
+            Ok(crate::output::WriteOutcome::Unchanged) => {}
+            Err(e) => {
+                tracing::error!(client = %spec.name, output = %output.label(), "cannot write output: {e}");
                 ok = false;
             }
         }
-        if ok {
-            tracing::info!(client = %spec2.name, expires_at = %crate::token::rfc3339(token.expires_at), "token written");
-        }
-        ok
-    })
-    .await;
-    result.unwrap_or(false)
+    }
+    if ok {
+        tracing::info!(client = %spec.name, expires_at = %crate::token::rfc3339(token.expires_at), "token written");
+    }
+    ok
 }
 
 /// `tokenkeeper once`: every client at once; true when every client got a

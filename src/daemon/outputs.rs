@@ -1,9 +1,10 @@
 //! One worker per output: waits for a new token on the client's watch
-//! channel, writes it off the async threads, and on failure retries on its
-//! own (1 s doubling to 1 min) until it succeeds or a newer token arrives.
-//! A slow or failing output never holds up another output or client.
+//! channel, writes it, runs the output's hooks when something changed, and on
+//! failure retries on its own (1 s doubling to 1 min) until it succeeds or a
+//! newer token arrives. A slow or failing output never holds up another
+//! output or client.
 
-use crate::output::{OutputKind, OutputSpec, WriteOutcome};
+use crate::output::{Layout, OutputKind, OutputSpec, WriteOutcome, Writer};
 use crate::schedule::{FailureClass, Policy, retry_delay};
 use crate::telemetry::status::StatusBoard;
 use crate::token::Token;
@@ -20,19 +21,62 @@ fn output_retry_policy() -> Policy {
     }
 }
 
+/// Runs `spec`'s hooks after a write that changed something; failures are
+/// logged and counted in the status, never retried.
+pub async fn run_hooks(client: &str, spec: &OutputSpec, token: &Token) -> Vec<String> {
+    let label = spec.label();
+    let mut problems = Vec::new();
+    if let Some(exec) = &spec.hooks.exec {
+        match exec.run(client, &label, token).await {
+            Ok(()) => tracing::debug!(client = %client, output = %label, "exec hook done"),
+            Err(e) => {
+                tracing::warn!(client = %client, output = %label, "exec hook failed: {e}");
+                problems.push(format!("exec hook: {e}"));
+            }
+        }
+    }
+    if let Some(signal) = &spec.hooks.signal {
+        match signal.send() {
+            Ok(pid) => tracing::debug!(client = %client, output = %label, pid, "signal hook sent"),
+            Err(e) => {
+                tracing::warn!(client = %client, output = %label, "signal hook failed: {e}");
+                problems.push(format!("signal hook: {e}"));
+            }
+        }
+    }
+    problems
+}
+
 pub async fn run_output(
     client: String,
     spec: OutputSpec,
+    min_valid: Duration,
     mut tokens: watch::Receiver<Option<Arc<Token>>>,
     board: Arc<StatusBoard>,
     cancel: CancellationToken,
 ) {
     let label = spec.label();
-    let OutputKind::File(file) = &spec.kind;
-    let path = file.path.clone();
-    let _ =
-        tokio::task::spawn_blocking(move || crate::output::file::remove_stale_temp_files(&path))
+    if let OutputKind::File(file) = &spec.kind {
+        if file.layout == Layout::File {
+            let path = file.path.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                crate::output::file::remove_stale_temp_files(&path)
+            })
             .await;
+        }
+    }
+    let writer = match Writer::new(&spec) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(client = %client, output = %label, "cannot set up the output: {e}");
+            board.update(&client, |s| {
+                let o = s.outputs.entry(label.clone()).or_default();
+                o.ok = false;
+                o.last_error = Some(e.clone());
+            });
+            return;
+        }
+    };
 
     tokens.mark_changed();
     let mut failures: u32 = 0;
@@ -55,24 +99,29 @@ pub async fn run_output(
         let Some(token) = tokens.borrow_and_update().clone() else {
             continue;
         };
-        let (spec2, token2) = (spec.clone(), token.clone());
-        let result = tokio::task::spawn_blocking(move || spec2.write(&token2)).await;
-        let result = match result {
-            Ok(r) => r,
-            Err(e) => Err(std::io::Error::other(format!("write task failed: {e}"))),
-        };
-        match result {
+        if !min_valid.is_zero() && token.remaining(SystemTime::now()) < min_valid {
+            tracing::warn!(client = %client, output = %label, "not writing a token with less than min_valid left; waiting for a fresher one");
+            retry = None;
+            continue;
+        }
+        match writer.write(&token).await {
             Ok(outcome) => {
                 failures = 0;
                 retry = None;
+                let mut problems = Vec::new();
                 if outcome == WriteOutcome::Written {
                     tracing::debug!(client = %client, output = %label, "written");
+                    problems = run_hooks(&client, &spec, &token).await;
                 }
                 board.update(&client, |s| {
                     let o = s.outputs.entry(label.clone()).or_default();
                     o.ok = true;
                     o.last_error = None;
                     o.last_write = Some(crate::token::unix_seconds(SystemTime::now()));
+                    if !problems.is_empty() {
+                        o.hook_failures += problems.len() as u64;
+                        o.last_hook_error = problems.last().cloned();
+                    }
                 });
             }
             Err(e) => {
@@ -86,12 +135,12 @@ pub async fn run_output(
                 );
                 tracing::warn!(
                     client = %client, output = %label, failures, retry_in_s = delay.as_secs_f64(),
-                    "cannot write output: {e}; the previous file stays in place"
+                    "cannot write output: {e}; the previous content stays in place"
                 );
                 board.update(&client, |s| {
                     let o = s.outputs.entry(label.clone()).or_default();
                     o.ok = false;
-                    o.last_error = Some(e.to_string());
+                    o.last_error = Some(e.clone());
                 });
                 retry = Some(delay);
             }

@@ -75,6 +75,7 @@ impl<S: TokenSource> Supervisor<S> {
             tasks.push(tokio::spawn(run_output(
                 spec.name.clone(),
                 output.clone(),
+                spec.policy.min_valid,
                 publish.subscribe(),
                 self.board.clone(),
                 cancel.clone(),

@@ -1,27 +1,45 @@
-//! Outputs: where tokens go. Each kind is a variant of [`OutputKind`] with a
-//! blocking `write`; the daemon runs each output in its own worker, so a
-//! failing output is retried on its own and never blocks another.
+//! Outputs: where tokens go. Each kind is a variant of [`OutputKind`]; a
+//! [`Writer`] is its runtime (HTTP client, login) and writes one token. The
+//! daemon runs each output in its own worker, so a failing output is retried
+//! on its own and never blocks another.
 //!
 //! Only this module writes token files (state files go through
 //! [`file::write_atomic`] too).
 
+pub mod dir;
 pub mod file;
+pub mod hooks;
+pub mod kubernetes;
 pub mod render;
+pub mod vault;
 
-use crate::token::Token;
+use crate::token::{Token, rfc3339};
 use std::path::PathBuf;
+use std::sync::Arc;
 
+pub use hooks::Hooks;
 pub use render::Format;
 
 /// One configured output of one client.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutputSpec {
     pub kind: OutputKind,
+    pub hooks: Hooks,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum OutputKind {
     File(FileOutput),
+    VaultKv(vault::VaultOutput),
+    KubernetesSecret(kubernetes::KubernetesOutput),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// One file, replaced atomically.
+    File,
+    /// A directory of files that change together (see [`dir`]).
+    AtomicDir,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -32,13 +50,14 @@ pub struct FileOutput {
     pub mode: u32,
     pub owner: Option<u32>,
     pub group: Option<u32>,
+    pub layout: Layout,
 }
 
 /// What a successful write did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WriteOutcome {
     Written,
-    /// The target already had exactly this content and mode.
+    /// The target already had exactly this content (and mode).
     Unchanged,
 }
 
@@ -46,25 +65,107 @@ impl OutputSpec {
     /// A short name for logs and status, e.g. `file /run/tokenkeeper/shop.token`.
     pub fn label(&self) -> String {
         match &self.kind {
+            OutputKind::File(f) if f.layout == Layout::AtomicDir => {
+                format!("atomic_dir {}", f.path.display())
+            }
             OutputKind::File(f) => format!("file {}", f.path.display()),
+            OutputKind::VaultKv(v) => format!("vault_kv {}/{}", v.mount, v.path.trim_matches('/')),
+            OutputKind::KubernetesSecret(k) => {
+                format!("kubernetes_secret {}/{}", k.namespace, k.name)
+            }
+        }
+    }
+}
+
+impl FileOutput {
+    fn options(&self) -> file::FileOptions {
+        file::FileOptions {
+            mode: self.mode,
+            owner: self.owner,
+            group: self.group,
         }
     }
 
-    /// Writes `token` to this output (blocking I/O: run it off the async threads).
+    /// The files of an `atomic_dir` set.
+    pub fn set_files(&self, token: &Token) -> Vec<(&'static str, Vec<u8>)> {
+        let extra = match &self.format {
+            Format::Header { extra_headers } => extra_headers.clone(),
+            _ => Vec::new(),
+        };
+        vec![
+            (
+                "token",
+                Format::Raw.render(token).expose().as_bytes().to_vec(),
+            ),
+            ("token_type", token.token_type.as_bytes().to_vec()),
+            ("expires_at", rfc3339(token.expires_at).into_bytes()),
+            ("issued_at", rfc3339(token.issued_at).into_bytes()),
+            (
+                "header",
+                Format::Header {
+                    extra_headers: extra,
+                }
+                .render(token)
+                .expose()
+                .as_bytes()
+                .to_vec(),
+            ),
+            (
+                "token.json",
+                Format::Json.render(token).expose().as_bytes().to_vec(),
+            ),
+            (
+                "token.env",
+                Format::Env.render(token).expose().as_bytes().to_vec(),
+            ),
+        ]
+    }
+
+    /// Writes `token` (blocking I/O: run it off the async threads).
     pub fn write(&self, token: &Token) -> std::io::Result<WriteOutcome> {
-        match &self.kind {
-            OutputKind::File(f) => {
-                let content = f.format.render(token);
-                file::write_atomic(
-                    &f.path,
-                    content.expose().as_bytes(),
-                    &file::FileOptions {
-                        mode: f.mode,
-                        owner: f.owner,
-                        group: f.group,
-                    },
-                )
+        match self.layout {
+            Layout::File => file::write_atomic(
+                &self.path,
+                self.format.render(token).expose().as_bytes(),
+                &self.options(),
+            ),
+            Layout::AtomicDir => {
+                dir::write_set(&self.path, &self.set_files(token), &self.options())
             }
+        }
+    }
+}
+
+/// The runtime of one output.
+pub enum Writer {
+    File(FileOutput),
+    Vault(vault::VaultWriter),
+    Kubernetes(kubernetes::KubernetesWriter),
+}
+
+impl Writer {
+    pub fn new(spec: &OutputSpec) -> Result<Writer, String> {
+        Ok(match &spec.kind {
+            OutputKind::File(f) => Writer::File(f.clone()),
+            OutputKind::VaultKv(v) => Writer::Vault(vault::VaultWriter::new(v.clone())?),
+            OutputKind::KubernetesSecret(k) => {
+                Writer::Kubernetes(kubernetes::KubernetesWriter::new(k.clone())?)
+            }
+        })
+    }
+
+    /// Writes one token; the error is safe to log.
+    pub async fn write(&self, token: &Arc<Token>) -> Result<WriteOutcome, String> {
+        match self {
+            Writer::File(f) => {
+                let (f, token) = (f.clone(), token.clone());
+                match tokio::task::spawn_blocking(move || f.write(&token)).await {
+                    Ok(result) => result.map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("write task failed: {e}")),
+                }
+            }
+            Writer::Vault(v) => v.write(token).await,
+            Writer::Kubernetes(k) => k.write(token).await,
         }
     }
 }

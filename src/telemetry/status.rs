@@ -16,6 +16,10 @@ pub struct OutputStatus {
     pub ok: bool,
     pub last_write: Option<i64>,
     pub last_error: Option<String>,
+    #[serde(default)]
+    pub hook_failures: u64,
+    #[serde(default)]
+    pub last_hook_error: Option<String>,
 }
 
 /// Times are Unix seconds.

@@ -1,0 +1,203 @@
+//! `layout = "atomic_dir"`: a set of files that change together, the way the
+//! kubelet updates Secret and ConfigMap volumes. Each version is a fresh
+//! hidden directory `..<timestamp>`; one rename of the `..data` symlink
+//! switches every file at once; `token`, `expires_at`, ... are symlinks into
+//! `..data`. A reader that resolves `..data` once and reads through that
+//! directory never mixes two versions (if the old directory vanishes
+//! mid-read, it resolves again).
+
+use super::WriteOutcome;
+use super::file::FileOptions;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+pub const DATA_LINK: &str = "..data";
+
+fn context(path: &Path, what: &str, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {what}: {e}", path.display()))
+}
+
+fn dir_mode(file_mode: u32) -> u32 {
+    let mut mode = 0o700;
+    if file_mode & 0o040 != 0 {
+        mode |= 0o050;
+    }
+    if file_mode & 0o004 != 0 {
+        mode |= 0o005;
+    }
+    mode
+}
+
+fn same_content(version: &Path, files: &[(&str, Vec<u8>)]) -> bool {
+    files
+        .iter()
+        .all(|(name, content)| fs::read(version.join(name)).is_ok_and(|c| &c == content))
+}
+
+/// Writes `files` (name, content) as one new version of the set in `dir`.
+pub fn write_set(
+    dir: &Path,
+    files: &[(&str, Vec<u8>)],
+    opts: &FileOptions,
+) -> io::Result<WriteOutcome> {
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: is a symlink; refusing to write through it",
+                    dir.display()
+                ),
+            ));
+        }
+        Ok(m) if !m.is_dir() => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: exists and is not a directory", dir.display()),
+            ));
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(dir_mode(opts.mode))
+            .create(dir)
+            .map_err(|e| context(dir, "cannot create directory", e))?,
+        Err(e) => return Err(context(dir, "cannot inspect", e)),
+    }
+    let data = dir.join(DATA_LINK);
+    let previous = fs::read_link(&data).ok();
+    if let Some(prev) = &previous {
+        if same_content(&dir.join(prev), files) {
+            return Ok(WriteOutcome::Unchanged);
+        }
+    }
+
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let version_name = format!(
+        "..{}.{:09}.{}",
+        stamp.as_secs(),
+        stamp.subsec_nanos(),
+        std::process::id()
+    );
+    let version = dir.join(&version_name);
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&version)
+        .map_err(|e| context(&version, "cannot create version directory", e))?;
+    for (name, content) in files {
+        let path = version.join(name);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(opts.mode & 0o700)
+            .open(&path)
+            .map_err(|e| context(&path, "cannot create", e))?;
+        if opts.owner.is_some() || opts.group.is_some() {
+            std::os::unix::fs::fchown(&f, opts.owner, opts.group)
+                .map_err(|e| context(&path, "cannot set owner/group", e))?;
+        }
+        f.set_permissions(fs::Permissions::from_mode(opts.mode))
+            .map_err(|e| context(&path, "cannot set mode", e))?;
+        f.write_all(content)
+            .map_err(|e| context(&path, "cannot write", e))?;
+        f.sync_all()
+            .map_err(|e| context(&path, "cannot fsync", e))?;
+    }
+    if opts.owner.is_some() || opts.group.is_some() {
+        std::os::unix::fs::chown(&version, opts.owner, opts.group)
+            .map_err(|e| context(&version, "cannot set owner/group", e))?;
+    }
+    fs::set_permissions(&version, fs::Permissions::from_mode(dir_mode(opts.mode)))
+        .map_err(|e| context(&version, "cannot set mode", e))?;
+    File::open(&version)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| context(&version, "cannot fsync", e))?;
+
+    // one rename switches every file
+    let tmp = dir.join("..data_tmp");
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&version_name, &tmp)
+        .map_err(|e| context(&tmp, "cannot create symlink", e))?;
+    fs::rename(&tmp, &data).map_err(|e| context(&data, "cannot switch", e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| context(dir, "cannot fsync", e))?;
+
+    for (name, _) in files {
+        let link = dir.join(name);
+        match fs::symlink_metadata(&link) {
+            Ok(m) if m.file_type().is_symlink() => {}
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{}: exists and is not tokenkeeper's symlink",
+                        link.display()
+                    ),
+                ));
+            }
+            Err(_) => std::os::unix::fs::symlink(Path::new(DATA_LINK).join(name), &link)
+                .map_err(|e| context(&link, "cannot create symlink", e))?,
+        }
+    }
+    // the previous version, and any a killed or failed write left behind
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir && name.starts_with("..") && name != version_name.as_str() {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    Ok(WriteOutcome::Written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> FileOptions {
+        FileOptions {
+            mode: 0o640,
+            owner: None,
+            group: None,
+        }
+    }
+
+    #[test]
+    fn versions_switch_by_one_rename_and_old_ones_go() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("set");
+        let v1 = [("token", b"t1".to_vec()), ("expires_at", b"e1".to_vec())];
+        assert_eq!(
+            write_set(&dir, &v1, &opts()).unwrap(),
+            WriteOutcome::Written
+        );
+        assert_eq!(
+            write_set(&dir, &v1, &opts()).unwrap(),
+            WriteOutcome::Unchanged
+        );
+        assert_eq!(fs::read(dir.join("token")).unwrap(), b"t1");
+        let v2 = [("token", b"t2".to_vec()), ("expires_at", b"e2".to_vec())];
+        write_set(&dir, &v2, &opts()).unwrap();
+        assert_eq!(fs::read(dir.join("expires_at")).unwrap(), b"e2");
+        let versions: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_type().unwrap().is_dir())
+            .collect();
+        assert_eq!(versions.len(), 1, "the old version is removed");
+        let mode = fs::metadata(dir.join("token"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o640);
+    }
+}

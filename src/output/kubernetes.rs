@@ -1,0 +1,125 @@
+//! `type = "kubernetes_secret"`: one server-side apply of a Secret's data,
+//! with field manager `tokenkeeper`, so it composes with other controllers.
+//! In a pod it uses the service account (token, CA, namespace,
+//! KUBERNETES_SERVICE_HOST/PORT); `api_server`, `token_file` and `ca_file`
+//! override them (out of cluster, or for tests).
+
+use super::WriteOutcome;
+use super::render::Format;
+use crate::token::Token;
+use base64::Engine;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use url::Url;
+
+pub const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+pub const FIELD_MANAGER: &str = "tokenkeeper";
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct KubernetesOutput {
+    pub api_server: Url,
+    pub namespace: String,
+    pub name: String,
+    pub key: String,
+    pub format: Format,
+    pub token_file: PathBuf,
+    pub ca_pem: Option<Arc<[u8]>>,
+}
+
+pub struct KubernetesWriter {
+    spec: KubernetesOutput,
+    http: reqwest::Client,
+    last: tokio::sync::Mutex<Option<String>>,
+}
+
+impl KubernetesWriter {
+    pub fn new(spec: KubernetesOutput) -> Result<KubernetesWriter, String> {
+        let tls = crate::grant::http::tls_config(spec.ca_pem.as_deref())?;
+        let http = reqwest::Client::builder()
+            .user_agent(crate::USER_AGENT)
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30))
+            .tls_backend_preconfigured(tls)
+            .build()
+            .map_err(|e| format!("cannot set up HTTP client: {e}"))?;
+        Ok(KubernetesWriter {
+            spec,
+            http,
+            last: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The apply body (JSON is YAML): only the fields tokenkeeper owns.
+    pub fn apply_body(spec: &KubernetesOutput, content: &str) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": spec.name,
+                "namespace": spec.namespace,
+                "labels": {"app.kubernetes.io/managed-by": "tokenkeeper"},
+            },
+            "type": "Opaque",
+            "data": {spec.key.clone(): base64::engine::general_purpose::STANDARD.encode(content)},
+        })
+    }
+
+    pub async fn write(&self, token: &Token) -> Result<WriteOutcome, String> {
+        let content = self.spec.format.render(token);
+        let mut last = self.last.lock().await;
+        if last.as_deref() == Some(content.expose()) {
+            return Ok(WriteOutcome::Unchanged);
+        }
+        let sa_token = std::fs::read_to_string(&self.spec.token_file).map_err(|e| {
+            format!(
+                "cannot read the service account token {}: {e}",
+                self.spec.token_file.display()
+            )
+        })?;
+        let mut auth =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", sa_token.trim()))
+                .map_err(|_| "the service account token is not a valid header value".to_string())?;
+        auth.set_sensitive(true);
+        let url = format!(
+            "{}/api/v1/namespaces/{}/secrets/{}?fieldManager={FIELD_MANAGER}&force=true",
+            self.spec.api_server.as_str().trim_end_matches('/'),
+            self.spec.namespace,
+            self.spec.name
+        );
+        let body = Self::apply_body(&self.spec, content.expose()).to_string();
+        let resp = self
+            .http
+            .patch(url)
+            .header("Authorization", auth)
+            .header("Content-Type", "application/apply-patch+yaml")
+            .header("Accept", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot reach the Kubernetes API at {}: {e}",
+                    self.spec.api_server
+                )
+            })?;
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            *last = Some(content.expose().to_string());
+            return Ok(WriteOutcome::Written);
+        }
+        let body = resp.bytes().await.unwrap_or_default();
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| {
+                v.get("message")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| format!("{} bytes", body.len()));
+        Err(format!(
+            "the Kubernetes API refused applying secret {}/{}: HTTP {status}: {message}",
+            self.spec.namespace, self.spec.name
+        ))
+    }
+}
