@@ -71,6 +71,7 @@ fn readers_never_see_a_missing_empty_partial_or_loose_file_during_hundreds_of_re
             "reads {reads}, distinct tokens seen {distinct}"
         );
     }
+    daemon.stop();
     let leftovers: Vec<_> = fs::read_dir(sb.dir.path())
         .unwrap()
         .flatten()
@@ -78,9 +79,8 @@ fn readers_never_see_a_missing_empty_partial_or_loose_file_during_hundreds_of_re
         .collect();
     assert!(
         leftovers.is_empty(),
-        "temp files left behind: {leftovers:?}"
+        "temp files left behind after a clean stop: {leftovers:?}"
     );
-    daemon.stop();
 }
 
 #[test]

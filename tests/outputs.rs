@@ -394,3 +394,117 @@ fn min_valid_keeps_short_tokens_out_of_outputs() {
     assert!(stderr.contains("less than min_valid"), "{stderr}");
     assert!(sb.read("a.token").is_none());
 }
+
+fn aws_output(moto: &Moto, id: &str) -> String {
+    format!(
+        "[[clients.a.outputs]]\ntype = \"aws_secrets_manager\"\nsecret_id = \"{id}\"\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n",
+        moto.url
+    )
+}
+
+fn once_with_aws_keys(sb: &Sandbox, key: &str, secret: &str) -> (i32, String) {
+    let mut cmd = sb.cmd(&["once"]);
+    cmd.env("AWS_ACCESS_KEY_ID", key)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env_remove("AWS_SESSION_TOKEN")
+        .env("HOME", sb.dir.path());
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn aws_secrets_manager_creates_then_updates_the_secret() {
+    let moto = Moto::start(None);
+    let server = FaultServer::start(Some(3600));
+    let sb = Sandbox::new();
+    sb.write_config(&(client("a", &server.url, "") + &aws_output(&moto, "oauth/a")));
+    for round in 1..=2 {
+        let (code, stderr) = once_with_aws_keys(&sb, "testing", "testing");
+        assert_eq!(code, 0, "{stderr}");
+        let stored: serde_json::Value =
+            serde_json::from_str(&moto.secret_string("oauth/a").expect("the secret")).unwrap();
+        assert_eq!(
+            stored["access_token"],
+            sb.read("a.token").unwrap().as_str(),
+            "round {round}"
+        );
+        assert_eq!(stored["token_type"], "Bearer");
+        assert_eq!(stderr.contains("creating it"), round == 1, "{stderr}");
+    }
+}
+
+#[test]
+fn aws_secrets_manager_with_auth_enforced_signs_correctly() {
+    // three free actions to create an IAM user with a policy and a key; then moto checks every signature
+    let moto = Moto::start(Some(3));
+    let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"secretsmanager:*","Resource":"*"}]}"#;
+    moto.curl(
+        "iam",
+        "testing",
+        "testing",
+        &[
+            "-d",
+            "Action=CreateUser",
+            "-d",
+            "UserName=tk",
+            "-d",
+            "Version=2010-05-08",
+        ],
+    );
+    moto.curl(
+        "iam",
+        "testing",
+        "testing",
+        &[
+            "-d",
+            "Action=PutUserPolicy",
+            "-d",
+            "UserName=tk",
+            "-d",
+            "PolicyName=sm",
+            "--data-urlencode",
+            &format!("PolicyDocument={policy}"),
+            "-d",
+            "Version=2010-05-08",
+        ],
+    );
+    let xml = moto.curl(
+        "iam",
+        "testing",
+        "testing",
+        &[
+            "-d",
+            "Action=CreateAccessKey",
+            "-d",
+            "UserName=tk",
+            "-d",
+            "Version=2010-05-08",
+        ],
+    );
+    let tag = |t: &str| {
+        xml.split(&format!("<{t}>"))
+            .nth(1)
+            .and_then(|r| r.split(&format!("</{t}>")).next())
+            .unwrap_or_else(|| panic!("no {t} in {xml}"))
+            .to_string()
+    };
+    let (key, secret) = (tag("AccessKeyId"), tag("SecretAccessKey"));
+
+    let server = FaultServer::start(Some(3600));
+    let sb = Sandbox::new();
+    sb.write_config(&(client("a", &server.url, "") + &aws_output(&moto, "oauth/enforced")));
+    let (code, stderr) = once_with_aws_keys(&sb, &key, &secret);
+    assert_eq!(code, 0, "a correctly signed request is accepted: {stderr}");
+
+    let (code, stderr) = once_with_aws_keys(&sb, &key, "not-the-secret-key");
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("Secrets Manager refused writing oauth/enforced: HTTP 4")
+            && stderr.contains("Signature"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not-the-secret-key"));
+}

@@ -768,3 +768,84 @@ impl Drop for OpenBao {
         let _ = self.child.wait();
     }
 }
+
+/// moto's server (PyPI `moto[server]`): AWS APIs on loopback, SigV4 checked
+/// when auth is enforced.
+pub struct Moto {
+    child: Child,
+    pub url: String,
+}
+
+impl Moto {
+    /// `free_actions`: with `Some(n)`, moto enforces IAM auth after n requests.
+    pub fn start(free_actions: Option<u32>) -> Moto {
+        let bin = repo().join("tests/upstreams/venv/bin/moto_server");
+        assert!(
+            bin.exists(),
+            "moto is not installed: run scripts/install-test-deps"
+        );
+        let port = free_port();
+        let mut cmd = Command::new(bin);
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(n) = free_actions {
+            cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", n.to_string());
+        }
+        let child = cmd.spawn().expect("start moto_server");
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "moto did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Moto {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// A signed call with curl: `service` is the SigV4 service name.
+    pub fn curl(&self, service: &str, key: &str, secret: &str, args: &[&str]) -> String {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--aws-sigv4",
+                &format!("aws:amz:us-east-1:{service}"),
+                "--user",
+                &format!("{key}:{secret}"),
+            ])
+            .args(args)
+            .arg(format!("{}/", self.url))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn secret_string(&self, id: &str) -> Option<String> {
+        let out = self.curl(
+            "secretsmanager",
+            "testing",
+            "testing",
+            &[
+                "-H",
+                "X-Amz-Target: secretsmanager.GetSecretValue",
+                "-H",
+                "Content-Type: application/x-amz-json-1.1",
+                "-d",
+                &format!("{{\"SecretId\":\"{id}\"}}"),
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        v["SecretString"].as_str().map(str::to_string)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

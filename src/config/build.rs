@@ -157,6 +157,17 @@ impl Builder<'_> {
                 auth: auth.clone(),
                 ca_pem: self.ca(ca_file)?,
             }),
+            OutputKindPlan::Aws {
+                secret_id,
+                region,
+                endpoint,
+                ca_file,
+            } => OutputKind::AwsSecretsManager(crate::output::aws::AwsOutput {
+                secret_id: secret_id.clone(),
+                region: region.clone(),
+                endpoint: endpoint.clone(),
+                ca_pem: self.ca(ca_file)?,
+            }),
             OutputKindPlan::Kubernetes {
                 api_server,
                 namespace,

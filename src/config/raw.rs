@@ -105,6 +105,7 @@ pub enum OutputType {
     File,
     VaultKv,
     KubernetesSecret,
+    AwsSecretsManager,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -161,6 +162,10 @@ pub struct RawOutput {
     pub name: S<String>,
     pub key: S<String>,
     pub api_server: S<String>,
+    // aws_secrets_manager (and `ca_file`)
+    pub secret_id: S<String>,
+    pub region: S<String>,
+    pub endpoint_url: S<String>,
     // hooks
     pub exec: S<Vec<String>>,
     pub exec_timeout: S<String>,

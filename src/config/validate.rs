@@ -86,6 +86,12 @@ pub enum OutputKindPlan {
         auth: VaultAuth,
         ca_file: Option<Located<PathBuf>>,
     },
+    Aws {
+        secret_id: String,
+        region: String,
+        endpoint: Url,
+        ca_file: Option<Located<PathBuf>>,
+    },
     Kubernetes {
         api_server: Url,
         /// `None`: the pod's, read from the service account at build.
@@ -475,6 +481,7 @@ pub fn validate(
                         OutputKindPlan::File { .. } => "path",
                         OutputKindPlan::Vault { .. } => "path",
                         OutputKindPlan::Kubernetes { .. } => "name",
+                        OutputKindPlan::Aws { .. } => "secret_id",
                     };
                     let shown = match &out.kind {
                         OutputKindPlan::File { path, .. } => path.display().to_string(),
@@ -1099,6 +1106,7 @@ fn validate_output(v: &mut Validator<'_>, ok: &str, o: &Spanned<RawOutput>) -> O
         OutputType::File => "file",
         OutputType::VaultKv => "vault_kv",
         OutputType::KubernetesSecret => "kubernetes_secret",
+        OutputType::AwsSecretsManager => "aws_secrets_manager",
     };
     // keys that belong to other output types
     let foreign: Vec<(Option<Range<usize>>, &str)> = {
@@ -1407,6 +1415,46 @@ fn validate_output(v: &mut Validator<'_>, ok: &str, o: &Spanned<RawOutput>) -> O
                     path,
                     namespace,
                     auth,
+                    ca_file: ca,
+                },
+            )
+        }
+        OutputType::AwsSecretsManager => {
+            let secret_id = required(v, &o.secret_id, "secret_id");
+            let region = match &o.region {
+                Some(r) => Some(r.get_ref().clone()),
+                None => (v.env)("AWS_REGION")
+                    .or((v.env)("AWS_DEFAULT_REGION"))
+                    .filter(|r| !r.is_empty()),
+            };
+            if region.is_none() {
+                v.error(
+                    span.clone(),
+                    &key("region"),
+                    "is required for type = \"aws_secrets_manager\" (or set AWS_REGION)",
+                );
+            }
+            let endpoint = match (&o.endpoint_url, &region) {
+                (Some(e), _) => match Url::parse(e.get_ref()) {
+                    Ok(u) if acceptable_scheme(&u, false) => Some(u),
+                    _ => {
+                        v.error(e.span(), &key("endpoint_url"), format!("{:?} is not an https:// URL (plain http:// only to a loopback address)", e.get_ref()));
+                        None
+                    }
+                },
+                (None, Some(r)) => {
+                    Url::parse(&format!("https://secretsmanager.{r}.amazonaws.com/")).ok()
+                }
+                (None, None) => None,
+            };
+            let ca = ca_file(v);
+            let (secret_id, region, endpoint) = (secret_id?, region?, endpoint?);
+            (
+                format!("aws:{endpoint}{secret_id}"),
+                OutputKindPlan::Aws {
+                    secret_id,
+                    region,
+                    endpoint,
                     ca_file: ca,
                 },
             )

@@ -6,6 +6,7 @@
 //! Only this module writes token files (state files go through
 //! [`file::write_atomic`] too).
 
+pub mod aws;
 pub mod dir;
 pub mod file;
 pub mod hooks;
@@ -32,6 +33,7 @@ pub enum OutputKind {
     File(FileOutput),
     VaultKv(vault::VaultOutput),
     KubernetesSecret(kubernetes::KubernetesOutput),
+    AwsSecretsManager(aws::AwsOutput),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +75,7 @@ impl OutputSpec {
             OutputKind::KubernetesSecret(k) => {
                 format!("kubernetes_secret {}/{}", k.namespace, k.name)
             }
+            OutputKind::AwsSecretsManager(a) => format!("aws_secrets_manager {}", a.secret_id),
         }
     }
 }
@@ -141,6 +144,7 @@ pub enum Writer {
     File(FileOutput),
     Vault(vault::VaultWriter),
     Kubernetes(kubernetes::KubernetesWriter),
+    Aws(aws::AwsWriter),
 }
 
 impl Writer {
@@ -151,6 +155,7 @@ impl Writer {
             OutputKind::KubernetesSecret(k) => {
                 Writer::Kubernetes(kubernetes::KubernetesWriter::new(k.clone())?)
             }
+            OutputKind::AwsSecretsManager(a) => Writer::Aws(aws::AwsWriter::new(a.clone())?),
         })
     }
 
@@ -166,6 +171,7 @@ impl Writer {
             }
             Writer::Vault(v) => v.write(token).await,
             Writer::Kubernetes(k) => k.write(token).await,
+            Writer::Aws(a) => a.write(token).await,
         }
     }
 }
