@@ -315,17 +315,34 @@ fn status_command(arg: &ConfigArg) -> ExitCode {
             error,
         ]);
     }
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stdout())
+        && std::env::var_os("NO_COLOR").is_none();
     let widths: Vec<usize> = (0..5)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
-    for row in rows {
-        let mut line = String::new();
+    for (i, row) in rows.into_iter().enumerate() {
+        // red: needs attention or expired; yellow: failing; green: fine
+        let paint = match (colour, i) {
+            (false, _) | (_, 0) => "",
+            _ if row[5].starts_with("NEEDS ATTENTION")
+                || row[2] == "-"
+                || row[2].ends_with(" ago") =>
+            {
+                "\x1b[31m"
+            }
+            _ if row[4] != "0" || !row[5].is_empty() => "\x1b[33m",
+            _ => "\x1b[32m",
+        };
+        let mut line = String::from(paint);
         for (i, cell) in row.iter().enumerate() {
             if i < 5 {
                 line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
             } else {
                 line.push_str(cell);
             }
+        }
+        if !paint.is_empty() {
+            line = format!("{}\x1b[0m", line.trim_end());
         }
         println!("{}", line.trim_end());
     }

@@ -15,3 +15,4 @@ mod outputs;
 mod platforms;
 mod reload;
 mod secrets;
+mod telemetry;

@@ -242,7 +242,7 @@ impl OidcProvider {
                 panic!("oidc-provider exited at start: {status}");
             }
             assert!(
-                start.elapsed() < Duration::from_secs(20),
+                start.elapsed() < Duration::from_secs(60),
                 "oidc-provider did not start"
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -721,7 +721,7 @@ impl OpenBao {
             addr,
             root_token: "root-token",
         };
-        wait_until("OpenBao to answer", Duration::from_secs(20), || {
+        wait_until("OpenBao to answer", Duration::from_secs(60), || {
             bao.api("GET", "sys/health", None).0 == 200
         });
         bao

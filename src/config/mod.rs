@@ -109,6 +109,8 @@ pub struct DaemonSettings {
     pub state_dir: PathBuf,
     pub log_format: LogFormat,
     pub listen: Option<SocketAddr>,
+    /// systemd READY=1 comes at the latest after this, tokens or not.
+    pub ready_timeout: std::time::Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -169,6 +171,7 @@ pub fn load_str(
             state_dir: plan.daemon.state_dir,
             log_format: plan.daemon.log_format,
             listen: plan.daemon.listen,
+            ready_timeout: plan.daemon.ready_timeout,
         },
         clients,
         digest: digest(text.as_bytes()),

@@ -18,6 +18,7 @@ pub struct RawDaemon {
     pub state_dir: S<String>,
     pub log_format: S<LogFormat>,
     pub listen: S<String>,
+    pub ready_timeout: S<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]

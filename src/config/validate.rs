@@ -133,6 +133,7 @@ pub struct DaemonPlan {
     pub state_dir: PathBuf,
     pub log_format: LogFormat,
     pub listen: Option<SocketAddr>,
+    pub ready_timeout: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -384,6 +385,12 @@ pub fn validate(
             .map(|f| *f.get_ref())
             .unwrap_or_default(),
         listen,
+        ready_timeout: v.duration(
+            &raw.daemon.ready_timeout,
+            None,
+            "daemon.ready_timeout",
+            Duration::from_secs(60),
+        ),
     };
 
     let defaults = &raw.defaults;

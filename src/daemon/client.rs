@@ -11,6 +11,7 @@ use crate::grant::{FetchError, GrantSpec, TokenSource};
 use crate::schedule::{self, RefreshBasis};
 use crate::secret::Secret;
 use crate::state::{Resume, StateStore};
+use crate::telemetry::metrics::{Metrics, ReasonLabels};
 use crate::telemetry::status::StatusBoard;
 use crate::token::{Token, rfc3339, unix_seconds};
 use std::sync::Arc;
@@ -36,6 +37,7 @@ pub struct ClientTask<S: TokenSource> {
     pub jitter: Jitter,
     pub state: Option<StateStore>,
     pub board: Arc<StatusBoard>,
+    pub metrics: Arc<Metrics>,
     /// The newest valid token, for the output workers.
     pub publish: watch::Sender<Option<Arc<Token>>>,
     /// Bumped to refresh every client now (SIGUSR1).
@@ -88,6 +90,7 @@ impl<S: TokenSource> ClientTask<S> {
                 s.last_refresh = Some(unix_seconds(token.issued_at));
                 s.next_refresh = Some(unix_seconds(next));
             });
+            self.record_token(&token);
             let _ = self.publish.send(Some(token.clone()));
             current = Some(token);
         }
@@ -129,6 +132,11 @@ impl<S: TokenSource> ClientTask<S> {
                 r = crate::grant::obtain(&*self.source, &self.spec.request, refresh_token.as_ref(), started) => r,
             };
             let took = self.clock.now().duration_since(started).unwrap_or_default();
+            let label = Metrics::client(&name);
+            self.metrics
+                .request_duration
+                .get_or_create(&label)
+                .observe(took.as_secs_f64());
             match result {
                 Ok(token) => {
                     refresh_token = token.refresh_token.clone();
@@ -137,6 +145,17 @@ impl<S: TokenSource> ClientTask<S> {
                     // survive a crash right after this point
                     self.persist(&token).await;
                     let token = Arc::new(token);
+                    self.record_token(&token);
+                    self.metrics.refreshes.get_or_create(&label).inc();
+                    self.metrics
+                        .last_success
+                        .get_or_create(&label)
+                        .set(crate::token::unix_millis(token.issued_at) as f64 / 1000.0);
+                    self.metrics
+                        .consecutive_failures
+                        .get_or_create(&label)
+                        .set(0);
+                    self.metrics.needs_attention.get_or_create(&label).set(0);
                     let _ = self.publish.send(Some(token.clone()));
                     failures = 0;
                     let plan = self.plan(&token);
@@ -180,6 +199,21 @@ impl<S: TokenSource> ClientTask<S> {
                         (self.jitter)(),
                     );
                     next = self.clock.now() + delay;
+                    self.metrics
+                        .failures
+                        .get_or_create(&ReasonLabels {
+                            client: name.clone(),
+                            reason: error.reason.as_str().into(),
+                        })
+                        .inc();
+                    self.metrics
+                        .consecutive_failures
+                        .get_or_create(&label)
+                        .set(failures as i64);
+                    self.metrics
+                        .needs_attention
+                        .get_or_create(&label)
+                        .set(error.is_permanent() as i64);
                     self.report_failure(&error, failures, delay, current.as_deref());
                     self.board.update(&name, |s| {
                         s.consecutive_failures = failures;
@@ -190,6 +224,18 @@ impl<S: TokenSource> ClientTask<S> {
                 }
             }
         }
+    }
+
+    fn record_token(&self, token: &Token) {
+        let label = Metrics::client(&self.spec.name);
+        self.metrics
+            .token_expiry
+            .get_or_create(&label)
+            .set(crate::token::unix_millis(token.expires_at) as f64 / 1000.0);
+        self.metrics
+            .token_lifetime
+            .get_or_create(&label)
+            .set(token.lifetime().as_secs_f64());
     }
 
     fn plan(&self, token: &Token) -> schedule::RefreshPlan {
@@ -399,6 +445,7 @@ mod tests {
             jitter: Arc::new(move || jitter),
             state: None,
             board: board.clone(),
+            metrics: Arc::new(Metrics::default()),
             publish,
             refresh_now,
             cancel: cancel.clone(),

@@ -6,6 +6,7 @@
 
 use crate::output::{Layout, OutputKind, OutputSpec, WriteOutcome, Writer};
 use crate::schedule::{FailureClass, Policy, retry_delay};
+use crate::telemetry::metrics::{Metrics, OutputLabels};
 use crate::telemetry::status::StatusBoard;
 use crate::token::Token;
 use std::sync::Arc;
@@ -53,9 +54,14 @@ pub async fn run_output(
     min_valid: Duration,
     mut tokens: watch::Receiver<Option<Arc<Token>>>,
     board: Arc<StatusBoard>,
+    metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
     let label = spec.label();
+    let series = OutputLabels {
+        client: client.clone(),
+        output: label.clone(),
+    };
     if let OutputKind::File(file) = &spec.kind {
         if file.layout == Layout::File {
             let path = file.path.clone();
@@ -111,7 +117,14 @@ pub async fn run_output(
                 let mut problems = Vec::new();
                 if outcome == WriteOutcome::Written {
                     tracing::debug!(client = %client, output = %label, "written");
+                    metrics.output_writes.get_or_create(&series).inc();
                     problems = run_hooks(&client, &spec, &token).await;
+                    if !problems.is_empty() {
+                        metrics
+                            .hook_failures
+                            .get_or_create(&series)
+                            .inc_by(problems.len() as u64);
+                    }
                 }
                 board.update(&client, |s| {
                     let o = s.outputs.entry(label.clone()).or_default();
@@ -125,6 +138,7 @@ pub async fn run_output(
                 });
             }
             Err(e) => {
+                metrics.output_failures.get_or_create(&series).inc();
                 failures = failures.saturating_add(1);
                 let delay = retry_delay(
                     failures,

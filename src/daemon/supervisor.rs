@@ -12,6 +12,7 @@ use crate::config::{self, ClientSpec, Config};
 use crate::grant::TokenSource;
 use crate::grant::http::HttpTokenSource;
 use crate::state::StateStore;
+use crate::telemetry::metrics::Metrics;
 use crate::telemetry::status::StatusBoard;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -38,6 +39,7 @@ pub struct Supervisor<S: TokenSource> {
     jitter: Jitter,
     state: Option<StateStore>,
     board: Arc<StatusBoard>,
+    metrics: Arc<Metrics>,
     refresh_tx: watch::Sender<u64>,
     root: CancellationToken,
     running: BTreeMap<String, Running>,
@@ -52,6 +54,7 @@ impl<S: TokenSource> Supervisor<S> {
         jitter: Jitter,
         state: Option<StateStore>,
         board: Arc<StatusBoard>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Supervisor {
             source,
@@ -59,6 +62,7 @@ impl<S: TokenSource> Supervisor<S> {
             jitter,
             state,
             board,
+            metrics,
             refresh_tx: watch::channel(0).0,
             root: CancellationToken::new(),
             running: BTreeMap::new(),
@@ -78,6 +82,7 @@ impl<S: TokenSource> Supervisor<S> {
                 spec.policy.min_valid,
                 publish.subscribe(),
                 self.board.clone(),
+                self.metrics.clone(),
                 cancel.clone(),
             )));
         }
@@ -88,10 +93,14 @@ impl<S: TokenSource> Supervisor<S> {
             jitter: self.jitter.clone(),
             state: self.state.clone(),
             board: self.board.clone(),
+            metrics: self.metrics.clone(),
             publish,
             refresh_now: self.refresh_tx.subscribe(),
             cancel: cancel.clone(),
         };
+        let expected = spec.outputs.len();
+        self.board
+            .update(&spec.name, |s| s.expected_outputs = expected);
         tasks.push(tokio::spawn(task.run(Start { resume, force })));
         self.running.insert(
             spec.name.clone(),
@@ -122,6 +131,7 @@ impl<S: TokenSource> Supervisor<S> {
         for name in &d.removed {
             self.stop_client(name);
             self.board.remove(name);
+            self.metrics.remove_client(name);
             tracing::info!(client = %name, "client removed; its files stay in place");
         }
         for name in &d.changed {
@@ -132,6 +142,7 @@ impl<S: TokenSource> Supervisor<S> {
         for name in &d.added {
             self.start_client(clients[name].clone(), false);
         }
+        self.metrics.clients.set(clients.len() as i64);
         if !current.is_empty() {
             tracing::info!(
                 added = d.added.len(),
@@ -167,15 +178,17 @@ impl<S: TokenSource> Supervisor<S> {
 }
 
 /// Reads the config again; logs and returns `None` when it is invalid.
-fn reload_config(current: &Config) -> Option<Config> {
+fn reload_config(current: &Config, metrics: &Metrics) -> Option<Config> {
     match config::load(&current.path, &config::process_env) {
         Ok(new) => {
+            metrics.reloads.inc();
             if new.daemon != current.daemon {
                 tracing::warn!("changes to [daemon] take effect at the next restart");
             }
             Some(new)
         }
         Err(e) => {
+            metrics.reload_failures.inc();
             tracing::error!("config reload failed; still running the previous config:\n{e}");
             None
         }
@@ -186,10 +199,21 @@ fn reload_config(current: &Config) -> Option<Config> {
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     use anyhow::Context;
     let state = StateStore::open(&config.daemon.state_dir).context("cannot use state_dir")?;
-    if let Some(listen) = config.daemon.listen {
-        tracing::warn!(%listen, "daemon.listen is accepted but not served by this version yet");
-    }
     let board = Arc::new(StatusBoard::default());
+    let metrics = Arc::new(Metrics::default());
+    let telemetry_cancel = CancellationToken::new();
+    if let Some(listen) = config.daemon.listen {
+        let bound = crate::telemetry::server::serve(
+            listen,
+            metrics.clone(),
+            board.clone(),
+            telemetry_cancel.clone(),
+        )
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+        tracing::info!(listen = %bound, "serving /metrics, /healthz, /readyz, /status");
+    }
+
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let mut usr1 = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -210,15 +234,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
 
     let source = Arc::new(HttpTokenSource::new());
+    let board_for_notify = board.clone();
     let mut supervisor = Supervisor::new(
         source,
         Arc::new(SystemClock),
         random_jitter(),
         Some(state),
         board,
+        metrics.clone(),
     );
     tracing::info!(config = %config.path.display(), clients = config.clients.len(), version = env!("CARGO_PKG_VERSION"), "tokenkeeper started");
     supervisor.apply(&config.clients);
+    tokio::spawn(crate::telemetry::notify::run(
+        board_for_notify,
+        config.daemon.ready_timeout,
+        telemetry_cancel.clone(),
+    ));
     let mut current = config;
 
     loop {
@@ -232,7 +263,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the config");
-                if let Some(new) = reload_config(&current) {
+                if let Some(new) = reload_config(&current, &metrics) {
                     supervisor.apply(&new.clients);
                     current = new;
                 }
@@ -243,7 +274,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 let digest = std::fs::read(&current.path).map(|b| config::digest(&b)).ok();
                 if digest.is_some_and(|d| d != current.digest) {
                     tracing::info!("config file changed: reloading");
-                    if let Some(new) = reload_config(&current) {
+                    if let Some(new) = reload_config(&current, &metrics) {
                         supervisor.apply(&new.clients);
                         current = new;
                     } else if let Some(d) = digest {
@@ -255,6 +286,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
     }
     supervisor.shutdown().await;
+    telemetry_cancel.cancel();
     status_cancel.cancel();
     let _ = tokio::time::timeout(Duration::from_millis(150), status_task).await;
     tracing::info!("stopped");

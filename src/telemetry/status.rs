@@ -32,6 +32,9 @@ pub struct ClientStatus {
     pub last_error: Option<String>,
     /// A permanent failure (bad credentials, refused grant): a person must act.
     pub needs_attention: bool,
+    /// How many outputs the client has (for readiness).
+    #[serde(default)]
+    pub expected_outputs: usize,
     pub outputs: BTreeMap<String, OutputStatus>,
 }
 
