@@ -343,7 +343,7 @@ impl MockServer {
         let start = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
-                start.elapsed() < Duration::from_secs(20),
+                start.elapsed() < Duration::from_secs(60),
                 "oauth2-mock-server did not start"
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -796,7 +796,7 @@ impl Moto {
         let start = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
-                start.elapsed() < Duration::from_secs(30),
+                start.elapsed() < Duration::from_secs(60),
                 "moto did not start"
             );
             std::thread::sleep(Duration::from_millis(50));
