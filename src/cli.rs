@@ -57,6 +57,11 @@ pub enum Command {
     Status(ConfigArg),
     /// Run a demo: a local token issuer and the daemon writing to ./tokenkeeper-dev/.
     Dev(DevArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -155,6 +160,21 @@ pub fn main() -> ExitCode {
         Command::Token { name, config } => rt.block_on(token(&name, &config)),
         Command::Status(arg) => status_command(&arg),
         Command::Dev(args) => rt.block_on(crate::dev::run(args)),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "tokenkeeper", &mut std::io::stdout());
+            ExitCode::from(OK)
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(command).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::from(OK),
+                Err(e) => {
+                    eprintln!("tokenkeeper: {e}");
+                    ExitCode::from(FAILED)
+                }
+            }
+        }
     }
 }
 
