@@ -434,3 +434,50 @@ fn every_example_config_is_valid() {
     }
     assert!(checked >= 7, "{checked} examples");
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn check_error_places(text: &str) -> Result<(), TestCaseError> {
+        if let Err(e) = load(text) {
+            for d in &e.diagnostics {
+                if let Some(span) = &d.span {
+                    prop_assert!(
+                        span.start <= text.len(),
+                        "span {span:?} outside a {}-byte file",
+                        text.len()
+                    );
+                }
+            }
+            prop_assert!(!e.to_string().is_empty());
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Any text: an error or a config, never a panic; every error points into the file.
+        #[test]
+        fn arbitrary_text(text in "\\PC{0,300}") {
+            check_error_places(&text)?;
+        }
+
+        /// Near misses: a valid config with a few bytes inserted or deleted anywhere.
+        #[test]
+        fn near_misses_of_a_valid_config(at in 0usize..MINIMAL.len(), delete in 0usize..6, insert in "[ -~\\n]{0,6}") {
+            let end = (at + delete).min(MINIMAL.len());
+            let text = format!("{}{}{}", &MINIMAL[..at], insert, &MINIMAL[end..]);
+            check_error_places(&text)?;
+        }
+
+        /// Values of the wrong kind or out of range in every duration and ratio key.
+        #[test]
+        fn odd_policy_values(key in prop::sample::select(vec!["refresh_ratio", "refresh_before", "min_interval", "timeout", "backoff_initial", "backoff_max", "default_lifetime", "min_valid"]),
+                             value in prop_oneof![Just("-1".to_string()), Just("1e309".to_string()), Just("\"\"".to_string()), "\"[0-9]{0,3}[a-z]{0,3}\"", "-?[0-9]{1,4}(\\.[0-9]{1,3})?"]) {
+            let text = MINIMAL.replace("client_secret = \"s3cret\"", &format!("client_secret = \"s3cret\"\n{key} = {value}"));
+            check_error_places(&text)?;
+        }
+    }
+}

@@ -18,11 +18,26 @@ use std::time::SystemTime;
 /// Fetches tokens over HTTP. One reqwest client (and so one connection pool
 /// and TLS configuration) per distinct CA bundle, shared by every client
 /// that uses it.
-#[derive(Default)]
 pub struct HttpTokenSource {
     clients: Mutex<HashMap<Option<[u8; 32]>, reqwest::Client>>,
     /// Discovered token endpoints by issuer; dropped when a request fails.
     discovered: Mutex<HashMap<String, url::Url>>,
+    /// Token requests in flight at once: thousands of clients starting
+    /// together must not open thousands of connections (and file descriptors).
+    in_flight: tokio::sync::Semaphore,
+}
+
+/// At most this many token requests run at once.
+pub const MAX_CONCURRENT_REQUESTS: usize = 64;
+
+impl Default for HttpTokenSource {
+    fn default() -> HttpTokenSource {
+        HttpTokenSource {
+            clients: Mutex::default(),
+            discovered: Mutex::default(),
+            in_flight: tokio::sync::Semaphore::new(MAX_CONCURRENT_REQUESTS),
+        }
+    }
 }
 
 /// `https://`, or `http://` to a loopback host, or anywhere when allowed.
@@ -236,6 +251,11 @@ impl TokenSource for HttpTokenSource {
     ) -> Result<Token, FetchError> {
         let redactor = spec.redactor(refresh_token);
         let client = self.client_for(spec.ca_pem.as_deref())?;
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| FetchError::transient(Reason::Other, "shutting down"))?;
         let token_url = self.token_url(spec, &client).await?;
         let result = self
             .exchange(spec, &client, &token_url, refresh_token, &redactor, now)

@@ -573,3 +573,70 @@ mod tests {
         assert_eq!(parse_retry_after("soon", now()), None);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::UNIX_EPOCH;
+
+    fn parse(status: u16, body: &[u8]) -> Result<Token, FetchError> {
+        let redactor = Redactor::new();
+        let mapping = ResponseMapping::default();
+        let cx = ParseContext {
+            endpoint: "https://auth.example.com/token",
+            mapping: &mapping,
+            default_lifetime: Duration::from_secs(3600),
+            now: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            redactor: &redactor,
+        };
+        parse_answer(
+            &HttpAnswer {
+                status,
+                content_type: Some("application/json"),
+                retry_after: Some("7"),
+                location: None,
+                body,
+            },
+            &cx,
+        )
+    }
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(serde_json::Value::from),
+            "\\PC{0,24}".prop_map(serde_json::Value::from),
+            Just(serde_json::json!({"nested": [1, 2]})),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// Any bytes with any status: a token or an error, never a panic.
+        #[test]
+        fn arbitrary_answers(status in 100u16..600, body in prop::collection::vec(any::<u8>(), 0..400)) {
+            let _ = parse(status, &body);
+        }
+
+        /// Token-shaped JSON with odd values: a token only when it is usable, and
+        /// the token never appears in an error.
+        #[test]
+        fn near_miss_token_responses(token in "\\PC{8,40}", expires_in in json_value(), expires_at in json_value(), token_type in json_value()) {
+            let body = serde_json::json!({"access_token": token, "expires_in": expires_in, "expires_at": expires_at, "token_type": token_type});
+            match parse(200, body.to_string().as_bytes()) {
+                Ok(t) => {
+                    prop_assert!(t.access_token.expose().bytes().all(|b| (0x21..=0x7e).contains(&b)));
+                    prop_assert!(t.expires_at >= t.issued_at);
+                    prop_assert!(!t.token_type.is_empty() && !t.token_type.contains(char::is_whitespace));
+                }
+                Err(e) => prop_assert!(!e.message.contains(token.as_str()), "{}", e.message),
+            }
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! `cargo bench --bench tokenkeeper [-- SIZES...]`: the real binary against a
+//! fast local token server, at 1, 100, 1,000 and 10,000 clients; and the same
+//! token work done the way people do it without tokenkeeper (a shell loop of
+//! `curl | jq` and `mv`). Prints a table and writes
+//! target/bench/results.json. Figures only: nothing here asserts a time.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tokenkeeper"))
+}
+
+/// A token endpoint that answers as fast as it can, counting requests.
+fn token_server(count: Arc<AtomicU64>) -> String {
+    async fn token(
+        axum::extract::State(count): axum::extract::State<Arc<AtomicU64>>,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let n = count.fetch_add(1, Ordering::Relaxed);
+        axum::Json(serde_json::json!({"access_token": format!("bench-token-{n:012}"), "token_type": "Bearer", "expires_in": 86400})).into_response()
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}/token", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(token).with_state(count);
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let _ = axum::serve(tokio::net::TcpListener::from_std(listener).unwrap(), app).await;
+        });
+    });
+    url
+}
+
+/// (CPU seconds, RSS KiB, peak RSS KiB) of a process, from /proc.
+fn proc_usage(pid: u32) -> (f64, u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, r)| r.split(' ').collect())
+        .unwrap_or_default();
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let cpu = (fields
+        .get(11)
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0))
+        / ticks;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    (cpu, kib("VmRSS:"), kib("VmHWM:"))
+}
+
+fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    start.elapsed()
+}
+
+fn config(dir: &Path, url: &str, n: usize) -> String {
+    let mut text = format!(
+        "[daemon]\nstate_dir = \"{}\"\n\n[defaults]\nmin_interval = \"1ms\"\n\n",
+        dir.join("state").display()
+    );
+    for i in 0..n {
+        text.push_str(&format!(
+            "[clients.c{i}]\ntoken_url = \"{url}\"\nclient_id = \"c{i}\"\nclient_secret = \"bench-secret\"\n[[clients.c{i}.outputs]]\ntype = \"file\"\npath = \"out/c{i}.token\"\n\n"
+        ));
+    }
+    text
+}
+
+fn files_written(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("out"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".token"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[derive(serde::Serialize)]
+struct SizeResult {
+    clients: usize,
+    start_to_all_written_s: f64,
+    refreshes_per_s: f64,
+    cpu_per_refresh_us: f64,
+    wall_per_token_us: f64,
+    idle_rss_mib: f64,
+    peak_rss_mib: f64,
+    config_edit_to_new_token_ms: f64,
+    sigterm_to_exit_ms: f64,
+}
+
+fn run_size(n: usize, url: &str, count: &Arc<AtomicU64>) -> SizeResult {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config(dir.path(), url, n)).unwrap();
+    let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+    let c0 = count.load(Ordering::Relaxed);
+    let start = Instant::now();
+    let mut child: Child = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let limit = Duration::from_secs(300);
+    wait("every token written", limit, || {
+        files_written(dir.path()) >= n
+    });
+    let start_to_all = start.elapsed();
+    assert!(count.load(Ordering::Relaxed) - c0 >= n as u64);
+
+    // steady refresh: every client at once (SIGUSR1), three rounds
+    std::thread::sleep(Duration::from_millis(500));
+    let (mut wall, mut cpu) = (Duration::ZERO, 0.0);
+    for _ in 0..3 {
+        let before = count.load(Ordering::Relaxed);
+        let (cpu0, _, _) = proc_usage(pid);
+        let t0 = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .unwrap();
+        wait("a refresh round", limit, || {
+            count.load(Ordering::Relaxed) >= before + n as u64
+        });
+        // and written: the last client's file holds a token from this round
+        let last = dir.path().join(format!("out/c{}.token", n - 1));
+        wait("the round written", limit, || {
+            std::fs::read_to_string(&last)
+                .ok()
+                .and_then(|t| t.strip_prefix("bench-token-")?.parse::<u64>().ok())
+                .is_some_and(|k| k >= before)
+        });
+        wall += t0.elapsed();
+        std::thread::sleep(Duration::from_millis(300)); // let the last writes finish before reading CPU
+        cpu += proc_usage(pid).0 - cpu0;
+    }
+    let refreshes = 3.0 * n as f64;
+
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, rss, peak) = proc_usage(pid);
+
+    // a config edit (by rename, as editors do) to the new client's token on disk
+    let tmp = dir.path().join(".config.toml.new");
+    std::fs::write(&tmp, config(dir.path(), url, n) + &format!("[clients.extra]\ntoken_url = \"{url}\"\nclient_id = \"x\"\nclient_secret = \"s\"\n[[clients.extra.outputs]]\ntype = \"file\"\npath = \"out/extra.token\"\n")).unwrap();
+    let t0 = Instant::now();
+    std::fs::rename(&tmp, &path).unwrap();
+    let edit = wait("the new client's token", limit, || {
+        dir.path().join("out/extra.token").exists()
+    });
+    let _ = t0;
+
+    let t0 = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    let stop = t0.elapsed();
+
+    SizeResult {
+        clients: n,
+        start_to_all_written_s: start_to_all.as_secs_f64(),
+        refreshes_per_s: refreshes / wall.as_secs_f64(),
+        cpu_per_refresh_us: cpu / refreshes * 1e6,
+        wall_per_token_us: wall.as_secs_f64() / refreshes * 1e6,
+        idle_rss_mib: rss as f64 / 1024.0,
+        peak_rss_mib: peak as f64 / 1024.0,
+        config_edit_to_new_token_ms: edit.as_secs_f64() * 1e3,
+        sigterm_to_exit_ms: stop.as_secs_f64() * 1e3,
+    }
+}
+
+/// The same token work as a shell loop: curl | jq, then mv into place.
+fn shell_loop(url: &str, tokens: usize) -> Option<f64> {
+    if Command::new("jq").arg("--version").output().is_err() {
+        eprintln!("jq not installed: skipping the shell-loop comparison");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "for i in $(seq 1 {tokens}); do curl -s -d grant_type=client_credentials -d client_id=c -d client_secret=s '{url}' | jq -r .access_token > t.tmp && mv t.tmp t; done"
+    );
+    let t0 = Instant::now();
+    let ok = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(dir.path())
+        .status()
+        .ok()?
+        .success();
+    let per = t0.elapsed().as_secs_f64() / tokens as f64 * 1e6;
+    ok.then_some(per)
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let sizes = if sizes.is_empty() {
+        vec![1, 100, 1000, 10000]
+    } else {
+        sizes
+    };
+    let count = Arc::new(AtomicU64::new(0));
+    let url = token_server(count.clone());
+    let results: Vec<SizeResult> = sizes.iter().map(|&n| run_size(n, &url, &count)).collect();
+    let shell = shell_loop(&url, 200);
+
+    println!(
+        "\n| clients | start → all written | refreshes/s | CPU per refresh | wall per token | idle RSS | peak RSS | config edit → new token | SIGTERM → exit |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &results {
+        println!(
+            "| {} | {:.2} s | {:.0} | {:.0} µs | {:.0} µs | {:.1} MiB | {:.1} MiB | {:.0} ms | {:.0} ms |",
+            r.clients,
+            r.start_to_all_written_s,
+            r.refreshes_per_s,
+            r.cpu_per_refresh_us,
+            r.wall_per_token_us,
+            r.idle_rss_mib,
+            r.peak_rss_mib,
+            r.config_edit_to_new_token_ms,
+            r.sigterm_to_exit_ms
+        );
+    }
+    let best = results
+        .iter()
+        .map(|r| r.wall_per_token_us)
+        .fold(f64::MAX, f64::min);
+    if let Some(per) = shell {
+        println!(
+            "\nshell loop (curl | jq, mv), 200 tokens: {per:.0} µs per token; tokenkeeper: {best:.0} µs per token at its best size; ratio {:.1}×",
+            per / best
+        );
+    }
+    let json = serde_json::json!({"sizes": results, "shell_loop_us_per_token": shell, "ratio": shell.map(|s| s / best)});
+    std::fs::create_dir_all("target/bench").unwrap();
+    std::fs::write(
+        "target/bench/results.json",
+        serde_json::to_string_pretty(&json).unwrap(),
+    )
+    .unwrap();
+    println!("written target/bench/results.json");
+}
