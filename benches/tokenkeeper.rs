@@ -40,6 +40,27 @@ fn token_server(count: Arc<AtomicU64>) -> String {
     url
 }
 
+/// (user CPU seconds, system CPU seconds) of a process.
+fn cpu_split(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, r)| r.split(' ').collect())
+        .unwrap_or_default();
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let f = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / ticks
+    };
+    (f(11), f(12))
+}
+
 /// (CPU seconds, RSS KiB, peak RSS KiB) of a process, from /proc.
 fn proc_usage(pid: u32) -> (f64, u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -109,6 +130,7 @@ struct SizeResult {
     start_to_all_written_s: f64,
     refreshes_per_s: f64,
     cpu_per_refresh_us: f64,
+    user_cpu_per_refresh_us: f64,
     wall_per_token_us: f64,
     idle_rss_mib: f64,
     peak_rss_mib: f64,
@@ -141,10 +163,11 @@ fn run_size(n: usize, url: &str, count: &Arc<AtomicU64>) -> SizeResult {
 
     // steady refresh: every client at once (SIGUSR1), three rounds
     std::thread::sleep(Duration::from_millis(500));
-    let (mut wall, mut cpu) = (Duration::ZERO, 0.0);
+    let (mut wall, mut cpu, mut user) = (Duration::ZERO, 0.0, 0.0);
     for _ in 0..3 {
         let before = count.load(Ordering::Relaxed);
         let (cpu0, _, _) = proc_usage(pid);
+        let (user0, _) = cpu_split(pid);
         let t0 = Instant::now();
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
@@ -165,6 +188,7 @@ fn run_size(n: usize, url: &str, count: &Arc<AtomicU64>) -> SizeResult {
         wall += t0.elapsed();
         std::thread::sleep(Duration::from_millis(300)); // let the last writes finish before reading CPU
         cpu += proc_usage(pid).0 - cpu0;
+        user += cpu_split(pid).0 - user0;
     }
     let refreshes = 3.0 * n as f64;
 
@@ -195,6 +219,7 @@ fn run_size(n: usize, url: &str, count: &Arc<AtomicU64>) -> SizeResult {
         start_to_all_written_s: start_to_all.as_secs_f64(),
         refreshes_per_s: refreshes / wall.as_secs_f64(),
         cpu_per_refresh_us: cpu / refreshes * 1e6,
+        user_cpu_per_refresh_us: user / refreshes * 1e6,
         wall_per_token_us: wall.as_secs_f64() / refreshes * 1e6,
         idle_rss_mib: rss as f64 / 1024.0,
         peak_rss_mib: peak as f64 / 1024.0,
@@ -241,16 +266,17 @@ fn main() {
     let shell = shell_loop(&url, 200);
 
     println!(
-        "\n| clients | start → all written | refreshes/s | CPU per refresh | wall per token | idle RSS | peak RSS | config edit → new token | SIGTERM → exit |"
+        "\n| clients | start → all written | refreshes/s | CPU per refresh (user) | wall per token | idle RSS | peak RSS | config edit → new token | SIGTERM → exit |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &results {
         println!(
-            "| {} | {:.2} s | {:.0} | {:.0} µs | {:.0} µs | {:.1} MiB | {:.1} MiB | {:.0} ms | {:.0} ms |",
+            "| {} | {:.2} s | {:.0} | {:.0} µs ({:.0} µs) | {:.0} µs | {:.1} MiB | {:.1} MiB | {:.0} ms | {:.0} ms |",
             r.clients,
             r.start_to_all_written_s,
             r.refreshes_per_s,
             r.cpu_per_refresh_us,
+            r.user_cpu_per_refresh_us,
             r.wall_per_token_us,
             r.idle_rss_mib,
             r.peak_rss_mib,

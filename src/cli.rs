@@ -80,6 +80,9 @@ const INVALID_CONFIG: u8 = 2;
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_multi_thread()
+        // file writes are short and fsync-bound: a few threads do; thousands
+        // of clients refreshing together must not spawn hundreds
+        .max_blocking_threads(8)
         .enable_all()
         .build()
         .map_err(|e| {

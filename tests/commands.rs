@@ -142,7 +142,14 @@ fn status_shows_a_table_of_clients() {
     wait_until("both tokens", WAIT, || {
         sb.read("a.token").is_some() && sb.read("b.token").is_some()
     });
-    std::thread::sleep(Duration::from_millis(400));
+    // the status file is written at most once a second
+    wait_until("a status with both clients", WAIT, || {
+        let out = sb.run(&["status"]).1;
+        out.contains("daemon running")
+            && out
+                .lines()
+                .any(|l| l.starts_with("a ") && l.contains("in "))
+    });
     let (code, stdout, _) = sb.run(&["status"]);
     assert_eq!(code, 0);
     assert!(stdout.contains("daemon running"), "{stdout}");

@@ -132,9 +132,9 @@ fn a_refused_refresh_token_needs_attention_and_says_how_to_fix_it() {
         "{}",
         daemon.logs()
     );
-    std::thread::sleep(Duration::from_millis(400));
-    let (_, status, _) = sb.run(&["status"]);
-    assert!(status.contains("NEEDS ATTENTION"), "{status}");
+    wait_until("status to say NEEDS ATTENTION", WAIT, || {
+        sb.run(&["status"]).1.contains("NEEDS ATTENTION")
+    });
     // the operator puts a valid token in place and reloads
     sb.write("initial.rt", &op.refresh_token());
     daemon.signal(nix::sys::signal::Signal::SIGHUP);

@@ -204,12 +204,10 @@ fn openbao_approle_with_a_least_privilege_policy() {
         sb.read("a.token").unwrap().as_str()
     );
     assert_eq!(bao.api("GET", "secret/data/oauth/forbidden", None).0, 404);
-    std::thread::sleep(Duration::from_millis(400));
-    let (_, status, _) = sb.run(&["status"]);
-    assert!(
-        status.contains("vault_kv secret/oauth/forbidden") && status.contains("permission denied"),
-        "{status}"
-    );
+    wait_until("status to show the refused output", WAIT, || {
+        let status = sb.run(&["status"]).1;
+        status.contains("vault_kv secret/oauth/forbidden") && status.contains("permission denied")
+    });
     daemon.stop();
 }
 

@@ -6,6 +6,7 @@
 
 mod util;
 
+mod chaos;
 mod commands;
 mod faults;
 mod files;

@@ -43,7 +43,14 @@ pub struct ClientTask<S: TokenSource> {
     /// Bumped to refresh every client now (SIGUSR1).
     pub refresh_now: watch::Receiver<u64>,
     pub cancel: CancellationToken,
+    /// Refreshes in flight across all clients: a client waits for a slot
+    /// before it builds its (large) request, so thousands of clients due at
+    /// once queue cheaply.
+    pub slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Refreshes in flight at once, across every client of a daemon.
+pub const REFRESH_SLOTS: usize = 64;
 
 /// How a client task starts.
 pub struct Start {
@@ -126,11 +133,17 @@ impl<S: TokenSource> ClientTask<S> {
                 refresh_token = Some(newer);
                 known_issue = Some(issued);
             }
+            let slot = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                slot = self.slots.clone().acquire_owned() => slot,
+            };
             let started = self.clock.now();
             let result = tokio::select! {
                 _ = self.cancel.cancelled() => return,
-                r = crate::grant::obtain(&*self.source, &self.spec.request, refresh_token.as_ref(), started) => r,
+                // boxed: the HTTP future is large, and an idle task should not carry it
+                r = Box::pin(crate::grant::obtain(&*self.source, &self.spec.request, refresh_token.as_ref(), started)) => r,
             };
+            drop(slot);
             let took = self.clock.now().duration_since(started).unwrap_or_default();
             let label = Metrics::client(&name);
             self.metrics
@@ -446,6 +459,7 @@ mod tests {
             state: None,
             board: board.clone(),
             metrics: Arc::new(Metrics::default()),
+            slots: Arc::new(tokio::sync::Semaphore::new(REFRESH_SLOTS)),
             publish,
             refresh_now,
             cancel: cancel.clone(),

@@ -110,7 +110,7 @@ pub async fn run_output(
             retry = None;
             continue;
         }
-        match writer.write(&token).await {
+        match Box::pin(writer.write(&token)).await {
             Ok(outcome) => {
                 failures = 0;
                 retry = None;
@@ -118,7 +118,7 @@ pub async fn run_output(
                 if outcome == WriteOutcome::Written {
                     tracing::debug!(client = %client, output = %label, "written");
                     metrics.output_writes.get_or_create(&series).inc();
-                    problems = run_hooks(&client, &spec, &token).await;
+                    problems = Box::pin(run_hooks(&client, &spec, &token)).await;
                     if !problems.is_empty() {
                         metrics
                             .hook_failures

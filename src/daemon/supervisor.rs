@@ -4,7 +4,7 @@
 //! bounded grace period. Startup and reload share one code path: a reload
 //! from "no clients" to the first config.
 
-use super::client::{ClientTask, Jitter, Start, random_jitter, resume};
+use super::client::{ClientTask, Jitter, REFRESH_SLOTS, Start, random_jitter, resume};
 use super::outputs::run_output;
 use super::reload::{diff, watch_config};
 use crate::clock::{Clock, SystemClock};
@@ -40,6 +40,7 @@ pub struct Supervisor<S: TokenSource> {
     state: Option<StateStore>,
     board: Arc<StatusBoard>,
     metrics: Arc<Metrics>,
+    slots: Arc<tokio::sync::Semaphore>,
     refresh_tx: watch::Sender<u64>,
     root: CancellationToken,
     running: BTreeMap<String, Running>,
@@ -63,6 +64,7 @@ impl<S: TokenSource> Supervisor<S> {
             state,
             board,
             metrics,
+            slots: Arc::new(tokio::sync::Semaphore::new(REFRESH_SLOTS)),
             refresh_tx: watch::channel(0).0,
             root: CancellationToken::new(),
             running: BTreeMap::new(),
@@ -94,6 +96,7 @@ impl<S: TokenSource> Supervisor<S> {
             state: self.state.clone(),
             board: self.board.clone(),
             metrics: self.metrics.clone(),
+            slots: self.slots.clone(),
             publish,
             refresh_now: self.refresh_tx.subscribe(),
             cancel: cancel.clone(),

@@ -75,7 +75,7 @@ impl StatusBoard {
             .clone()
     }
 
-    /// Writes the board to `path` whenever it changes (at most every 200 ms)
+    /// Writes the board to `path` whenever it changes (at most once a second)
     /// until `cancel`, then once more.
     pub async fn write_loop(&self, path: PathBuf, cancel: CancellationToken) {
         loop {
@@ -86,7 +86,7 @@ impl StatusBoard {
             if !stop {
                 tokio::select! {
                     _ = cancel.cancelled() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
             let file = StatusFile {
@@ -107,7 +107,7 @@ impl StatusBoard {
 }
 
 pub fn write_status(path: &Path, file: &StatusFile) -> std::io::Result<()> {
-    let text = serde_json::to_string_pretty(file).map_err(std::io::Error::other)?;
+    let text = serde_json::to_string(file).map_err(std::io::Error::other)?;
     write_atomic(
         path,
         text.as_bytes(),
