@@ -96,9 +96,10 @@ fn kill_9_at_random_moments_never_leaves_a_corrupt_file() {
         let stop = Arc::new(AtomicBool::new(false));
         let spammer = spam_usr1(daemon.pid(), stop.clone());
         std::thread::sleep(Duration::from_millis(rng.random_range(20..250)));
-        daemon.kill9();
+        // stop signalling first: a dead pid may be reused by another test's process
         stop.store(true, Ordering::Relaxed);
         spammer.join().unwrap();
+        daemon.kill9();
 
         if let Some(text) = sb.read("a.token") {
             assert!(

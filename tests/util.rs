@@ -215,13 +215,15 @@ impl OidcProvider {
             "oidc-provider is not installed: run scripts/install-test-deps"
         );
         let port = free_port();
+        let log_path = std::env::temp_dir().join(format!("oidc-provider-{port}.log"));
+        let log_file = fs::File::create(&log_path).unwrap();
         let mut cmd = Command::new("node");
         cmd.arg(upstreams.join("oidc-provider/server.mjs"))
             .env("PORT", port.to_string())
             .env("HOST", "127.0.0.1")
             .env("TTL", ttl.to_string())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(log_file.try_clone().unwrap());
         let scheme = if let Some((cert, key)) = tls {
             cmd.env("TLS_CERT", cert).env("TLS_KEY", key);
             "https"
@@ -239,11 +241,15 @@ impl OidcProvider {
         let start = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Ok(Some(status)) = provider.child.try_wait() {
-                panic!("oidc-provider exited at start: {status}");
+                panic!(
+                    "oidc-provider exited at start: {status}: {}",
+                    fs::read_to_string(&log_path).unwrap_or_default()
+                );
             }
             assert!(
                 start.elapsed() < Duration::from_secs(60),
-                "oidc-provider did not start"
+                "oidc-provider did not start: {}",
+                fs::read_to_string(&log_path).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
