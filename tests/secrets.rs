@@ -81,3 +81,35 @@ fn nothing_secret_reaches_the_logs_at_trace_level() {
         }
     }
 }
+
+/// The harness's own secret scan (run when every sandbox is dropped) has
+/// teeth: a refresh token planted in a log is found.
+#[test]
+fn the_harness_secret_scan_finds_a_planted_leak() {
+    let sb = Sandbox::new();
+    sb.write("some.rt", "rt-0123456789abcdef\n");
+    sb.write(
+        "state/x.json",
+        r#"{"access_token":"at-abcdefghijklmnop","expires_at":"2026-01-01T00:00:00Z"}"#,
+    );
+    assert!(sb.secrets().contains(&"rt-0123456789abcdef".to_string()));
+    assert!(sb.secrets().contains(&"at-abcdefghijklmnop".to_string()));
+    assert!(!sb.secrets().iter().any(|s| s.starts_with("2026")));
+    for leak in ["rt-0123456789abcdef", "at-abcdefghijklmnop"] {
+        sb.keep_log(&format!(
+            "line one\nTRACE sending refresh_token={leak} now\n"
+        ));
+        let scan = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sb.assert_no_secret_in_logs()
+        }));
+        let message = scan.expect_err("the planted leak was not found");
+        let message = message.downcast_ref::<String>().unwrap();
+        assert!(message.contains(leak), "{message}");
+        assert!(message.contains("TRACE sending"), "{message}");
+        for entry in std::fs::read_dir(sb.dir.path()).unwrap().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "log") {
+                std::fs::remove_file(entry.path()).unwrap();
+            }
+        }
+    }
+}

@@ -40,6 +40,11 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 pub const WAIT: Duration = Duration::from_secs(15);
 
 /// A temporary directory holding one test's config, state and outputs.
+///
+/// Every tokenkeeper it starts logs at `RUST_LOG=trace`, and when the test
+/// ends (without a panic) every log line it wrote is searched for every
+/// secret the sandbox holds (see [`Sandbox::secrets`]): so each scenario of
+/// the suite is also a test that nothing secret reaches a log.
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
     logs: AtomicUsize,
@@ -72,8 +77,18 @@ impl Sandbox {
 
     /// Writes the config with a `[daemon]` section using this sandbox's state dir.
     pub fn write_config(&self, clients: &str) {
+        self.write_config_with("", clients);
+    }
+
+    /// Same, with more `[daemon]` keys.
+    pub fn write_config_with(&self, daemon: &str, clients: &str) {
+        let daemon = if daemon.is_empty() {
+            String::new()
+        } else {
+            format!("{daemon}\n")
+        };
         let text = format!(
-            "[daemon]\nstate_dir = \"{}\"\n\n{clients}",
+            "[daemon]\nstate_dir = \"{}\"\n{daemon}\n{clients}",
             self.path("state").display()
         );
         self.write("config.toml", &text);
@@ -89,27 +104,173 @@ impl Sandbox {
 
     /// `tokenkeeper ARGS --config <sandbox config>` with a clean environment.
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(bin());
+        self.cmd_via(&[], args)
+    }
+
+    /// The same, run by `wrapper` (a program and its arguments, to which
+    /// the tokenkeeper command line is appended).
+    pub fn cmd_via(&self, wrapper: &[&str], args: &[&str]) -> Command {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(bin());
+                cmd
+            }
+            None => Command::new(bin()),
+        };
         cmd.args(args)
             .arg("--config")
             .arg(self.config())
             .current_dir(self.dir.path())
             .env_remove("TOKENKEEPER_CONFIG")
-            .env_remove("RUST_LOG")
+            .env("RUST_LOG", "trace")
             .env_remove("JOURNAL_STREAM")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null());
         cmd
     }
 
-    /// Runs a command to completion: (status, stdout, stderr).
+    /// Runs a command to completion: (status, stdout, stderr). Its stderr
+    /// is kept for the secret scan.
     pub fn run(&self, args: &[&str]) -> (i32, String, String) {
         let out = self.cmd(args).output().expect("run tokenkeeper");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        self.keep_log(&stderr);
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+            stderr,
         )
+    }
+
+    /// Keeps `text` (a command's stderr) for the secret scan.
+    pub fn keep_log(&self, text: &str) {
+        let n = self.logs.fetch_add(1, Ordering::Relaxed);
+        fs::write(self.path(&format!("command-{n}.log")), text).unwrap();
+    }
+
+    /// Every secret this sandbox holds: the fault server's token marker, the
+    /// `client()` secrets, every `access_token`/`refresh_token`/
+    /// `client_secret`/`password`-like string in a JSON or TOML file, and the
+    /// content of every one-word file of 12 characters or more (secret
+    /// files, refresh-token files, raw token outputs).
+    pub fn secrets(&self) -> Vec<String> {
+        let mut found = vec![TOKEN_MARKER.to_string(), "Secret-Value".to_string()];
+        let secret_key = |k: &str| {
+            ["token", "secret", "password"]
+                .iter()
+                .any(|s| k.contains(s))
+                && !k.ends_with("_file")
+                && !k.ends_with("_url")
+                && !k.ends_with("_type")
+                && !k.ends_with("_env")
+        };
+        fn walk_json(
+            v: &serde_json::Value,
+            key: &str,
+            is_secret: &dyn Fn(&str) -> bool,
+            out: &mut Vec<String>,
+        ) {
+            match v {
+                serde_json::Value::String(s) if is_secret(key) => out.push(s.clone()),
+                serde_json::Value::Object(m) => {
+                    m.iter().for_each(|(k, v)| walk_json(v, k, is_secret, out))
+                }
+                serde_json::Value::Array(a) => {
+                    a.iter().for_each(|v| walk_json(v, key, is_secret, out))
+                }
+                _ => {}
+            }
+        }
+        fn walk_toml(
+            v: &toml::Value,
+            key: &str,
+            is_secret: &dyn Fn(&str) -> bool,
+            out: &mut Vec<String>,
+        ) {
+            match v {
+                toml::Value::String(s) if is_secret(key) => out.push(s.clone()),
+                toml::Value::Table(m) => {
+                    m.iter().for_each(|(k, v)| walk_toml(v, k, is_secret, out))
+                }
+                toml::Value::Array(a) => a.iter().for_each(|v| walk_toml(v, key, is_secret, out)),
+                _ => {}
+            }
+        }
+        let mut dirs = vec![self.dir.path().to_path_buf()];
+        while let Some(dir) = dirs.pop() {
+            for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                let Ok(meta) = fs::symlink_metadata(&path) else {
+                    continue;
+                };
+                if meta.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                if !meta.is_file()
+                    || meta.len() > 256 * 1024
+                    || path.extension().is_some_and(|e| e == "log")
+                {
+                    continue;
+                }
+                // atomic_dir's files that are not secret
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                if ["expires_at", "issued_at", "token_type"].contains(&name.as_ref()) {
+                    continue;
+                }
+                let Ok(text) = fs::read_to_string(&path) else {
+                    continue;
+                };
+                if let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) {
+                    walk_json(&json, "", &secret_key, &mut found);
+                } else if let Ok(table) = text.parse::<toml::Table>() {
+                    walk_toml(&toml::Value::Table(table), "", &secret_key, &mut found);
+                } else {
+                    let word = text.trim();
+                    if !word.contains(char::is_whitespace) {
+                        found.push(word.to_string());
+                    }
+                }
+            }
+        }
+        found.retain(|s| s.len() >= 12);
+        found.sort();
+        found.dedup();
+        found
+    }
+
+    /// Panics naming the first secret found in any log this sandbox kept.
+    pub fn assert_no_secret_in_logs(&self) {
+        let secrets = self.secrets();
+        let matcher = aho_corasick::AhoCorasick::new(&secrets).unwrap();
+        for entry in fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "log") {
+                continue;
+            }
+            let Ok(text) = fs::read(&path) else { continue };
+            if let Some(m) = matcher.find(&text) {
+                let line_start = text[..m.start()]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |i| i + 1);
+                let line_end = text[m.end()..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(text.len(), |i| m.end() + i);
+                panic!(
+                    "a secret ({:?}) reached {}: {}",
+                    secrets[m.pattern().as_usize()],
+                    path.file_name().unwrap().to_string_lossy(),
+                    String::from_utf8_lossy(&text[line_start..line_end])
+                );
+            }
+        }
     }
 
     pub fn start(&self) -> Daemon {
@@ -123,6 +284,14 @@ impl Sandbox {
         cmd.stdout(Stdio::null()).stderr(file);
         let child = cmd.spawn().expect("start tokenkeeper run");
         Daemon { child, log }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.assert_no_secret_in_logs();
+        }
     }
 }
 
@@ -207,13 +376,26 @@ pub struct OidcProvider {
 }
 
 impl OidcProvider {
-    /// Access tokens live `ttl` seconds. With `tls` = (cert, key) it serves https.
+    /// Access tokens live `ttl` seconds. With `tls` = (cert, key) it serves
+    /// https. A start that hangs (seen once in a few hundred, on a loaded
+    /// machine) is retried once on a new port, and both are described.
     pub fn start(ttl: u64, tls: Option<(&Path, &Path)>) -> OidcProvider {
         let upstreams = repo().join("tests/upstreams");
         assert!(
             upstreams.join("node_modules/oidc-provider").exists(),
             "oidc-provider is not installed: run scripts/install-test-deps"
         );
+        let mut failures = Vec::new();
+        for _ in 0..2 {
+            match Self::try_start(&upstreams, ttl, tls) {
+                Ok(provider) => return provider,
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!("oidc-provider did not start:\n{}", failures.join("\n"));
+    }
+
+    fn try_start(upstreams: &Path, ttl: u64, tls: Option<(&Path, &Path)>) -> Result<Self, String> {
         let port = free_port();
         let log_path = std::env::temp_dir().join(format!("oidc-provider-{port}.log"));
         let log_file = fs::File::create(&log_path).unwrap();
@@ -222,8 +404,8 @@ impl OidcProvider {
             .env("PORT", port.to_string())
             .env("HOST", "127.0.0.1")
             .env("TTL", ttl.to_string())
-            .stdout(Stdio::null())
-            .stderr(log_file.try_clone().unwrap());
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file);
         let scheme = if let Some((cert, key)) = tls {
             cmd.env("TLS_CERT", cert).env("TLS_KEY", key);
             "https"
@@ -240,20 +422,30 @@ impl OidcProvider {
         };
         let start = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let log = || fs::read_to_string(&log_path).unwrap_or_default();
             if let Ok(Some(status)) = provider.child.try_wait() {
-                panic!(
-                    "oidc-provider exited at start: {status}: {}",
-                    fs::read_to_string(&log_path).unwrap_or_default()
-                );
+                return Err(format!("port {port}: exited at start: {status}: {}", log()));
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "oidc-provider did not start: {}",
-                fs::read_to_string(&log_path).unwrap_or_default()
-            );
+            if start.elapsed() > Duration::from_secs(30) {
+                let proc = |file: &str| {
+                    fs::read_to_string(format!("/proc/{}/{file}", provider.child.id()))
+                        .unwrap_or_default()
+                };
+                let state = proc("status")
+                    .lines()
+                    .filter(|l| l.starts_with("State") || l.starts_with("Threads"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(format!(
+                    "port {port}: not listening after 30 s ({state}; wchan {}; {} ticks of CPU): {}",
+                    proc("wchan"),
+                    proc("stat").split(' ').nth(13).unwrap_or("?"),
+                    log()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        provider
+        Ok(provider)
     }
 
     pub fn token_url(&self) -> String {

@@ -111,6 +111,8 @@ pub struct DaemonSettings {
     pub listen: Option<SocketAddr>,
     /// systemd READY=1 comes at the latest after this, tokens or not.
     pub ready_timeout: std::time::Duration,
+    /// How often file outputs are checked on disk (zero: never).
+    pub check_outputs: std::time::Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -172,6 +174,7 @@ pub fn load_str(
             log_format: plan.daemon.log_format,
             listen: plan.daemon.listen,
             ready_timeout: plan.daemon.ready_timeout,
+            check_outputs: plan.daemon.check_outputs,
         },
         clients,
         digest: digest(text.as_bytes()),

@@ -19,6 +19,7 @@ pub struct RawDaemon {
     pub log_format: S<LogFormat>,
     pub listen: S<String>,
     pub ready_timeout: S<String>,
+    pub check_outputs: S<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]

@@ -134,6 +134,7 @@ pub struct DaemonPlan {
     pub log_format: LogFormat,
     pub listen: Option<SocketAddr>,
     pub ready_timeout: Duration,
+    pub check_outputs: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -390,6 +391,12 @@ pub fn validate(
             None,
             "daemon.ready_timeout",
             Duration::from_secs(60),
+        ),
+        check_outputs: v.duration(
+            &raw.daemon.check_outputs,
+            None,
+            "daemon.check_outputs",
+            Duration::from_secs(10),
         ),
     };
 

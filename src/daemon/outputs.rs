@@ -2,7 +2,9 @@
 //! channel, writes it, runs the output's hooks when something changed, and on
 //! failure retries on its own (1 s doubling to 1 min) until it succeeds or a
 //! newer token arrives. A slow or failing output never holds up another
-//! output or client.
+//! output or client. Outputs on the local filesystem are checked every
+//! `[daemon] check_outputs` by one `lstat`: one that was removed, replaced or
+//! re-moded behind the daemon's back is written again.
 
 use crate::output::{Layout, OutputKind, OutputSpec, WriteOutcome, Writer};
 use crate::schedule::{FailureClass, Policy, retry_delay};
@@ -13,6 +15,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+/// Why the worker woke up.
+enum Wake {
+    /// A new token, or the retry of a failed write.
+    Write,
+    /// Time to check that the file on disk is still what was written.
+    Check,
+}
 
 fn output_retry_policy() -> Policy {
     Policy {
@@ -48,10 +58,18 @@ pub async fn run_hooks(client: &str, spec: &OutputSpec, token: &Token) -> Vec<St
     problems
 }
 
+/// What an output worker is given besides its spec and token channel.
+pub struct OutputContext {
+    pub min_valid: Duration,
+    /// How often a file output is checked on disk (zero: never); ±10 % so
+    /// that thousands of outputs spread out.
+    pub check_every: Duration,
+}
+
 pub async fn run_output(
     client: String,
     spec: OutputSpec,
-    min_valid: Duration,
+    ctx: OutputContext,
     mut tokens: watch::Receiver<Option<Arc<Token>>>,
     board: Arc<StatusBoard>,
     metrics: Arc<Metrics>,
@@ -87,36 +105,54 @@ pub async fn run_output(
     tokens.mark_changed();
     let mut failures: u32 = 0;
     let mut retry: Option<Duration> = None;
+    // what the output looked like after the last good write; `None` when it
+    // is not checked or nothing was written yet
+    let mut stamp = None;
     loop {
-        let alive = match retry {
-            None => tokio::select! {
+        let check_in = ctx.check_every.mul_f64(0.9 + rand::random::<f64>() * 0.2);
+        let wake = match (retry, stamp.is_some() && !check_in.is_zero()) {
+            (Some(delay), _) => tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = tokens.changed() => r.is_ok(),
+                _ = tokio::time::sleep(delay) => Some(Wake::Write),
+                r = tokens.changed() => r.is_ok().then_some(Wake::Write),
             },
-            Some(delay) => tokio::select! {
+            (None, true) => tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(delay) => true,
-                r = tokens.changed() => r.is_ok(),
+                _ = tokio::time::sleep(check_in) => Some(Wake::Check),
+                r = tokens.changed() => r.is_ok().then_some(Wake::Write),
+            },
+            (None, false) => tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = tokens.changed() => r.is_ok().then_some(Wake::Write),
             },
         };
-        if !alive {
-            return;
+        let Some(wake) = wake else { return };
+        if let Wake::Check = wake {
+            if writer.stamp().await == stamp {
+                continue;
+            }
         }
         let Some(token) = tokens.borrow_and_update().clone() else {
             continue;
         };
-        if !min_valid.is_zero() && token.remaining(SystemTime::now()) < min_valid {
+        if !ctx.min_valid.is_zero() && token.remaining(SystemTime::now()) < ctx.min_valid {
             tracing::warn!(client = %client, output = %label, "not writing a token with less than min_valid left; waiting for a fresher one");
             retry = None;
+            stamp = None;
             continue;
         }
         match Box::pin(writer.write(&token)).await {
             Ok(outcome) => {
                 failures = 0;
                 retry = None;
+                stamp = writer.stamp().await;
                 let mut problems = Vec::new();
                 if outcome == WriteOutcome::Written {
-                    tracing::debug!(client = %client, output = %label, "written");
+                    if let Wake::Check = wake {
+                        tracing::warn!(client = %client, output = %label, "the output was removed or changed on disk; written again");
+                    } else {
+                        tracing::debug!(client = %client, output = %label, "written");
+                    }
                     metrics.output_writes.get_or_create(&series).inc();
                     problems = Box::pin(run_hooks(&client, &spec, &token)).await;
                     if !problems.is_empty() {

@@ -5,7 +5,7 @@
 //! from "no clients" to the first config.
 
 use super::client::{ClientTask, Jitter, REFRESH_SLOTS, Start, random_jitter, resume};
-use super::outputs::run_output;
+use super::outputs::{OutputContext, run_output};
 use super::reload::{diff, watch_config};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, ClientSpec, Config};
@@ -46,6 +46,8 @@ pub struct Supervisor<S: TokenSource> {
     running: BTreeMap<String, Running>,
     /// Tasks of stopped clients, joined at shutdown.
     retired: Vec<JoinHandle<()>>,
+    /// `[daemon] check_outputs`.
+    check_outputs: Duration,
 }
 
 impl<S: TokenSource> Supervisor<S> {
@@ -69,7 +71,14 @@ impl<S: TokenSource> Supervisor<S> {
             root: CancellationToken::new(),
             running: BTreeMap::new(),
             retired: Vec::new(),
+            check_outputs: Duration::ZERO,
         }
+    }
+
+    /// Checks file outputs on disk this often (zero, the default: never).
+    pub fn check_outputs(mut self, every: Duration) -> Self {
+        self.check_outputs = every;
+        self
     }
 
     fn start_client(&mut self, spec: Arc<ClientSpec>, force: bool) {
@@ -81,7 +90,10 @@ impl<S: TokenSource> Supervisor<S> {
             tasks.push(tokio::spawn(run_output(
                 spec.name.clone(),
                 output.clone(),
-                spec.policy.min_valid,
+                OutputContext {
+                    min_valid: spec.policy.min_valid,
+                    check_every: self.check_outputs,
+                },
                 publish.subscribe(),
                 self.board.clone(),
                 self.metrics.clone(),
@@ -245,7 +257,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Some(state),
         board,
         metrics.clone(),
-    );
+    )
+    .check_outputs(config.daemon.check_outputs);
     tracing::info!(config = %config.path.display(), clients = config.clients.len(), version = env!("CARGO_PKG_VERSION"), "tokenkeeper started");
     supervisor.apply(&config.clients);
     tokio::spawn(crate::telemetry::notify::run(

@@ -71,6 +71,27 @@ fn dir_mode(file_mode: u32) -> u32 {
     mode
 }
 
+/// Random characters in a temp file's name (`.NAME.XXXXXX.tk-tmp`).
+const TEMP_RANDOM_CHARS: usize = 6;
+
+/// Creates the temp file for `name` in `dir` with O_CREAT|O_EXCL and
+/// owner-only bits (of `mode`): whatever is planted at the temp path — a
+/// symlink, a file — makes creation fail instead of being followed or
+/// reused. (`tempfile` retries another random name on such a collision.)
+fn temp_file(
+    dir: &Path,
+    name: &str,
+    mode: u32,
+    random_chars: usize,
+) -> io::Result<tempfile::NamedTempFile> {
+    tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tk-tmp")
+        .rand_bytes(random_chars)
+        .permissions(Permissions::from_mode(mode & 0o700))
+        .tempfile_in(dir)
+}
+
 /// Replaces `path` with `content` atomically. Refuses a symlink (or anything
 /// but a regular file) at the target; writes nothing when the content, mode
 /// and owner are already right.
@@ -105,13 +126,7 @@ pub fn write_atomic(path: &Path, content: &[u8], opts: &FileOptions) -> io::Resu
             .map_err(|e| error(&dir, "cannot create directory", e))?;
     }
 
-    // O_CREAT|O_EXCL with owner-only bits: a planted symlink at the temp
-    // path makes creation fail instead of being followed
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tk-tmp")
-        .permissions(Permissions::from_mode(opts.mode & 0o700))
-        .tempfile_in(&dir)
+    let mut tmp = temp_file(&dir, &name, opts.mode, TEMP_RANDOM_CHARS)
         .map_err(|e| error(path, "cannot create temp file", e))?;
     if opts.owner.is_some() || opts.group.is_some() {
         std::os::unix::fs::fchown(tmp.as_file(), opts.owner, opts.group)
@@ -212,6 +227,46 @@ mod tests {
         assert_eq!(fs::read(&victim).unwrap(), b"keep");
         fs::create_dir(dir.path().join("d")).unwrap();
         assert!(write_atomic(&dir.path().join("d"), b"x", &opts(0o600)).is_err());
+    }
+
+    /// With no randomness the temp path is known in advance: plant a symlink
+    /// there and creation must fail rather than follow it.
+    #[test]
+    fn a_symlink_planted_at_the_temp_path_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        let planted = dir.path().join(".t..tk-tmp");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let e = temp_file(dir.path(), "t", 0o600, 0).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists, "{e}");
+        // a dangling symlink (O_CREAT would create its target) too
+        fs::remove_file(&planted).unwrap();
+        let elsewhere = dir.path().join("created-through-the-link");
+        std::os::unix::fs::symlink(&elsewhere, &planted).unwrap();
+        assert!(temp_file(dir.path(), "t", 0o600, 0).is_err());
+        assert!(!elsewhere.exists());
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        // and the real write, random name and all, leaves both alone
+        write_atomic(&dir.path().join("t"), b"new", &opts(0o600)).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        assert!(!elsewhere.exists());
+        assert!(
+            fs::symlink_metadata(&planted)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+    }
+
+    #[test]
+    fn temp_files_are_never_readable_beyond_the_asked_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        for mode in [0o600, 0o640, 0o644, 0o400] {
+            let tmp = temp_file(dir.path(), "t", mode, TEMP_RANDOM_CHARS).unwrap();
+            let got = tmp.as_file().metadata().unwrap().mode() & 0o7777;
+            assert_eq!(got & 0o077, 0, "mode {mode:o}: temp file born {got:o}");
+        }
     }
 
     #[test]

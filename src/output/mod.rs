@@ -139,6 +139,37 @@ impl FileOutput {
     }
 }
 
+/// A file output's identity on disk after the daemon's last write: when a
+/// later [`Stamp::of`] differs, somebody removed, replaced, touched or
+/// re-moded it, and the daemon writes it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    mode: u32,
+    owner: (u32, u32),
+}
+
+impl Stamp {
+    /// What the output at `path` looks like on disk now, by one `lstat` (of
+    /// the file, or of an `atomic_dir`'s directory, whose mtime moves when an
+    /// entry is removed or replaced). `None` when it is missing.
+    pub fn of(path: &std::path::Path) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        Some(Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            mode: meta.mode(),
+            owner: (meta.uid(), meta.gid()),
+        })
+    }
+}
+
 /// The runtime of one output.
 pub enum Writer {
     File(FileOutput),
@@ -173,5 +204,16 @@ impl Writer {
             Writer::Kubernetes(k) => k.write(token).await,
             Writer::Aws(a) => a.write(token).await,
         }
+    }
+
+    /// For outputs on the local filesystem, their [`Stamp`] now; `None` when
+    /// missing and for outputs that are not checked.
+    pub async fn stamp(&self) -> Option<Stamp> {
+        let Writer::File(f) = self else { return None };
+        let path = f.path.clone();
+        tokio::task::spawn_blocking(move || Stamp::of(&path))
+            .await
+            .ok()
+            .flatten()
     }
 }
