@@ -33,7 +33,7 @@ impl Builder<'_> {
     fn secret(&mut self, source: &Located<SecretSource>) -> Option<Secret> {
         let value = match &source.value {
             SecretSource::Inline(s) => return Some(s.clone()),
-            SecretSource::File(path) => match std::fs::read_to_string(path) {
+            SecretSource::File(path) => match crate::fsread::read_to_string(path) {
                 Ok(text) => {
                     let text = text.strip_suffix('\n').unwrap_or(&text);
                     let text = text.strip_suffix('\r').unwrap_or(text);
@@ -90,7 +90,7 @@ impl Builder<'_> {
 
     fn ca(&mut self, file: &Option<Located<PathBuf>>) -> Option<Option<Arc<[u8]>>> {
         let Some(f) = file else { return Some(None) };
-        match std::fs::read(&f.value) {
+        match crate::fsread::read(&f.value) {
             Ok(bytes) => match crate::grant::http::tls_config(Some(&bytes)) {
                 Ok(_) => Some(Some(Arc::from(bytes))),
                 Err(e) => {
@@ -117,19 +117,24 @@ impl Builder<'_> {
             } => {
                 let format = match format {
                     FormatPlan::Ready(f) => Some(f.clone()),
-                    FormatPlan::TemplateFile(file) => match std::fs::read_to_string(&file.value) {
-                        Ok(text) => match Template::parse(&text) {
-                            Ok(t) => Some(Format::Template(t)),
+                    FormatPlan::TemplateFile(file) => {
+                        match crate::fsread::read_to_string(&file.value) {
+                            Ok(text) => match Template::parse(&text) {
+                                Ok(t) => Some(Format::Template(t)),
+                                Err(e) => {
+                                    self.error(file, format!("{}: {e}", file.value.display()));
+                                    None
+                                }
+                            },
                             Err(e) => {
-                                self.error(file, format!("{}: {e}", file.value.display()));
+                                self.error(
+                                    file,
+                                    format!("cannot read {}: {e}", file.value.display()),
+                                );
                                 None
                             }
-                        },
-                        Err(e) => {
-                            self.error(file, format!("cannot read {}: {e}", file.value.display()));
-                            None
                         }
-                    },
+                    }
                 };
                 let owner = owner.as_ref().map(|o| self.user(o));
                 let group = group.as_ref().map(|g| self.group(g));
@@ -182,7 +187,7 @@ impl Builder<'_> {
                     None => {
                         let file = PathBuf::from(crate::output::kubernetes::SERVICE_ACCOUNT)
                             .join("namespace");
-                        match std::fs::read_to_string(&file) {
+                        match crate::fsread::read_to_string(&file) {
                             Ok(ns) if !ns.trim().is_empty() => Some(ns.trim().to_string()),
                             _ => {
                                 self.diagnostics.push(Diagnostic {
@@ -233,7 +238,7 @@ impl Builder<'_> {
         let ca_pem: Option<Option<Arc<[u8]>>> =
             plan.ca_file
                 .as_ref()
-                .map(|f| match std::fs::read(&f.value) {
+                .map(|f| match crate::fsread::read(&f.value) {
                     Ok(bytes) => match crate::grant::http::tls_config(Some(&bytes)) {
                         Ok(_) => Some(Arc::from(bytes)),
                         Err(e) => {
@@ -247,7 +252,7 @@ impl Builder<'_> {
                     }
                 });
         if let crate::grant::Endpoint::StaticFile(path) = &plan.endpoint {
-            if let Err(e) = std::fs::read(path) {
+            if let Err(e) = crate::fsread::read(path) {
                 self.diagnostics.push(Diagnostic {
                     span: None,
                     key: format!("clients.{}.token_file", plan.name),

@@ -183,7 +183,7 @@ pub fn load_str(
 
 /// Reads and loads the config file at `path`.
 pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-    let bytes = std::fs::read(path)
+    let bytes = crate::fsread::read_limited(path, crate::fsread::MAX_CONFIG_BYTES)
         .map_err(|e| ConfigError::io(path, format!("cannot read the config file: {e}")))?;
     let text = String::from_utf8(bytes)
         .map_err(|_| ConfigError::io(path, "the config file is not UTF-8".into()))?;

@@ -260,12 +260,14 @@ async fn read_static(
     spec: &TokenRequestSpec,
     now: SystemTime,
 ) -> Result<Token, FetchError> {
-    let text = tokio::fs::read_to_string(path).await.map_err(|e| {
-        FetchError::transient(
-            Reason::Other,
-            format!("cannot read the static token file {}: {e}", path.display()),
-        )
-    })?;
+    let text = crate::fsread::read_to_string_async(path)
+        .await
+        .map_err(|e| {
+            FetchError::transient(
+                Reason::Other,
+                format!("cannot read the static token file {}: {e}", path.display()),
+            )
+        })?;
     let value = text.trim();
     if value.is_empty() {
         return Err(FetchError::transient(

@@ -128,7 +128,10 @@ impl AwsWriter {
             .map(std::path::PathBuf::from)
             .or_else(|| env("HOME").map(|h| std::path::Path::new(&h).join(".aws/credentials")));
         let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".into());
-        if let Some(text) = file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()) {
+        if let Some(text) = file
+            .as_ref()
+            .and_then(|f| crate::fsread::read_to_string(f).ok())
+        {
             if let Some((ak, sk, token)) = profile_credentials(&text, &profile) {
                 return Ok(Found {
                     access_key: ak,
@@ -156,7 +159,7 @@ impl AwsWriter {
         token_file: &str,
         role: &str,
     ) -> Result<Found, String> {
-        let web_token = std::fs::read_to_string(token_file)
+        let web_token = crate::fsread::read_to_string(token_file)
             .map_err(|e| format!("cannot read AWS_WEB_IDENTITY_TOKEN_FILE {token_file}: {e}"))?;
         let sts = env("AWS_ENDPOINT_URL_STS")
             .unwrap_or_else(|| format!("https://sts.{}.amazonaws.com", self.spec.region));

@@ -80,7 +80,7 @@ impl ExecHook {
 impl SignalHook {
     /// Sends the signal to the pid in the pid file, read now.
     pub fn send(&self) -> Result<i32, String> {
-        let text = std::fs::read_to_string(&self.pid_file)
+        let text = crate::fsread::read_to_string(&self.pid_file)
             .map_err(|e| format!("cannot read pid_file {}: {e}", self.pid_file.display()))?;
         let pid: i32 =
             text.trim().parse().ok().filter(|p| *p > 1).ok_or_else(|| {

@@ -71,7 +71,7 @@ impl KubernetesWriter {
         if last.as_deref() == Some(content.expose()) {
             return Ok(WriteOutcome::Unchanged);
         }
-        let sa_token = std::fs::read_to_string(&self.spec.token_file).map_err(|e| {
+        let sa_token = crate::fsread::read_to_string(&self.spec.token_file).map_err(|e| {
             format!(
                 "cannot read the service account token {}: {e}",
                 self.spec.token_file.display()

@@ -45,7 +45,7 @@ pub struct VaultWriter {
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn read_secret_file(path: &PathBuf) -> Result<Secret, String> {
-    let text = std::fs::read_to_string(path)
+    let text = crate::fsread::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let value = text.trim();
     if value.is_empty() {
