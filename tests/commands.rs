@@ -222,3 +222,20 @@ fn json_logs_are_one_object_per_line_with_the_client() {
     assert_eq!(written["level"], "INFO");
     assert!(written["expires_at"].as_str().unwrap().ends_with('Z'));
 }
+
+#[test]
+fn a_secret_file_that_never_ends_is_a_config_error_not_an_out_of_memory_kill() {
+    let sb = Sandbox::new();
+    sb.write_config(&client("a", "https://auth.example.com/token", "").replace(
+        "client_secret = \"a-Secret-Value\"",
+        "client_secret_file = \"/dev/zero\"",
+    ));
+    let (code, _, stderr) = sb.run(&["check"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("clients.a.client_secret_file")
+            && stderr.contains("/dev/zero")
+            && stderr.contains("larger than 4 MiB; is this the right file?"),
+        "{stderr}"
+    );
+}
