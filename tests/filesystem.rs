@@ -24,11 +24,11 @@ fn a_removed_or_tampered_output_is_written_again_without_a_new_request() {
     let sb = Sandbox::new();
     sb.write_config_with(CHECK, &client_in_out_dir(&server.url));
     let daemon = sb.start();
-    wait_until("the token", WAIT, || sb.read("out/a.token").is_some());
+    daemon.wait_until("the token", || sb.read("out/a.token").is_some());
     let first = sb.read("out/a.token").unwrap();
 
     fs::remove_dir_all(sb.path("out")).unwrap();
-    wait_until("the token in a recreated directory", WAIT, || {
+    daemon.wait_until("the token in a recreated directory", || {
         sb.read("out/a.token").is_some()
     });
     assert_eq!(sb.read("out/a.token").unwrap(), first);
@@ -40,19 +40,19 @@ fn a_removed_or_tampered_output_is_written_again_without_a_new_request() {
     // removed and recreated by somebody else
     fs::remove_dir_all(sb.path("out")).unwrap();
     fs::create_dir(sb.path("out")).unwrap();
-    wait_until("the token in the directory recreated by hand", WAIT, || {
+    daemon.wait_until("the token in the directory recreated by hand", || {
         sb.read("out/a.token").is_some()
     });
 
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(sb.path("out/a.token"), fs::Permissions::from_mode(0o644)).unwrap();
-    wait_until("the mode made tight again", WAIT, || {
+    daemon.wait_until("the mode made tight again", || {
         sb.mode("out/a.token") == 0o600
     });
 
     // overwritten in place (same inode)
     fs::write(sb.path("out/a.token"), "garbage").unwrap();
-    wait_until("the content restored", WAIT, || {
+    daemon.wait_until("the content restored", || {
         sb.read("out/a.token").as_deref() == Some(first.as_str())
     });
 
@@ -67,7 +67,7 @@ fn a_symlink_planted_at_the_target_while_running_is_never_written_through() {
     let sb = Sandbox::new();
     sb.write_config_with(CHECK, &client_in_out_dir(&server.url));
     let daemon = sb.start();
-    wait_until("the token", WAIT, || sb.read("out/a.token").is_some());
+    daemon.wait_until("the token", || sb.read("out/a.token").is_some());
     let first = token_number(&sb.read("out/a.token").unwrap()).unwrap();
 
     // planted by rename, the way an attacker would swap it in
@@ -77,12 +77,12 @@ fn a_symlink_planted_at_the_target_while_running_is_never_written_through() {
     daemon.wait_log("is a symlink; refusing to write through it", 1);
     // a new token arriving meanwhile is not written through it either
     daemon.signal(Signal::SIGUSR1);
-    wait_until("the second token request", WAIT, || server.count() >= 2);
+    daemon.wait_until("the second token request", || server.count() >= 2);
     daemon.wait_log("is a symlink; refusing to write through it", 2);
     assert_eq!(sb.read("victim").unwrap(), "precious");
 
     fs::remove_file(sb.path("out/a.token")).unwrap();
-    wait_until("the newer token once the symlink is gone", WAIT, || {
+    daemon.wait_until("the newer token once the symlink is gone", || {
         sb.read("out/a.token")
             .and_then(|t| token_number(&t))
             .is_some_and(|n| n > first)
@@ -179,7 +179,7 @@ fn a_read_only_or_full_filesystem_keeps_the_old_token_and_recovers() {
             .ok()
             .map(|t| token_number(&t).expect("a whole token"))
     };
-    wait_until("the first token", WAIT, || number().is_some());
+    daemon.wait_until("the first token", || number().is_some());
     let first = number().unwrap();
     assert!(
         sb.read("out/a.token").is_none(),
@@ -192,7 +192,7 @@ fn a_read_only_or_full_filesystem_keeps_the_old_token_and_recovers() {
     assert_eq!(server.count(), 2, "a new token was fetched");
     assert_eq!(number(), Some(first), "the old token stays in place");
     in_namespace(&daemon, "mount -o remount,rw \"$0\"", &out);
-    wait_until("the new token once writable again", WAIT, || {
+    daemon.wait_until("the new token once writable again", || {
         number() > Some(first)
     });
     let second = number().unwrap();
@@ -216,7 +216,7 @@ fn a_read_only_or_full_filesystem_keeps_the_old_token_and_recovers() {
         "a failed write leaves no temp file: {temp_files:?}"
     );
     in_namespace(&daemon, "rm \"$0/filler\"", &out);
-    wait_until("the new token once there is room again", WAIT, || {
+    daemon.wait_until("the new token once there is room again", || {
         number() > Some(second)
     });
     daemon.stop();

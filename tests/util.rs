@@ -316,11 +316,35 @@ impl Daemon {
     /// Waits until the log contains `needle` (counting occurrences).
     #[track_caller]
     pub fn wait_log(&self, needle: &str, occurrences: usize) {
-        wait_until(
+        self.wait_until(
             &format!("{occurrences}× {needle:?} in the daemon log"),
-            WAIT,
             || self.logs().matches(needle).count() >= occurrences,
         );
+    }
+
+    /// [`wait_until`], showing the daemon's last log lines (without the
+    /// HTTP libraries' trace) when it times out.
+    #[track_caller]
+    pub fn wait_until(&self, what: &str, f: impl FnMut() -> bool) {
+        if let Err(e) =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wait_until(what, WAIT, f)))
+        {
+            let logs = self.logs();
+            let own: Vec<&str> = logs
+                .lines()
+                .filter(|l| {
+                    !l.contains(" hyper")
+                        && !l.contains(" h2")
+                        && !l.contains(" rustls")
+                        && !l.contains(" reqwest")
+                })
+                .collect();
+            panic!(
+                "{}\nthe daemon's last log lines:\n{}",
+                e.downcast_ref::<String>().map_or("", String::as_str),
+                own[own.len().saturating_sub(40)..].join("\n")
+            );
+        }
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -6,7 +6,7 @@
 //! `[daemon] check_outputs` by one `lstat`: one that was removed, replaced or
 //! re-moded behind the daemon's back is written again.
 
-use crate::output::{Layout, OutputKind, OutputSpec, WriteOutcome, Writer};
+use crate::output::{Layout, OutputKind, OutputSpec, Stamp, WriteOutcome, Writer};
 use crate::schedule::{FailureClass, Policy, retry_delay};
 use crate::telemetry::metrics::{Metrics, OutputLabels};
 use crate::telemetry::status::StatusBoard;
@@ -105,9 +105,9 @@ pub async fn run_output(
     tokens.mark_changed();
     let mut failures: u32 = 0;
     let mut retry: Option<Duration> = None;
-    // what the output looked like after the last good write; `None` when it
-    // is not checked or nothing was written yet
-    let mut stamp = None;
+    // after a good write: what the output looked like then (`Some(None)`:
+    // missing already); `None` when it is not checked or nothing was written
+    let mut stamp: Option<Option<Stamp>> = None;
     loop {
         let check_in = ctx.check_every.mul_f64(0.9 + rand::random::<f64>() * 0.2);
         let wake = match (retry, stamp.is_some() && !check_in.is_zero()) {
@@ -128,7 +128,7 @@ pub async fn run_output(
         };
         let Some(wake) = wake else { return };
         if let Wake::Check = wake {
-            if writer.stamp().await == stamp {
+            if stamp == Some(writer.stamp().await) {
                 continue;
             }
         }
@@ -145,7 +145,7 @@ pub async fn run_output(
             Ok(outcome) => {
                 failures = 0;
                 retry = None;
-                stamp = writer.stamp().await;
+                stamp = writer.is_checked().then_some(writer.stamp().await);
                 let mut problems = Vec::new();
                 if outcome == WriteOutcome::Written {
                     if let Wake::Check = wake {

@@ -206,6 +206,11 @@ impl Writer {
         }
     }
 
+    /// Whether the output is on the local filesystem, and so checked there.
+    pub fn is_checked(&self) -> bool {
+        matches!(self, Writer::File(_))
+    }
+
     /// For outputs on the local filesystem, their [`Stamp`] now; `None` when
     /// missing and for outputs that are not checked.
     pub async fn stamp(&self) -> Option<Stamp> {
