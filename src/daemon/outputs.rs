@@ -141,11 +141,11 @@ pub async fn run_output(
             stamp = None;
             continue;
         }
-        match Box::pin(writer.write(&token)).await {
-            Ok(outcome) => {
+        match Box::pin(writer.write_stamped(&token)).await {
+            Ok((outcome, written)) => {
                 failures = 0;
                 retry = None;
-                stamp = writer.is_checked().then_some(writer.stamp().await);
+                stamp = writer.is_checked().then_some(written);
                 let mut problems = Vec::new();
                 if outcome == WriteOutcome::Written {
                     if let Wake::Check = wake {

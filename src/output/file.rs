@@ -6,7 +6,7 @@
 //! whole new one, never a partial or empty one, and never one with looser
 //! permissions than asked.
 
-use super::WriteOutcome;
+use super::{Stamp, WriteOutcome};
 use std::fs::{self, File, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -96,6 +96,17 @@ fn temp_file(
 /// but a regular file) at the target; writes nothing when the content, mode
 /// and owner are already right.
 pub fn write_atomic(path: &Path, content: &[u8], opts: &FileOptions) -> io::Result<WriteOutcome> {
+    write_atomic_stamped(path, content, opts).map(|(outcome, _)| outcome)
+}
+
+/// [`write_atomic`], also returning the file's [`Stamp`] as this call left
+/// it (taken from the written file itself, so a change by somebody else
+/// right after the rename still shows as a change).
+pub fn write_atomic_stamped(
+    path: &Path,
+    content: &[u8],
+    opts: &FileOptions,
+) -> io::Result<(WriteOutcome, Stamp)> {
     let (dir, name) = split(path)?;
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_symlink() => {
@@ -113,7 +124,9 @@ pub fn write_atomic(path: &Path, content: &[u8], opts: &FileOptions) -> io::Resu
                 format!("{}: exists and is not a regular file", path.display()),
             ));
         }
-        Ok(meta) if unchanged(path, &meta, content, opts) => return Ok(WriteOutcome::Unchanged),
+        Ok(meta) if unchanged(path, &meta, content, opts) => {
+            return Ok((WriteOutcome::Unchanged, Stamp::from_metadata(&meta)));
+        }
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(error(path, "cannot inspect", e)),
@@ -140,12 +153,17 @@ pub fn write_atomic(path: &Path, content: &[u8], opts: &FileOptions) -> io::Resu
     tmp.as_file()
         .sync_all()
         .map_err(|e| error(path, "cannot fsync", e))?;
+    let stamp = tmp
+        .as_file()
+        .metadata()
+        .map(|m| Stamp::from_metadata(&m))
+        .map_err(|e| error(path, "cannot inspect", e))?;
     tmp.persist(path)
         .map_err(|e| error(path, "cannot rename into place", e.error))?;
     File::open(&dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| error(&dir, "cannot fsync directory", e))?;
-    Ok(WriteOutcome::Written)
+    Ok((WriteOutcome::Written, stamp))
 }
 
 /// Removes temp files a killed process may have left beside `path`.
@@ -203,6 +221,24 @@ mod tests {
             WriteOutcome::Written
         );
         assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, 0o640);
+    }
+
+    /// The stamp comes from the written file itself: it equals what an
+    /// `lstat` sees afterwards, and any later change shows.
+    #[test]
+    fn the_stamp_of_a_write_is_the_file_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        let (_, written) = write_atomic_stamped(&p, b"one", &opts(0o600)).unwrap();
+        assert_eq!(Stamp::of(&p), Some(written));
+        let (outcome, again) = write_atomic_stamped(&p, b"one", &opts(0o600)).unwrap();
+        assert_eq!((outcome, again), (WriteOutcome::Unchanged, written));
+        fs::set_permissions(&p, Permissions::from_mode(0o644)).unwrap();
+        assert_ne!(Stamp::of(&p), Some(written));
+        let (_, fixed) = write_atomic_stamped(&p, b"one", &opts(0o600)).unwrap();
+        fs::rename(dir.path().join("t"), dir.path().join("u")).unwrap();
+        fs::write(&p, b"one").unwrap();
+        assert_ne!(Stamp::of(&p), Some(fixed));
     }
 
     #[test]

@@ -124,16 +124,19 @@ impl FileOutput {
         ]
     }
 
-    /// Writes `token` (blocking I/O: run it off the async threads).
-    pub fn write(&self, token: &Token) -> std::io::Result<WriteOutcome> {
+    /// Writes `token` (blocking I/O: run it off the async threads), and
+    /// returns what the output looked like right after.
+    pub fn write(&self, token: &Token) -> std::io::Result<(WriteOutcome, Option<Stamp>)> {
         match self.layout {
-            Layout::File => file::write_atomic(
+            Layout::File => file::write_atomic_stamped(
                 &self.path,
                 self.format.render(token).expose().as_bytes(),
                 &self.options(),
-            ),
+            )
+            .map(|(outcome, stamp)| (outcome, Some(stamp))),
             Layout::AtomicDir => {
-                dir::write_set(&self.path, &self.set_files(token), &self.options())
+                let outcome = dir::write_set(&self.path, &self.set_files(token), &self.options())?;
+                Ok((outcome, Stamp::of(&self.path)))
             }
         }
     }
@@ -157,16 +160,21 @@ impl Stamp {
     /// the file, or of an `atomic_dir`'s directory, whose mtime moves when an
     /// entry is removed or replaced). `None` when it is missing.
     pub fn of(path: &std::path::Path) -> Option<Stamp> {
+        std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| Stamp::from_metadata(&m))
+    }
+
+    pub fn from_metadata(meta: &std::fs::Metadata) -> Stamp {
         use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::symlink_metadata(path).ok()?;
-        Some(Stamp {
+        Stamp {
             dev: meta.dev(),
             ino: meta.ino(),
             len: meta.len(),
             mtime: (meta.mtime(), meta.mtime_nsec()),
             mode: meta.mode(),
             owner: (meta.uid(), meta.gid()),
-        })
+        }
     }
 }
 
@@ -192,6 +200,15 @@ impl Writer {
 
     /// Writes one token; the error is safe to log.
     pub async fn write(&self, token: &Arc<Token>) -> Result<WriteOutcome, String> {
+        self.write_stamped(token).await.map(|(outcome, _)| outcome)
+    }
+
+    /// [`Writer::write`], with the output's [`Stamp`] as the write left it
+    /// (for outputs on the local filesystem).
+    pub async fn write_stamped(
+        &self,
+        token: &Arc<Token>,
+    ) -> Result<(WriteOutcome, Option<Stamp>), String> {
         match self {
             Writer::File(f) => {
                 let (f, token) = (f.clone(), token.clone());
@@ -200,9 +217,9 @@ impl Writer {
                     Err(e) => Err(format!("write task failed: {e}")),
                 }
             }
-            Writer::Vault(v) => v.write(token).await,
-            Writer::Kubernetes(k) => k.write(token).await,
-            Writer::Aws(a) => a.write(token).await,
+            Writer::Vault(v) => v.write(token).await.map(|o| (o, None)),
+            Writer::Kubernetes(k) => k.write(token).await.map(|o| (o, None)),
+            Writer::Aws(a) => a.write(token).await.map(|o| (o, None)),
         }
     }
 
