@@ -235,22 +235,7 @@ impl Builder<'_> {
                 .map(|initial| GrantSpec::RefreshToken { initial }),
             GrantPlan::Static => Some(GrantSpec::Static),
         };
-        let ca_pem: Option<Option<Arc<[u8]>>> =
-            plan.ca_file
-                .as_ref()
-                .map(|f| match crate::fsread::read(&f.value) {
-                    Ok(bytes) => match crate::grant::http::tls_config(Some(&bytes)) {
-                        Ok(_) => Some(Arc::from(bytes)),
-                        Err(e) => {
-                            self.error(f, format!("{}: {e}", f.value.display()));
-                            None
-                        }
-                    },
-                    Err(e) => {
-                        self.error(f, format!("cannot read {}: {e}", f.value.display()));
-                        None
-                    }
-                });
+        let ca_pem = self.ca(&plan.ca_file);
         if let crate::grant::Endpoint::StaticFile(path) = &plan.endpoint {
             if let Err(e) = crate::fsread::read(path) {
                 self.diagnostics.push(Diagnostic {
@@ -280,7 +265,7 @@ impl Builder<'_> {
                 headers: plan.headers.clone(),
                 response: plan.response.clone(),
                 timeout: plan.timeout,
-                ca_pem: ca_pem.map(|c| c.ok_or(())).transpose().ok()?,
+                ca_pem: ca_pem?,
                 default_lifetime: plan.default_lifetime,
             },
             policy: plan.policy.clone(),

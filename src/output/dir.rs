@@ -7,28 +7,13 @@
 //! mid-read, it resolves again).
 
 use super::WriteOutcome;
-use super::file::FileOptions;
+use super::file::{Existing, FileOptions, dir_mode, error as context, existing};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 pub const DATA_LINK: &str = "..data";
-
-fn context(path: &Path, what: &str, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{}: {what}: {e}", path.display()))
-}
-
-fn dir_mode(file_mode: u32) -> u32 {
-    let mut mode = 0o700;
-    if file_mode & 0o040 != 0 {
-        mode |= 0o050;
-    }
-    if file_mode & 0o004 != 0 {
-        mode |= 0o005;
-    }
-    mode
-}
 
 fn same_content(version: &Path, files: &[(&str, Vec<u8>)]) -> bool {
     files
@@ -42,29 +27,12 @@ pub fn write_set(
     files: &[(&str, Vec<u8>)],
     opts: &FileOptions,
 ) -> io::Result<WriteOutcome> {
-    match fs::symlink_metadata(dir) {
-        Ok(m) if m.file_type().is_symlink() => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "{}: is a symlink; refusing to write through it",
-                    dir.display()
-                ),
-            ));
-        }
-        Ok(m) if !m.is_dir() => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{}: exists and is not a directory", dir.display()),
-            ));
-        }
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::DirBuilder::new()
+    if existing(dir, Existing::Dir)?.is_none() {
+        fs::DirBuilder::new()
             .recursive(true)
             .mode(dir_mode(opts.mode))
             .create(dir)
-            .map_err(|e| context(dir, "cannot create directory", e))?,
-        Err(e) => return Err(context(dir, "cannot inspect", e)),
+            .map_err(|e| context(dir, "cannot create directory", e))?;
     }
     let data = dir.join(DATA_LINK);
     let previous = fs::read_link(&data).ok();

@@ -19,7 +19,7 @@ pub struct FileOptions {
     pub group: Option<u32>,
 }
 
-fn error(path: &Path, what: &str, e: io::Error) -> io::Error {
+pub(super) fn error(path: &Path, what: &str, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {what}: {e}", path.display()))
 }
 
@@ -35,6 +35,38 @@ fn split(path: &Path) -> io::Result<(PathBuf, String)> {
         _ => PathBuf::from("."),
     };
     Ok((dir, name.to_string()))
+}
+
+/// What a write target must be when it exists.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Existing {
+    File,
+    Dir,
+}
+
+/// The metadata of what is at `path` (`None` when nothing is): a symlink
+/// there, or something of another kind than `want`, is an error.
+pub(super) fn existing(path: &Path, want: Existing) -> io::Result<Option<fs::Metadata>> {
+    let refuse = |why: &str| {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: {why}", path.display()),
+        ))
+    };
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            refuse("is a symlink; refusing to write through it")
+        }
+        Ok(meta) if want == Existing::File && !meta.is_file() => {
+            refuse("exists and is not a regular file")
+        }
+        Ok(meta) if want == Existing::Dir && !meta.is_dir() => {
+            refuse("exists and is not a directory")
+        }
+        Ok(meta) => Ok(Some(meta)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(error(path, "cannot inspect", e)),
+    }
 }
 
 /// True when `path` already holds exactly `content` with the wanted mode and owner.
@@ -60,7 +92,7 @@ fn unchanged(path: &Path, meta: &fs::Metadata, content: &[u8], opts: &FileOption
 
 /// The mode for a directory created to hold a file of `file_mode`: owner rwx,
 /// and traversal for whoever may read the file.
-fn dir_mode(file_mode: u32) -> u32 {
+pub(super) fn dir_mode(file_mode: u32) -> u32 {
     let mut mode = 0o700;
     if file_mode & 0o040 != 0 {
         mode |= 0o050;
@@ -108,28 +140,10 @@ pub fn write_atomic_stamped(
     opts: &FileOptions,
 ) -> io::Result<(WriteOutcome, Stamp)> {
     let (dir, name) = split(path)?;
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_symlink() => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "{}: is a symlink; refusing to write through it",
-                    path.display()
-                ),
-            ));
-        }
-        Ok(meta) if !meta.is_file() => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{}: exists and is not a regular file", path.display()),
-            ));
-        }
-        Ok(meta) if unchanged(path, &meta, content, opts) => {
+    if let Some(meta) = existing(path, Existing::File)? {
+        if unchanged(path, &meta, content, opts) {
             return Ok((WriteOutcome::Unchanged, Stamp::from_metadata(&meta)));
         }
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(error(path, "cannot inspect", e)),
     }
     if !dir.exists() {
         fs::DirBuilder::new()
