@@ -2,23 +2,12 @@
 //! its mode, never written through a symlink, never corrupted by kill -9.
 
 use crate::util::*;
-use nix::sys::signal::Signal;
 use rand::Rng;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-/// Sends SIGUSR1 to `pid` every few ms until `stop`.
-fn spam_usr1(pid: nix::unistd::Pid, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            let _ = nix::sys::signal::kill(pid, Signal::SIGUSR1);
-            std::thread::sleep(Duration::from_millis(3));
-        }
-    })
-}
 
 #[test]
 fn readers_never_see_a_missing_empty_partial_or_loose_file_during_hundreds_of_rewrites() {
@@ -58,7 +47,7 @@ fn readers_never_see_a_missing_empty_partial_or_loose_file_during_hundreds_of_re
             })
         })
         .collect();
-    let spammer = spam_usr1(daemon.pid(), stop.clone());
+    let spammer = spam_usr1(daemon.pid(), Duration::from_millis(3), stop.clone());
     wait_until("300 rewrites", Duration::from_secs(60), || {
         server.count() >= 300
     });
@@ -94,7 +83,7 @@ fn kill_9_at_random_moments_never_leaves_a_corrupt_file() {
         let daemon = sb.start();
         daemon.wait_log("tokenkeeper started", 1);
         let stop = Arc::new(AtomicBool::new(false));
-        let spammer = spam_usr1(daemon.pid(), stop.clone());
+        let spammer = spam_usr1(daemon.pid(), Duration::from_millis(3), stop.clone());
         std::thread::sleep(Duration::from_millis(rng.random_range(10..120)));
         // stop signalling first: a dead pid may be reused by another test's process
         stop.store(true, Ordering::Relaxed);

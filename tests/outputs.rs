@@ -10,15 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-fn spam_usr1(pid: nix::unistd::Pid, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            let _ = nix::sys::signal::kill(pid, Signal::SIGUSR1);
-            std::thread::sleep(Duration::from_millis(3));
-        }
-    })
-}
-
 #[test]
 fn a_reader_of_an_atomic_dir_never_mixes_two_tokens() {
     let server = FaultServer::start(Some(3600));
@@ -68,7 +59,7 @@ fn a_reader_of_an_atomic_dir_never_mixes_two_tokens() {
             (consistent_reads, versions.len())
         })
     };
-    let spammer = spam_usr1(daemon.pid(), stop.clone());
+    let spammer = spam_usr1(daemon.pid(), Duration::from_millis(3), stop.clone());
     wait_until("300 rotations", Duration::from_secs(60), || {
         server.count() >= 300
     });
@@ -218,7 +209,7 @@ struct ApiLog {
 
 /// A stand-in for the Kubernetes API server: it accepts exactly the
 /// server-side apply tokenkeeper must send, and records it.
-fn kube_standin(log: Arc<Mutex<ApiLog>>) -> String {
+fn kube_standin(log: Arc<Mutex<ApiLog>>) -> LocalHttp {
     async fn handler(
         axum::extract::State(log): axum::extract::State<Arc<Mutex<ApiLog>>>,
         method: axum::http::Method,
@@ -252,20 +243,7 @@ fn kube_standin(log: Arc<Mutex<ApiLog>>) -> String {
         axum::Json(serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default())
             .into_response()
     }
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = axum::Router::new().fallback(handler).with_state(log);
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let _ = axum::serve(tokio::net::TcpListener::from_std(listener).unwrap(), app).await;
-        });
-    });
-    base
+    LocalHttp::serve(|_| axum::Router::new().fallback(handler).with_state(log))
 }
 
 #[test]
@@ -277,7 +255,8 @@ fn a_kubernetes_secret_by_server_side_apply() {
     let sb = Sandbox::new();
     sb.write("sa-token", "sa-token-123\n");
     sb.write_config(&(client("a", &server.url, "") + &format!(
-        "[[clients.a.outputs]]\ntype = \"kubernetes_secret\"\napi_server = \"{api}\"\ntoken_file = \"sa-token\"\nnamespace = \"team-a\"\nname = \"api-token\"\nkey = \"token\"\n"
+        "[[clients.a.outputs]]\ntype = \"kubernetes_secret\"\napi_server = \"{}\"\ntoken_file = \"sa-token\"\nnamespace = \"team-a\"\nname = \"api-token\"\nkey = \"token\"\n",
+        api.base
     )));
     let (code, _, stderr) = sb.run(&["once"]);
     assert_eq!(code, 0, "{stderr}");

@@ -293,7 +293,7 @@ async fn strict_handler(
 struct StrictServer {
     base: String,
     state: Arc<Mutex<Strict>>,
-    _thread: std::thread::JoinHandle<()>,
+    _http: LocalHttp,
 }
 
 impl StrictServer {
@@ -302,26 +302,15 @@ impl StrictServer {
             lifetime,
             ..Strict::default()
         }));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let app = axum::Router::new()
-            .fallback(strict_handler)
-            .with_state((state.clone(), base.clone()));
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let _ = axum::serve(listener, app).await;
-            });
+        let http = LocalHttp::serve(|base| {
+            axum::Router::new()
+                .fallback(strict_handler)
+                .with_state((state.clone(), base.to_string()))
         });
         StrictServer {
-            base,
+            base: http.base.clone(),
             state,
-            _thread: thread,
+            _http: http,
         }
     }
 

@@ -33,7 +33,7 @@ struct Chain {
 struct ChainServer {
     url: String,
     chain: Arc<Mutex<Chain>>,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
+    _http: LocalHttp,
 }
 
 async fn chain_handler(
@@ -104,31 +104,15 @@ impl ChainServer {
             .unwrap()
             .issued
             .insert(first.to_string(), (None, false));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let url = format!("http://{}/token", listener.local_addr().unwrap());
-        let app = axum::Router::new()
-            .fallback(axum::routing::post(chain_handler))
-            .with_state(chain.clone());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = rx.await;
-                    })
-                    .await;
-            });
+        let http = LocalHttp::serve(|_| {
+            axum::Router::new()
+                .fallback(axum::routing::post(chain_handler))
+                .with_state(chain.clone())
         });
         ChainServer {
-            url,
+            url: format!("{}/token", http.base),
             chain,
-            _shutdown: tx,
+            _http: http,
         }
     }
 }
@@ -150,15 +134,7 @@ fn hundreds_of_kill_9_during_refresh_token_rotation_never_replay_or_break_the_ch
         let daemon = sb.start();
         daemon.wait_log("tokenkeeper started", 1);
         let stop = Arc::new(AtomicBool::new(false));
-        let spammer = {
-            let (pid, stop) = (daemon.pid(), stop.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let _ = nix::sys::signal::kill(pid, Signal::SIGUSR1);
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-            })
-        };
+        let spammer = spam_usr1(daemon.pid(), Duration::from_millis(2), stop.clone());
         std::thread::sleep(Duration::from_millis(rng.random_range(5..80)));
         stop.store(true, Ordering::Relaxed);
         spammer.join().unwrap();

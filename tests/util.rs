@@ -699,14 +699,76 @@ struct FaultState {
     requests: Vec<Recorded>,
 }
 
+/// An axum app on 127.0.0.1, served from a thread of its own until dropped.
+pub struct LocalHttp {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LocalHttp {
+    /// Serves the app that `app` builds from the server's base address.
+    pub fn serve(app: impl FnOnce(&str) -> axum::Router) -> LocalHttp {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = app(&base);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.await;
+                    })
+                    .await;
+            });
+        });
+        LocalHttp {
+            base,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for LocalHttp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends SIGUSR1 to `pid` every `every` until `stop`.
+pub fn spam_usr1(
+    pid: Pid,
+    every: Duration,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let _ = kill(pid, Signal::SIGUSR1);
+            std::thread::sleep(every);
+        }
+    })
+}
+
 pub struct FaultServer {
     /// The token endpoint, `http://127.0.0.1:PORT/token`.
     pub url: String,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
     state: Arc<Mutex<FaultState>>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _http: LocalHttp,
 }
 
 pub fn token_text(n: u64, padding: usize) -> String {
@@ -799,34 +861,16 @@ impl FaultServer {
             issued: 0,
             requests: Vec::new(),
         }));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let url = format!("{base}/token");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let app = axum::Router::new()
-            .fallback(fault_handler)
-            .with_state(state.clone());
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = rx.await;
-                    })
-                    .await;
-            });
+        let http = LocalHttp::serve(|_| {
+            axum::Router::new()
+                .fallback(fault_handler)
+                .with_state(state.clone())
         });
         FaultServer {
-            url,
-            base,
+            url: format!("{}/token", http.base),
+            base: http.base.clone(),
             state,
-            shutdown: Some(tx),
-            thread: Some(thread),
+            _http: http,
         }
     }
 
@@ -864,17 +908,6 @@ impl FaultServer {
             .iter()
             .filter(|r| r.path == path)
             .count()
-    }
-}
-
-impl Drop for FaultServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
