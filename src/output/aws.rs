@@ -82,14 +82,7 @@ fn xml_tag<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
 
 impl AwsWriter {
     pub fn new(spec: AwsOutput) -> Result<AwsWriter, String> {
-        let tls = crate::grant::http::tls_config(spec.ca_pem.as_deref())?;
-        let http = reqwest::Client::builder()
-            .user_agent(crate::USER_AGENT)
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(30))
-            .tls_backend_preconfigured(tls)
-            .build()
-            .map_err(|e| format!("cannot set up HTTP client: {e}"))?;
+        let http = super::http_client(spec.ca_pem.as_deref())?;
         Ok(AwsWriter {
             spec,
             http,

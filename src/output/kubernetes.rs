@@ -10,7 +10,6 @@ use crate::token::Token;
 use base64::Engine;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 use url::Url;
 
 pub const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -35,14 +34,7 @@ pub struct KubernetesWriter {
 
 impl KubernetesWriter {
     pub fn new(spec: KubernetesOutput) -> Result<KubernetesWriter, String> {
-        let tls = crate::grant::http::tls_config(spec.ca_pem.as_deref())?;
-        let http = reqwest::Client::builder()
-            .user_agent(crate::USER_AGENT)
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(30))
-            .tls_backend_preconfigured(tls)
-            .build()
-            .map_err(|e| format!("cannot set up HTTP client: {e}"))?;
+        let http = super::http_client(spec.ca_pem.as_deref())?;
         Ok(KubernetesWriter {
             spec,
             http,

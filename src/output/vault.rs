@@ -9,7 +9,6 @@ use crate::token::{Token, rfc3339};
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 use url::Url;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -42,8 +41,6 @@ pub struct VaultWriter {
     login: tokio::sync::Mutex<Option<Secret>>,
 }
 
-const TIMEOUT: Duration = Duration::from_secs(30);
-
 fn read_secret_file(path: &PathBuf) -> Result<Secret, String> {
     let text = crate::fsread::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -73,14 +70,7 @@ fn vault_errors(body: &[u8]) -> String {
 
 impl VaultWriter {
     pub fn new(spec: VaultOutput) -> Result<VaultWriter, String> {
-        let tls = crate::grant::http::tls_config(spec.ca_pem.as_deref())?;
-        let http = reqwest::Client::builder()
-            .user_agent(crate::USER_AGENT)
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(TIMEOUT)
-            .tls_backend_preconfigured(tls)
-            .build()
-            .map_err(|e| format!("cannot set up HTTP client: {e}"))?;
+        let http = super::http_client(spec.ca_pem.as_deref())?;
         Ok(VaultWriter {
             spec,
             http,
