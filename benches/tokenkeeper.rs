@@ -61,6 +61,19 @@ fn cpu_split(pid: u32) -> (f64, f64) {
     (f(11), f(12))
 }
 
+/// RSS and its private (anonymous) part, in MiB, of a process.
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (kib("VmRSS:") / 1024.0, kib("RssAnon:") / 1024.0)
+}
+
 /// (CPU seconds, RSS KiB, peak RSS KiB) of a process, from /proc.
 fn proc_usage(pid: u32) -> (f64, u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -132,7 +145,11 @@ struct SizeResult {
     cpu_per_refresh_us: f64,
     user_cpu_per_refresh_us: f64,
     wall_per_token_us: f64,
+    rss_after_burst_mib: f64,
     idle_rss_mib: f64,
+    /// The anonymous (heap, stacks) part of the idle RSS; the rest is the
+    /// binary's and libraries' pages, shared with other processes.
+    idle_private_mib: f64,
     peak_rss_mib: f64,
     config_edit_to_new_token_ms: f64,
     sigterm_to_exit_ms: f64,
@@ -192,8 +209,13 @@ fn run_size(n: usize, url: &str, count: &Arc<AtomicU64>) -> SizeResult {
     }
     let refreshes = 3.0 * n as f64;
 
+    // right after the burst: the token endpoint's connections still pooled
     std::thread::sleep(Duration::from_secs(2));
-    let (_, rss, peak) = proc_usage(pid);
+    let (burst_rss, _) = rss_mib(pid);
+    // idle, as between refreshes: the pool has closed them
+    std::thread::sleep(tokenkeeper::grant::http::POOL_IDLE + Duration::from_secs(2));
+    let (rss, private) = rss_mib(pid);
+    let (_, _, peak) = proc_usage(pid);
 
     // a config edit (by rename, as editors do) to the new client's token on disk
     let tmp = dir.path().join(".config.toml.new");
@@ -221,7 +243,9 @@ fn run_size(n: usize, url: &str, count: &Arc<AtomicU64>) -> SizeResult {
         cpu_per_refresh_us: cpu / refreshes * 1e6,
         user_cpu_per_refresh_us: user / refreshes * 1e6,
         wall_per_token_us: wall.as_secs_f64() / refreshes * 1e6,
-        idle_rss_mib: rss as f64 / 1024.0,
+        rss_after_burst_mib: burst_rss,
+        idle_rss_mib: rss,
+        idle_private_mib: private,
         peak_rss_mib: peak as f64 / 1024.0,
         config_edit_to_new_token_ms: edit.as_secs_f64() * 1e3,
         sigterm_to_exit_ms: stop.as_secs_f64() * 1e3,
@@ -266,12 +290,12 @@ fn main() {
     let shell = shell_loop(&url, 200);
 
     println!(
-        "\n| clients | start → all written | refreshes/s | CPU per refresh (user) | wall per token | idle RSS | peak RSS | config edit → new token | SIGTERM → exit |"
+        "\n| clients | start → all written | refreshes/s | CPU per refresh (user) | wall per token | idle RSS (private) | RSS after a burst | peak RSS | config edit → new token | SIGTERM → exit |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &results {
         println!(
-            "| {} | {:.2} s | {:.0} | {:.0} µs ({:.0} µs) | {:.0} µs | {:.1} MiB | {:.1} MiB | {:.0} ms | {:.0} ms |",
+            "| {} | {:.2} s | {:.0} | {:.0} µs ({:.0} µs) | {:.0} µs | {:.1} MiB ({:.1}) | {:.1} MiB | {:.1} MiB | {:.0} ms | {:.0} ms |",
             r.clients,
             r.start_to_all_written_s,
             r.refreshes_per_s,
@@ -279,6 +303,8 @@ fn main() {
             r.user_cpu_per_refresh_us,
             r.wall_per_token_us,
             r.idle_rss_mib,
+            r.idle_private_mib,
+            r.rss_after_burst_mib,
             r.peak_rss_mib,
             r.config_edit_to_new_token_ms,
             r.sigterm_to_exit_ms

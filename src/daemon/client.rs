@@ -75,7 +75,11 @@ pub fn resume(state: Option<&StateStore>, spec: &ClientSpec, now: SystemTime) ->
 }
 
 impl<S: TokenSource> ClientTask<S> {
-    pub async fn run(mut self, start: Start) {
+    /// The task. A cached token is published before the future is built, so
+    /// the future carries none of `start`; and `run` is not an `async fn`,
+    /// whose arguments the future would hold twice (rust-lang/rust#62958):
+    /// with thousands of clients, every byte of an idle task counts.
+    pub fn run(mut self, start: Start) -> impl Future<Output = ()> {
         let name = self.spec.name.clone();
         let mut current: Option<Arc<Token>> = None;
         let mut refresh_token: Option<Secret> = start.resume.refresh_token;
@@ -105,135 +109,141 @@ impl<S: TokenSource> ClientTask<S> {
         let mut failures: u32 = 0;
         let mut warned_basis = false;
         let mut refresh_open = true;
-        loop {
-            // sleep until `next`, a forced refresh, or shutdown
+        async move {
             loop {
-                let now = self.clock.now();
-                let Ok(wait) = next.duration_since(now) else {
-                    break;
-                };
-                if wait.is_zero() {
-                    break;
-                }
-                tokio::select! {
-                    _ = self.cancel.cancelled() => return,
-                    changed = self.refresh_now.changed(), if refresh_open => match changed {
-                        Ok(()) => {
-                            tracing::info!(client = %name, "refresh requested");
-                            next = self.clock.now();
-                        }
-                        Err(_) => refresh_open = false,
-                    },
-                    _ = tokio::time::sleep(wait.min(MAX_SLEEP)) => {}
-                }
-            }
-
-            if let Some((newer, issued)) = self.newer_refresh_token(known_issue).await {
-                tracing::info!(client = %name, "using a newer refresh token from state_dir (written by another tokenkeeper command)");
-                refresh_token = Some(newer);
-                known_issue = Some(issued);
-            }
-            let slot = tokio::select! {
-                _ = self.cancel.cancelled() => return,
-                slot = self.slots.clone().acquire_owned() => slot,
-            };
-            let started = self.clock.now();
-            let result = tokio::select! {
-                _ = self.cancel.cancelled() => return,
-                // boxed: the HTTP future is large, and an idle task should not carry it
-                r = Box::pin(crate::grant::obtain(&*self.source, &self.spec.request, refresh_token.as_ref(), started)) => r,
-            };
-            drop(slot);
-            let took = self.clock.now().duration_since(started).unwrap_or_default();
-            let label = Metrics::client(&name);
-            self.metrics
-                .request_duration
-                .get_or_create(&label)
-                .observe(took.as_secs_f64());
-            match result {
-                Ok(token) => {
-                    refresh_token = token.refresh_token.clone();
-                    known_issue = Some(token.issued_at);
-                    // persist before publishing: a rotated refresh token must
-                    // survive a crash right after this point
-                    self.persist(&token).await;
-                    let token = Arc::new(token);
-                    self.record_token(&token);
-                    self.metrics.refreshes.get_or_create(&label).inc();
-                    self.metrics
-                        .last_success
-                        .get_or_create(&label)
-                        .set(crate::token::unix_millis(token.issued_at) as f64 / 1000.0);
-                    self.metrics
-                        .consecutive_failures
-                        .get_or_create(&label)
-                        .set(0);
-                    self.metrics.needs_attention.get_or_create(&label).set(0);
-                    let _ = self.publish.send(Some(token.clone()));
-                    failures = 0;
-                    let plan = self.plan(&token);
-                    next = plan.at;
-                    let lifetime = token.lifetime();
-                    tracing::info!(
-                        client = %name,
-                        expires_at = %rfc3339(token.expires_at),
-                        lifetime_s = lifetime.as_secs(),
-                        next_refresh_in_s = next.duration_since(self.clock.now()).unwrap_or_default().as_secs(),
-                        duration_ms = took.as_millis() as u64,
-                        "token refreshed"
-                    );
-                    if plan.basis != RefreshBasis::Policy && !warned_basis {
-                        warned_basis = true;
-                        let why = match plan.basis {
-                            RefreshBasis::MinInterval => {
-                                "refreshing no sooner than min_interval after issue"
-                            }
-                            _ => "refresh_before exceeds the lifetime; refreshing by refresh_ratio",
-                        };
-                        tracing::warn!(client = %name, lifetime_s = lifetime.as_secs(), "short token lifetime: {why}");
+                // sleep until `next`, a forced refresh, or shutdown
+                loop {
+                    let now = self.clock.now();
+                    let Ok(wait) = next.duration_since(now) else {
+                        break;
+                    };
+                    if wait.is_zero() {
+                        break;
                     }
-                    self.board.update(&name, |s| {
-                        s.last_refresh = Some(unix_seconds(token.issued_at));
-                        s.expires_at = Some(unix_seconds(token.expires_at));
-                        s.next_refresh = Some(unix_seconds(next));
-                        s.consecutive_failures = 0;
-                        s.last_error = None;
-                        s.needs_attention = false;
-                    });
-                    current = Some(token);
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return,
+                        changed = self.refresh_now.changed(), if refresh_open => match changed {
+                            Ok(()) => {
+                                tracing::info!(client = %name, "refresh requested");
+                                next = self.clock.now();
+                            }
+                            Err(_) => refresh_open = false,
+                        },
+                        _ = tokio::time::sleep(wait.min(MAX_SLEEP)) => {}
+                    }
                 }
-                Err(error) => {
-                    failures = failures.saturating_add(1);
-                    let delay = schedule::retry_delay(
-                        failures,
-                        error.class,
-                        error.retry_after,
-                        &self.spec.policy,
-                        (self.jitter)(),
-                    );
-                    next = self.clock.now() + delay;
-                    self.metrics
-                        .failures
-                        .get_or_create(&ReasonLabels {
-                            client: name.clone(),
-                            reason: error.reason.as_str().into(),
-                        })
-                        .inc();
-                    self.metrics
-                        .consecutive_failures
-                        .get_or_create(&label)
-                        .set(failures as i64);
-                    self.metrics
-                        .needs_attention
-                        .get_or_create(&label)
-                        .set(error.is_permanent() as i64);
-                    self.report_failure(&error, failures, delay, current.as_deref());
-                    self.board.update(&name, |s| {
-                        s.consecutive_failures = failures;
-                        s.last_error = Some(error.message.clone());
-                        s.needs_attention = error.is_permanent();
-                        s.next_refresh = Some(unix_seconds(next));
-                    });
+
+                // boxed, like every large await here: an idle task should be small
+                if let Some((newer, issued)) = Box::pin(self.newer_refresh_token(known_issue)).await
+                {
+                    tracing::info!(client = %name, "using a newer refresh token from state_dir (written by another tokenkeeper command)");
+                    refresh_token = Some(newer);
+                    known_issue = Some(issued);
+                }
+                let slot = tokio::select! {
+                    _ = self.cancel.cancelled() => return,
+                    slot = self.slots.clone().acquire_owned() => slot,
+                };
+                let started = self.clock.now();
+                let result = tokio::select! {
+                    _ = self.cancel.cancelled() => return,
+                    // boxed: the HTTP future is large, and an idle task should not carry it
+                    r = Box::pin(crate::grant::obtain(&*self.source, &self.spec.request, refresh_token.as_ref(), started)) => r,
+                };
+                drop(slot);
+                let took = self.clock.now().duration_since(started).unwrap_or_default();
+                let label = Metrics::client(&name);
+                self.metrics
+                    .request_duration
+                    .get_or_create(&label)
+                    .observe(took.as_secs_f64());
+                match result {
+                    Ok(token) => {
+                        refresh_token = token.refresh_token.clone();
+                        known_issue = Some(token.issued_at);
+                        // persist before publishing: a rotated refresh token must
+                        // survive a crash right after this point
+                        Box::pin(self.persist(&token)).await;
+                        let token = Arc::new(token);
+                        self.record_token(&token);
+                        self.metrics.refreshes.get_or_create(&label).inc();
+                        self.metrics
+                            .last_success
+                            .get_or_create(&label)
+                            .set(crate::token::unix_millis(token.issued_at) as f64 / 1000.0);
+                        self.metrics
+                            .consecutive_failures
+                            .get_or_create(&label)
+                            .set(0);
+                        self.metrics.needs_attention.get_or_create(&label).set(0);
+                        let _ = self.publish.send(Some(token.clone()));
+                        failures = 0;
+                        let plan = self.plan(&token);
+                        next = plan.at;
+                        let lifetime = token.lifetime();
+                        tracing::info!(
+                            client = %name,
+                            expires_at = %rfc3339(token.expires_at),
+                            lifetime_s = lifetime.as_secs(),
+                            next_refresh_in_s = next.duration_since(self.clock.now()).unwrap_or_default().as_secs(),
+                            duration_ms = took.as_millis() as u64,
+                            "token refreshed"
+                        );
+                        if plan.basis != RefreshBasis::Policy && !warned_basis {
+                            warned_basis = true;
+                            let why = match plan.basis {
+                                RefreshBasis::MinInterval => {
+                                    "refreshing no sooner than min_interval after issue"
+                                }
+                                _ => {
+                                    "refresh_before exceeds the lifetime; refreshing by refresh_ratio"
+                                }
+                            };
+                            tracing::warn!(client = %name, lifetime_s = lifetime.as_secs(), "short token lifetime: {why}");
+                        }
+                        self.board.update(&name, |s| {
+                            s.last_refresh = Some(unix_seconds(token.issued_at));
+                            s.expires_at = Some(unix_seconds(token.expires_at));
+                            s.next_refresh = Some(unix_seconds(next));
+                            s.consecutive_failures = 0;
+                            s.last_error = None;
+                            s.needs_attention = false;
+                        });
+                        current = Some(token);
+                    }
+                    Err(error) => {
+                        failures = failures.saturating_add(1);
+                        let delay = schedule::retry_delay(
+                            failures,
+                            error.class,
+                            error.retry_after,
+                            &self.spec.policy,
+                            (self.jitter)(),
+                        );
+                        next = self.clock.now() + delay;
+                        self.metrics
+                            .failures
+                            .get_or_create(&ReasonLabels {
+                                client: name.clone(),
+                                reason: error.reason.as_str().into(),
+                            })
+                            .inc();
+                        self.metrics
+                            .consecutive_failures
+                            .get_or_create(&label)
+                            .set(failures as i64);
+                        self.metrics
+                            .needs_attention
+                            .get_or_create(&label)
+                            .set(error.is_permanent() as i64);
+                        self.report_failure(&error, failures, delay, current.as_deref());
+                        self.board.update(&name, |s| {
+                            s.consecutive_failures = failures;
+                            s.last_error = Some(error.message.clone());
+                            s.needs_attention = error.is_permanent();
+                            s.next_refresh = Some(unix_seconds(next));
+                        });
+                    }
                 }
             }
         }

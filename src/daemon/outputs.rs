@@ -6,6 +6,7 @@
 //! `[daemon] check_outputs` by one `lstat`: one that was removed, replaced or
 //! re-moded behind the daemon's back is written again.
 
+use crate::config::ClientSpec;
 use crate::output::{Layout, OutputKind, OutputSpec, Stamp, WriteOutcome, Writer};
 use crate::schedule::{FailureClass, Policy, retry_delay};
 use crate::telemetry::metrics::{Metrics, OutputLabels};
@@ -66,133 +67,147 @@ pub struct OutputContext {
     pub check_every: Duration,
 }
 
-pub async fn run_output(
-    client: String,
-    spec: OutputSpec,
+/// The worker of `client.outputs[index]`. It shares the client's spec rather
+/// than holding a copy: with thousands of clients, every byte of a worker's
+/// state is paid thousands of times (and so it is not an `async fn`, whose
+/// future would hold its arguments twice: rust-lang/rust#62958).
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn holds its arguments twice"
+)]
+pub fn run_output(
+    client: Arc<ClientSpec>,
+    index: usize,
     ctx: OutputContext,
     mut tokens: watch::Receiver<Option<Arc<Token>>>,
     board: Arc<StatusBoard>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
-) {
-    let label = spec.label();
-    let series = OutputLabels {
-        client: client.clone(),
-        output: label.clone(),
-    };
-    if let OutputKind::File(file) = &spec.kind {
-        if file.layout == Layout::File {
-            let path = file.path.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                crate::output::file::remove_stale_temp_files(&path)
-            })
-            .await;
-        }
-    }
-    let writer = match Writer::new(&spec) {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::error!(client = %client, output = %label, "cannot set up the output: {e}");
-            board.update(&client, |s| {
-                let o = s.outputs.entry(label.clone()).or_default();
-                o.ok = false;
-                o.last_error = Some(e.clone());
-            });
+) -> impl Future<Output = ()> {
+    async move {
+        let Some(spec) = client.outputs.get(index) else {
             return;
-        }
-    };
-
-    tokens.mark_changed();
-    let mut failures: u32 = 0;
-    let mut retry: Option<Duration> = None;
-    // after a good write: what the output looked like then (`Some(None)`:
-    // missing already); `None` when it is not checked or nothing was written
-    let mut stamp: Option<Option<Stamp>> = None;
-    loop {
-        let check_in = ctx.check_every.mul_f64(0.9 + rand::random::<f64>() * 0.2);
-        let wake = match (retry, stamp.is_some() && !check_in.is_zero()) {
-            (Some(delay), _) => tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(delay) => Some(Wake::Write),
-                r = tokens.changed() => r.is_ok().then_some(Wake::Write),
-            },
-            (None, true) => tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(check_in) => Some(Wake::Check),
-                r = tokens.changed() => r.is_ok().then_some(Wake::Write),
-            },
-            (None, false) => tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = tokens.changed() => r.is_ok().then_some(Wake::Write),
-            },
         };
-        let Some(wake) = wake else { return };
-        if let Wake::Check = wake {
-            if stamp == Some(writer.stamp().await) {
-                continue;
+        let client = &client.name;
+        let label = spec.label();
+        let series = OutputLabels {
+            client: client.clone(),
+            output: label.clone(),
+        };
+        if let OutputKind::File(file) = &spec.kind {
+            if file.layout == Layout::File {
+                let path = file.path.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    crate::output::file::remove_stale_temp_files(&path)
+                })
+                .await;
             }
         }
-        let Some(token) = tokens.borrow_and_update().clone() else {
-            continue;
-        };
-        if !ctx.min_valid.is_zero() && token.remaining(SystemTime::now()) < ctx.min_valid {
-            tracing::warn!(client = %client, output = %label, "not writing a token with less than min_valid left; waiting for a fresher one");
-            retry = None;
-            stamp = None;
-            continue;
-        }
-        match Box::pin(writer.write_stamped(&token)).await {
-            Ok((outcome, written)) => {
-                failures = 0;
-                retry = None;
-                stamp = writer.is_checked().then_some(written);
-                let mut problems = Vec::new();
-                if outcome == WriteOutcome::Written {
-                    if let Wake::Check = wake {
-                        tracing::warn!(client = %client, output = %label, "the output was removed or changed on disk; written again");
-                    } else {
-                        tracing::debug!(client = %client, output = %label, "written");
-                    }
-                    metrics.output_writes.get_or_create(&series).inc();
-                    problems = Box::pin(run_hooks(&client, &spec, &token)).await;
-                    if !problems.is_empty() {
-                        metrics
-                            .hook_failures
-                            .get_or_create(&series)
-                            .inc_by(problems.len() as u64);
-                    }
-                }
-                board.update(&client, |s| {
-                    let o = s.outputs.entry(label.clone()).or_default();
-                    o.ok = true;
-                    o.last_error = None;
-                    o.last_write = Some(crate::token::unix_seconds(SystemTime::now()));
-                    if !problems.is_empty() {
-                        o.hook_failures += problems.len() as u64;
-                        o.last_hook_error = problems.last().cloned();
-                    }
-                });
-            }
+        let writer = match Writer::new(spec) {
+            Ok(w) => w,
             Err(e) => {
-                metrics.output_failures.get_or_create(&series).inc();
-                failures = failures.saturating_add(1);
-                let delay = retry_delay(
-                    failures,
-                    FailureClass::Transient,
-                    None,
-                    &output_retry_policy(),
-                    rand::random(),
-                );
-                tracing::warn!(
-                    client = %client, output = %label, failures, retry_in_s = delay.as_secs_f64(),
-                    "cannot write output: {e}; the previous content stays in place"
-                );
-                board.update(&client, |s| {
+                tracing::error!(client = %client, output = %label, "cannot set up the output: {e}");
+                board.update(client, |s| {
                     let o = s.outputs.entry(label.clone()).or_default();
                     o.ok = false;
                     o.last_error = Some(e.clone());
                 });
-                retry = Some(delay);
+                return;
+            }
+        };
+
+        tokens.mark_changed();
+        let mut failures: u32 = 0;
+        let mut retry: Option<Duration> = None;
+        // after a good write: what the output looked like then (`Some(None)`:
+        // missing already); `None` when it is not checked or nothing was written
+        let mut stamp: Option<Option<Stamp>> = None;
+        loop {
+            let check_in = ctx.check_every.mul_f64(0.9 + rand::random::<f64>() * 0.2);
+            let wake = match (retry, stamp.is_some() && !check_in.is_zero()) {
+                (Some(delay), _) => tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => Some(Wake::Write),
+                    r = tokens.changed() => r.is_ok().then_some(Wake::Write),
+                },
+                (None, true) => tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(check_in) => Some(Wake::Check),
+                    r = tokens.changed() => r.is_ok().then_some(Wake::Write),
+                },
+                (None, false) => tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    r = tokens.changed() => r.is_ok().then_some(Wake::Write),
+                },
+            };
+            let Some(wake) = wake else { return };
+            if let Wake::Check = wake {
+                if stamp == Some(writer.stamp().await) {
+                    continue;
+                }
+            }
+            let Some(token) = tokens.borrow_and_update().clone() else {
+                continue;
+            };
+            if !ctx.min_valid.is_zero() && token.remaining(SystemTime::now()) < ctx.min_valid {
+                tracing::warn!(client = %client, output = %label, "not writing a token with less than min_valid left; waiting for a fresher one");
+                retry = None;
+                stamp = None;
+                continue;
+            }
+            match Box::pin(writer.write_stamped(&token)).await {
+                Ok((outcome, written)) => {
+                    failures = 0;
+                    retry = None;
+                    stamp = writer.is_checked().then_some(written);
+                    let mut problems = Vec::new();
+                    if outcome == WriteOutcome::Written {
+                        if let Wake::Check = wake {
+                            tracing::warn!(client = %client, output = %label, "the output was removed or changed on disk; written again");
+                        } else {
+                            tracing::debug!(client = %client, output = %label, "written");
+                        }
+                        metrics.output_writes.get_or_create(&series).inc();
+                        problems = Box::pin(run_hooks(client, spec, &token)).await;
+                        if !problems.is_empty() {
+                            metrics
+                                .hook_failures
+                                .get_or_create(&series)
+                                .inc_by(problems.len() as u64);
+                        }
+                    }
+                    board.update(client, |s| {
+                        let o = s.outputs.entry(label.clone()).or_default();
+                        o.ok = true;
+                        o.last_error = None;
+                        o.last_write = Some(crate::token::unix_seconds(SystemTime::now()));
+                        if !problems.is_empty() {
+                            o.hook_failures += problems.len() as u64;
+                            o.last_hook_error = problems.last().cloned();
+                        }
+                    });
+                }
+                Err(e) => {
+                    metrics.output_failures.get_or_create(&series).inc();
+                    failures = failures.saturating_add(1);
+                    let delay = retry_delay(
+                        failures,
+                        FailureClass::Transient,
+                        None,
+                        &output_retry_policy(),
+                        rand::random(),
+                    );
+                    tracing::warn!(
+                        client = %client, output = %label, failures, retry_in_s = delay.as_secs_f64(),
+                        "cannot write output: {e}; the previous content stays in place"
+                    );
+                    board.update(client, |s| {
+                        let o = s.outputs.entry(label.clone()).or_default();
+                        o.ok = false;
+                        o.last_error = Some(e.clone());
+                    });
+                    retry = Some(delay);
+                }
             }
         }
     }

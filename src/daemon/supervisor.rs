@@ -86,10 +86,10 @@ impl<S: TokenSource> Supervisor<S> {
         let resume = resume(self.state.as_ref(), &spec, self.clock.now());
         let (publish, _) = watch::channel(None);
         let mut tasks = Vec::new();
-        for output in &spec.outputs {
+        for index in 0..spec.outputs.len() {
             tasks.push(tokio::spawn(run_output(
-                spec.name.clone(),
-                output.clone(),
+                spec.clone(),
+                index,
                 OutputContext {
                     min_valid: spec.policy.min_valid,
                     check_every: self.check_outputs,
@@ -113,9 +113,8 @@ impl<S: TokenSource> Supervisor<S> {
             refresh_now: self.refresh_tx.subscribe(),
             cancel: cancel.clone(),
         };
-        let expected = spec.outputs.len();
-        self.board
-            .update(&spec.name, |s| s.expected_outputs = expected);
+        let labels: Vec<String> = spec.outputs.iter().map(|o| o.label()).collect();
+        self.board.set_outputs(&spec.name, &labels);
         tasks.push(tokio::spawn(task.run(Start { resume, force })));
         self.running.insert(
             spec.name.clone(),

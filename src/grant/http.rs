@@ -203,6 +203,12 @@ impl HttpTokenSource {
             .user_agent(crate::USER_AGENT)
             .redirect(reqwest::redirect::Policy::none())
             .tls_backend_preconfigured(tls)
+            // a refresh burst (start, SIGUSR1, clients sharing a lifetime)
+            // reuses connections within it; between bursts, which are
+            // minutes apart, an idle connection only holds memory and a
+            // socket, and may be closed by the server under us (Node's
+            // default keep-alive is 5 s)
+            .pool_idle_timeout(POOL_IDLE)
             .build()
             .map_err(|e| {
                 FetchError::permanent(Reason::Other, format!("cannot set up HTTP client: {e}"))
@@ -211,6 +217,9 @@ impl HttpTokenSource {
         Ok(client)
     }
 }
+
+/// How long an idle connection to a token endpoint is kept for reuse.
+pub const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// The endpoint as shown in messages: no query string, no user info.
 pub fn endpoint_label(url: &url::Url) -> String {

@@ -192,22 +192,26 @@ pub fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
 }
 
 /// The runtime of one output.
+/// The remote variants are boxed: a file output's worker, the common case
+/// thousands of times over, stays small.
 pub enum Writer {
     File(FileOutput),
-    Vault(vault::VaultWriter),
-    Kubernetes(kubernetes::KubernetesWriter),
-    Aws(aws::AwsWriter),
+    Vault(Box<vault::VaultWriter>),
+    Kubernetes(Box<kubernetes::KubernetesWriter>),
+    Aws(Box<aws::AwsWriter>),
 }
 
 impl Writer {
     pub fn new(spec: &OutputSpec) -> Result<Writer, String> {
         Ok(match &spec.kind {
             OutputKind::File(f) => Writer::File(f.clone()),
-            OutputKind::VaultKv(v) => Writer::Vault(vault::VaultWriter::new(v.clone())?),
+            OutputKind::VaultKv(v) => Writer::Vault(Box::new(vault::VaultWriter::new(v.clone())?)),
             OutputKind::KubernetesSecret(k) => {
-                Writer::Kubernetes(kubernetes::KubernetesWriter::new(k.clone())?)
+                Writer::Kubernetes(Box::new(kubernetes::KubernetesWriter::new(k.clone())?))
             }
-            OutputKind::AwsSecretsManager(a) => Writer::Aws(aws::AwsWriter::new(a.clone())?),
+            OutputKind::AwsSecretsManager(a) => {
+                Writer::Aws(Box::new(aws::AwsWriter::new(a.clone())?))
+            }
         })
     }
 
@@ -230,9 +234,10 @@ impl Writer {
                     Err(e) => Err(format!("write task failed: {e}")),
                 }
             }
-            Writer::Vault(v) => v.write(token).await.map(|o| (o, None)),
-            Writer::Kubernetes(k) => k.write(token).await.map(|o| (o, None)),
-            Writer::Aws(a) => a.write(token).await.map(|o| (o, None)),
+            // boxed: the remote writes' futures are large, a file write's is not
+            Writer::Vault(v) => Box::pin(v.write(token)).await.map(|o| (o, None)),
+            Writer::Kubernetes(k) => Box::pin(k.write(token)).await.map(|o| (o, None)),
+            Writer::Aws(a) => Box::pin(a.write(token)).await.map(|o| (o, None)),
         }
     }
 

@@ -11,16 +11,17 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 fn status_line(board: &StatusBoard, now: i64) -> (bool, String) {
-    let clients = board.snapshot();
-    let ready = readiness(&clients, now).is_ok();
-    let healthy = clients
-        .iter()
-        .filter(|(_, s)| s.expires_at.is_some_and(|e| e > now) && s.outputs.values().all(|o| o.ok))
-        .count();
-    (
-        ready,
-        format!("{healthy}/{} clients healthy", clients.len()),
-    )
+    board.read(|clients| {
+        let ready = readiness(clients, now).is_ok();
+        let healthy = clients
+            .values()
+            .filter(|s| s.expires_at.is_some_and(|e| e > now) && s.outputs.values().all(|o| o.ok))
+            .count();
+        (
+            ready,
+            format!("{healthy}/{} clients healthy", clients.len()),
+        )
+    })
 }
 
 pub async fn run(board: Arc<StatusBoard>, ready_timeout: Duration, cancel: CancellationToken) {

@@ -3,7 +3,7 @@
 //! every output) and `/status` (JSON; never a token).
 
 use super::metrics::Metrics;
-use super::status::{ClientStatus, StatusBoard, StatusFile};
+use super::status::{ClientStatus, StatusBoard};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -93,22 +93,19 @@ async fn metrics_text(State(s): State<Shared>) -> impl IntoResponse {
 }
 
 async fn healthz(State(s): State<Shared>) -> axum::response::Response {
-    verdict(health(&s.board.snapshot()))
+    verdict(s.board.read(health))
 }
 
 async fn readyz(State(s): State<Shared>) -> axum::response::Response {
-    verdict(readiness(
-        &s.board.snapshot(),
-        crate::token::unix_seconds(std::time::SystemTime::now()),
-    ))
+    let now = crate::token::unix_seconds(std::time::SystemTime::now());
+    verdict(s.board.read(|clients| readiness(clients, now)))
 }
 
 async fn status(State(s): State<Shared>) -> impl IntoResponse {
-    axum::Json(StatusFile {
-        pid: std::process::id(),
-        written_at: crate::token::unix_seconds(std::time::SystemTime::now()),
-        clients: s.board.snapshot(),
-    })
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        s.board.to_json(),
+    )
 }
 
 /// Binds `addr` and serves until `cancel`.

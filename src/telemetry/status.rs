@@ -3,6 +3,7 @@
 //! `tokenkeeper status` reads.
 
 use crate::output::file::{FileOptions, write_atomic};
+use litemap::LiteMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,14 +36,27 @@ pub struct ClientStatus {
     /// How many outputs the client has (for readiness).
     #[serde(default)]
     pub expected_outputs: usize,
-    pub outputs: BTreeMap<String, OutputStatus>,
+    /// By output label. A sorted `Vec` (a client has one to a few outputs,
+    /// and a `BTreeMap` node is ~1 KiB), a JSON object like a map.
+    pub outputs: LiteMap<String, OutputStatus>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct StatusFile {
+pub struct StatusFile<C = BTreeMap<String, ClientStatus>> {
     pub pid: u32,
     pub written_at: i64,
-    pub clients: BTreeMap<String, ClientStatus>,
+    pub clients: C,
+}
+
+impl<C> StatusFile<C> {
+    /// This process's status as of now.
+    pub fn now(clients: C) -> StatusFile<C> {
+        StatusFile {
+            pid: std::process::id(),
+            written_at: crate::token::unix_seconds(std::time::SystemTime::now()),
+            clients,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -60,6 +74,18 @@ impl StatusBoard {
         self.changed.notify_one();
     }
 
+    /// A client (re)starts with these outputs: it keeps the status of those
+    /// it still has and forgets the others, which would otherwise count
+    /// towards readiness forever.
+    pub fn set_outputs(&self, client: &str, labels: &[String]) {
+        self.update(client, |s| {
+            s.outputs.retain(|label, _| labels.contains(label));
+            s.outputs
+                .reserve(labels.len().saturating_sub(s.outputs.len()));
+            s.expected_outputs = labels.len();
+        });
+    }
+
     pub fn remove(&self, client: &str) {
         self.clients
             .lock()
@@ -68,11 +94,22 @@ impl StatusBoard {
         self.changed.notify_one();
     }
 
+    /// Reads the board under its lock (no copy: with thousands of clients a
+    /// copy is megabytes, and readiness is checked twice a second).
+    pub fn read<R>(&self, f: impl FnOnce(&BTreeMap<String, ClientStatus>) -> R) -> R {
+        f(&self.clients.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// A copy of the board.
+    #[cfg(test)]
     pub fn snapshot(&self) -> BTreeMap<String, ClientStatus> {
-        self.clients
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.read(Clone::clone)
+    }
+
+    /// The status file's JSON as of now.
+    pub fn to_json(&self) -> Vec<u8> {
+        self.read(|clients| serde_json::to_vec(&StatusFile::now(clients)))
+            .unwrap_or_default()
     }
 
     /// Writes the board to `path` whenever it changes (at most once a second)
@@ -89,13 +126,8 @@ impl StatusBoard {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
-            let file = StatusFile {
-                pid: std::process::id(),
-                written_at: crate::token::unix_seconds(std::time::SystemTime::now()),
-                clients: self.snapshot(),
-            };
-            let path2 = path.clone();
-            let result = tokio::task::spawn_blocking(move || write_status(&path2, &file)).await;
+            let (path2, json) = (path.clone(), self.to_json());
+            let result = tokio::task::spawn_blocking(move || write_status(&path2, &json)).await;
             if let Ok(Err(e)) = result {
                 tracing::warn!(error = %e, "cannot write the status file");
             }
@@ -106,11 +138,10 @@ impl StatusBoard {
     }
 }
 
-pub fn write_status(path: &Path, file: &StatusFile) -> std::io::Result<()> {
-    let text = serde_json::to_string(file).map_err(std::io::Error::other)?;
+pub fn write_status(path: &Path, json: &[u8]) -> std::io::Result<()> {
     write_atomic(
         path,
-        text.as_bytes(),
+        json,
         &FileOptions {
             mode: 0o644,
             owner: None,
@@ -124,4 +155,50 @@ pub fn read_status(path: &Path) -> std::io::Result<StatusFile> {
     let bytes = std::fs::read(path)?;
     serde_json::from_slice(&bytes)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restarted_client_keeps_only_the_outputs_it_still_has() {
+        let board = StatusBoard::default();
+        let labels = ["file /a".to_string(), "file /b".to_string()];
+        board.set_outputs("c", &labels);
+        for label in &labels {
+            board.update("c", |s| {
+                s.outputs.entry(label.clone()).or_default().ok = true
+            });
+        }
+        board.set_outputs("c", &["file /b".to_string(), "file /c".to_string()]);
+        let s = &board.snapshot()["c"];
+        assert_eq!(s.expected_outputs, 2);
+        assert_eq!(
+            s.outputs
+                .iter()
+                .map(|(l, _)| l.as_str())
+                .collect::<Vec<_>>(),
+            ["file /b"]
+        );
+        assert!(s.outputs.get("file /b").is_some_and(|o| o.ok));
+    }
+
+    #[test]
+    fn the_status_json_has_outputs_as_an_object_by_label_and_reads_back() {
+        let board = StatusBoard::default();
+        board.update("c", |s| {
+            s.outputs.entry("file /z".into()).or_default().ok = true;
+            s.outputs.entry("file /a".into()).or_default().last_error = Some("boom".into());
+        });
+        let json: serde_json::Value = serde_json::from_slice(&board.to_json()).unwrap();
+        let outputs = &json["clients"]["c"]["outputs"];
+        assert_eq!(outputs["file /z"]["ok"], true);
+        assert_eq!(outputs["file /a"]["last_error"], "boom");
+        let keys: Vec<&String> = outputs.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["file /a", "file /z"], "sorted by label");
+        let back: StatusFile = serde_json::from_slice(&board.to_json()).unwrap();
+        assert_eq!(back.clients, board.snapshot());
+        assert_eq!(back.pid, std::process::id());
+    }
 }
