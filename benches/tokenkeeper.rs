@@ -212,8 +212,9 @@ fn run_size(n: usize, url: &str, count: &Arc<AtomicU64>) -> SizeResult {
     // right after the burst: the token endpoint's connections still pooled
     std::thread::sleep(Duration::from_secs(2));
     let (burst_rss, _) = rss_mib(pid);
-    // idle, as between refreshes: the pool has closed them
-    std::thread::sleep(tokenkeeper::grant::http::POOL_IDLE + Duration::from_secs(2));
+    // idle, as between refreshes: the pool has closed them, and the daemon
+    // has given the burst's free memory back (daemon::trim)
+    std::thread::sleep(2 * tokenkeeper::daemon::trim::QUIET + Duration::from_secs(1));
     let (rss, private) = rss_mib(pid);
     let (_, _, peak) = proc_usage(pid);
 

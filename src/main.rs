@@ -1,4 +1,5 @@
 fn main() -> std::process::ExitCode {
+    tokenkeeper::daemon::trim::tune_malloc();
     tokenkeeper::install_crypto_provider();
     tokenkeeper::cli::main()
 }

@@ -49,7 +49,8 @@ pub struct ClientTask<S: TokenSource> {
     pub slots: Arc<tokio::sync::Semaphore>,
 }
 
-/// Refreshes in flight at once, across every client of a daemon.
+/// Refreshes in flight at once, across every client of a daemon; a refresh
+/// is in flight from its request until its token is saved.
 pub const REFRESH_SLOTS: usize = 64;
 
 /// How a client task starts.
@@ -140,7 +141,7 @@ impl<S: TokenSource> ClientTask<S> {
                     refresh_token = Some(newer);
                     known_issue = Some(issued);
                 }
-                let slot = tokio::select! {
+                let _slot = tokio::select! {
                     _ = self.cancel.cancelled() => return,
                     slot = self.slots.clone().acquire_owned() => slot,
                 };
@@ -150,7 +151,9 @@ impl<S: TokenSource> ClientTask<S> {
                     // boxed: the HTTP future is large, and an idle task should not carry it
                     r = Box::pin(crate::grant::obtain(&*self.source, &self.spec.request, refresh_token.as_ref(), started)) => r,
                 };
-                drop(slot);
+                // the slot is held until the token is saved (it drops at the
+                // end of this pass): the disk is slower than a fast endpoint,
+                // and a burst must not pile up thousands of unsaved tokens
                 let took = self.clock.now().duration_since(started).unwrap_or_default();
                 let label = Metrics::client(&name);
                 self.metrics

@@ -6,11 +6,13 @@
 //! * [`reload`]: the config diff, and the file watcher.
 //! * [`supervisor`]: signals, reload, shutdown; shared by `run` and `dev`.
 //! * [`once`]: a single pass for `once` and `token`.
+//! * [`trim`]: memory given back to the kernel after a burst of refreshes.
 
 pub mod client;
 pub mod once;
 pub mod outputs;
 pub mod reload;
 pub mod supervisor;
+pub mod trim;
 
 pub use supervisor::run;

@@ -247,6 +247,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tokio::spawn(async move { board.write_loop(path, cancel).await })
     };
 
+    tokio::spawn(super::trim::run(
+        board.clone(),
+        super::trim::QUIET,
+        telemetry_cancel.clone(),
+        super::trim::malloc_trim,
+    ));
+
     let source = Arc::new(HttpTokenSource::new());
     let board_for_notify = board.clone();
     let mut supervisor = Supervisor::new(

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -63,6 +64,8 @@ impl<C> StatusFile<C> {
 pub struct StatusBoard {
     clients: Mutex<BTreeMap<String, ClientStatus>>,
     changed: Notify,
+    /// Bumped on every change (for [`crate::daemon::trim`]).
+    generation: AtomicU64,
 }
 
 impl StatusBoard {
@@ -71,7 +74,13 @@ impl StatusBoard {
             let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
             f(clients.entry(client.to_string()).or_default());
         }
+        self.generation.fetch_add(1, Ordering::Relaxed);
         self.changed.notify_one();
+    }
+
+    /// How many changes the board has seen.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     /// A client (re)starts with these outputs: it keeps the status of those
@@ -79,9 +88,11 @@ impl StatusBoard {
     /// towards readiness forever.
     pub fn set_outputs(&self, client: &str, labels: &[String]) {
         self.update(client, |s| {
+            if s.outputs.is_empty() {
+                // exactly: `reserve` would make room for four
+                s.outputs = LiteMap::with_capacity(labels.len());
+            }
             s.outputs.retain(|label, _| labels.contains(label));
-            s.outputs
-                .reserve(labels.len().saturating_sub(s.outputs.len()));
             s.expected_outputs = labels.len();
         });
     }
