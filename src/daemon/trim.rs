@@ -17,9 +17,14 @@ use tokio_util::sync::CancellationToken;
 /// its connections are gone.
 pub const QUIET: Duration = Duration::from_secs(2 * crate::grant::http::POOL_IDLE.as_secs() + 1);
 
+/// While the board keeps changing (thousands of clients refresh somewhere
+/// every second), trim anyway after this many `quiet` periods.
+const BUSY_PERIODS: u32 = 10;
+
 /// Calls `trim` once after each burst of board changes, when a whole `quiet`
 /// period has passed without one (so between one and two `quiet` periods
-/// after the last change); until `cancel`.
+/// after the last change), and every [`BUSY_PERIODS`] periods while the
+/// changes never stop; until `cancel`.
 pub async fn run(
     board: Arc<StatusBoard>,
     quiet: Duration,
@@ -27,19 +32,24 @@ pub async fn run(
     trim: impl Fn(),
 ) {
     let mut seen = board.generation();
-    let mut pending = false;
+    // periods since the first change not yet followed by a trim
+    let mut pending: Option<u32> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(quiet) => {}
         }
         let now = board.generation();
-        if now != seen {
-            (seen, pending) = (now, true);
-        } else if pending {
-            pending = false;
-            trim();
-        }
+        let changed = now != seen;
+        seen = now;
+        pending = match pending {
+            Some(periods) if !changed || periods + 1 >= BUSY_PERIODS => {
+                trim();
+                None
+            }
+            Some(periods) => Some(periods + 1),
+            None => changed.then_some(0),
+        };
     }
 }
 
@@ -74,7 +84,7 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     #[tokio::test(start_paused = true)]
-    async fn trims_once_after_each_burst_and_never_while_busy_or_idle() {
+    async fn trims_once_after_each_burst_never_while_idle_and_now_and_then_while_busy() {
         let board = Arc::new(StatusBoard::default());
         let trims = Arc::new(AtomicU32::new(0));
         let cancel = CancellationToken::new();
@@ -96,7 +106,7 @@ mod tests {
             board.update("c", |s| s.consecutive_failures += 1);
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        assert_eq!(count(), 0, "not while the burst goes on");
+        assert_eq!(count(), 0, "not during a short burst");
         tokio::time::sleep(Duration::from_secs(13)).await;
         assert_eq!(count(), 1, "once the board has been quiet");
         tokio::time::sleep(Duration::from_secs(120)).await;
@@ -105,6 +115,13 @@ mod tests {
         board.update("c", |s| s.consecutive_failures = 0);
         tokio::time::sleep(Duration::from_secs(13)).await;
         assert_eq!(count(), 2, "the next burst, the next trim");
+
+        // changes that never stop: a trim every BUSY_PERIODS periods (60 s)
+        for _ in 0..200 {
+            board.update("c", |s| s.consecutive_failures += 1);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(count(), 2 + 3, "200 s of changes: three trims");
         cancel.cancel();
         task.await.unwrap();
     }

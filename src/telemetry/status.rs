@@ -102,6 +102,7 @@ impl StatusBoard {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(client);
+        self.generation.fetch_add(1, Ordering::Relaxed);
         self.changed.notify_one();
     }
 
