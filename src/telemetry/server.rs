@@ -101,11 +101,11 @@ async fn readyz(State(s): State<Shared>) -> axum::response::Response {
     verdict(s.board.read(|clients| readiness(clients, now)))
 }
 
-async fn status(State(s): State<Shared>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        s.board.to_json(),
-    )
+async fn status(State(s): State<Shared>) -> axum::response::Response {
+    match s.board.to_json() {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
 }
 
 /// Binds `addr` and serves until `cancel`.

@@ -74,6 +74,10 @@ impl StatusBoard {
             let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
             f(clients.entry(client.to_string()).or_default());
         }
+        self.changed();
+    }
+
+    fn changed(&self) {
         self.generation.fetch_add(1, Ordering::Relaxed);
         self.changed.notify_one();
     }
@@ -102,8 +106,7 @@ impl StatusBoard {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(client);
-        self.generation.fetch_add(1, Ordering::Relaxed);
-        self.changed.notify_one();
+        self.changed();
     }
 
     /// Reads the board under its lock (no copy: with thousands of clients a
@@ -119,9 +122,8 @@ impl StatusBoard {
     }
 
     /// The status file's JSON as of now.
-    pub fn to_json(&self) -> Vec<u8> {
+    pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
         self.read(|clients| serde_json::to_vec(&StatusFile::now(clients)))
-            .unwrap_or_default()
     }
 
     /// Writes the board to `path` whenever it changes (at most once a second)
@@ -138,9 +140,16 @@ impl StatusBoard {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
-            let (path2, json) = (path.clone(), self.to_json());
-            let result = tokio::task::spawn_blocking(move || write_status(&path2, &json)).await;
-            if let Ok(Err(e)) = result {
+            let result = match self.to_json() {
+                Ok(json) => {
+                    let path = path.clone();
+                    tokio::task::spawn_blocking(move || write_status(&path, &json))
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                }
+                Err(e) => Err(std::io::Error::other(e)),
+            };
+            if let Err(e) = result {
                 tracing::warn!(error = %e, "cannot write the status file");
             }
             if stop || cancel.is_cancelled() {
@@ -203,13 +212,13 @@ mod tests {
             s.outputs.entry("file /z".into()).or_default().ok = true;
             s.outputs.entry("file /a".into()).or_default().last_error = Some("boom".into());
         });
-        let json: serde_json::Value = serde_json::from_slice(&board.to_json()).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&board.to_json().unwrap()).unwrap();
         let outputs = &json["clients"]["c"]["outputs"];
         assert_eq!(outputs["file /z"]["ok"], true);
         assert_eq!(outputs["file /a"]["last_error"], "boom");
         let keys: Vec<&String> = outputs.as_object().unwrap().keys().collect();
         assert_eq!(keys, ["file /a", "file /z"], "sorted by label");
-        let back: StatusFile = serde_json::from_slice(&board.to_json()).unwrap();
+        let back: StatusFile = serde_json::from_slice(&board.to_json().unwrap()).unwrap();
         assert_eq!(back.clients, board.snapshot());
         assert_eq!(back.pid, std::process::id());
     }
