@@ -61,48 +61,15 @@ fn cpu_split(pid: u32) -> (f64, f64) {
     (f(11), f(12))
 }
 
-/// RSS and its private (anonymous) part, in MiB, of a process.
-fn rss_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (kib("VmRSS:") / 1024.0, kib("RssAnon:") / 1024.0)
-}
-
-/// (CPU seconds, RSS KiB, peak RSS KiB) of a process, from /proc.
-fn proc_usage(pid: u32) -> (f64, u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(") ")
-        .map(|(_, r)| r.split(' ').collect())
-        .unwrap_or_default();
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    let cpu = (fields
-        .get(11)
-        .and_then(|v| v.parse::<f64>().ok())
+/// A `/proc/<pid>/status` field (VmRSS, RssAnon, VmHWM) in MiB.
+fn status_mib(pid: u32, key: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0))
-        / ticks;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0)
-    };
-    (cpu, kib("VmRSS:"), kib("VmHWM:"))
+        / 1024.0
 }
 
 fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
@@ -183,8 +150,7 @@ fn run_size(n: usize, url: &str, count: &Arc<AtomicU64>) -> SizeResult {
     let (mut wall, mut cpu, mut user) = (Duration::ZERO, 0.0, 0.0);
     for _ in 0..3 {
         let before = count.load(Ordering::Relaxed);
-        let (cpu0, _, _) = proc_usage(pid);
-        let (user0, _) = cpu_split(pid);
+        let (user0, system0) = cpu_split(pid);
         let t0 = Instant::now();
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
@@ -204,19 +170,23 @@ fn run_size(n: usize, url: &str, count: &Arc<AtomicU64>) -> SizeResult {
         });
         wall += t0.elapsed();
         std::thread::sleep(Duration::from_millis(300)); // let the last writes finish before reading CPU
-        cpu += proc_usage(pid).0 - cpu0;
-        user += cpu_split(pid).0 - user0;
+        let (user1, system1) = cpu_split(pid);
+        cpu += user1 + system1 - user0 - system0;
+        user += user1 - user0;
     }
     let refreshes = 3.0 * n as f64;
 
     // right after the burst: the token endpoint's connections still pooled
     std::thread::sleep(Duration::from_secs(2));
-    let (burst_rss, _) = rss_mib(pid);
+    let burst_rss = status_mib(pid, "VmRSS:");
     // idle, as between refreshes: the pool has closed them, and the daemon
     // has given the burst's free memory back (daemon::trim)
     std::thread::sleep(2 * tokenkeeper::daemon::trim::QUIET + Duration::from_secs(1));
-    let (rss, private) = rss_mib(pid);
-    let (_, _, peak) = proc_usage(pid);
+    let (rss, private, peak) = (
+        status_mib(pid, "VmRSS:"),
+        status_mib(pid, "RssAnon:"),
+        status_mib(pid, "VmHWM:"),
+    );
 
     // a config edit (by rename, as editors do) to the new client's token on disk
     let tmp = dir.path().join(".config.toml.new");
@@ -247,7 +217,7 @@ fn run_size(n: usize, url: &str, count: &Arc<AtomicU64>) -> SizeResult {
         rss_after_burst_mib: burst_rss,
         idle_rss_mib: rss,
         idle_private_mib: private,
-        peak_rss_mib: peak as f64 / 1024.0,
+        peak_rss_mib: peak,
         config_edit_to_new_token_ms: edit.as_secs_f64() * 1e3,
         sigterm_to_exit_ms: stop.as_secs_f64() * 1e3,
     }
