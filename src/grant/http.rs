@@ -199,10 +199,7 @@ impl HttpTokenSource {
         }
         let tls = tls_config(ca_pem)
             .map_err(|e| FetchError::permanent(Reason::Other, format!("ca_file: {e}")))?;
-        let client = reqwest::Client::builder()
-            .user_agent(crate::USER_AGENT)
-            .redirect(reqwest::redirect::Policy::none())
-            .tls_backend_preconfigured(tls)
+        let client = client_builder(tls)
             // a refresh burst (start, SIGUSR1, clients sharing a lifetime)
             // reuses connections within it; between bursts, which are
             // minutes apart, an idle connection only holds memory and a
@@ -216,6 +213,16 @@ impl HttpTokenSource {
         clients.insert(key, client.clone());
         Ok(client)
     }
+}
+
+/// Every HTTP client of the daemon (token endpoints, remote outputs): our
+/// user agent, `tls` for trust, and redirects never followed (requests
+/// carry credentials).
+pub fn client_builder(tls: rustls::ClientConfig) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .user_agent(crate::USER_AGENT)
+        .redirect(reqwest::redirect::Policy::none())
+        .tls_backend_preconfigured(tls)
 }
 
 /// How long an idle connection to a token endpoint is kept for reuse.

@@ -182,11 +182,8 @@ impl Stamp {
 /// roots plus the output's `ca_file`, no redirects, 30 s per request.
 pub fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
     let tls = crate::grant::http::tls_config(ca_pem)?;
-    reqwest::Client::builder()
-        .user_agent(crate::USER_AGENT)
-        .redirect(reqwest::redirect::Policy::none())
+    crate::grant::http::client_builder(tls)
         .timeout(std::time::Duration::from_secs(30))
-        .tls_backend_preconfigured(tls)
         .build()
         .map_err(|e| format!("cannot set up HTTP client: {e}"))
 }
