@@ -11,7 +11,7 @@ use crate::grant::{FetchError, GrantSpec, TokenSource};
 use crate::schedule::{self, RefreshBasis};
 use crate::secret::Secret;
 use crate::state::{Resume, StateStore};
-use crate::telemetry::metrics::{Metrics, ReasonLabels};
+use crate::telemetry::metrics::ClientMetrics;
 use crate::telemetry::status::StatusBoard;
 use crate::token::{Token, rfc3339, unix_seconds};
 use std::sync::Arc;
@@ -37,7 +37,8 @@ pub struct ClientTask<S: TokenSource> {
     pub jitter: Jitter,
     pub state: Option<StateStore>,
     pub board: Arc<StatusBoard>,
-    pub metrics: Arc<Metrics>,
+    /// This client's Prometheus series.
+    pub metrics: Arc<ClientMetrics>,
     /// The newest valid token, for the output workers.
     pub publish: watch::Sender<Option<Arc<Token>>>,
     /// Bumped to refresh every client now (SIGUSR1).
@@ -155,11 +156,7 @@ impl<S: TokenSource> ClientTask<S> {
                 // end of this pass): the disk is slower than a fast endpoint,
                 // and a burst must not pile up thousands of unsaved tokens
                 let took = self.clock.now().duration_since(started).unwrap_or_default();
-                let label = Metrics::client(&name);
-                self.metrics
-                    .request_duration
-                    .get_or_create(&label)
-                    .observe(took.as_secs_f64());
+                self.metrics.request(took);
                 match result {
                     Ok(token) => {
                         refresh_token = token.refresh_token.clone();
@@ -169,16 +166,7 @@ impl<S: TokenSource> ClientTask<S> {
                         Box::pin(self.persist(&token)).await;
                         let token = Arc::new(token);
                         self.record_token(&token);
-                        self.metrics.refreshes.get_or_create(&label).inc();
-                        self.metrics
-                            .last_success
-                            .get_or_create(&label)
-                            .set(crate::token::unix_millis(token.issued_at) as f64 / 1000.0);
-                        self.metrics
-                            .consecutive_failures
-                            .get_or_create(&label)
-                            .set(0);
-                        self.metrics.needs_attention.get_or_create(&label).set(0);
+                        self.metrics.success(token.issued_at);
                         let _ = self.publish.send(Some(token.clone()));
                         failures = 0;
                         let plan = self.plan(&token);
@@ -225,20 +213,7 @@ impl<S: TokenSource> ClientTask<S> {
                         );
                         next = self.clock.now() + delay;
                         self.metrics
-                            .failures
-                            .get_or_create(&ReasonLabels {
-                                client: name.clone(),
-                                reason: error.reason.as_str().into(),
-                            })
-                            .inc();
-                        self.metrics
-                            .consecutive_failures
-                            .get_or_create(&label)
-                            .set(failures as i64);
-                        self.metrics
-                            .needs_attention
-                            .get_or_create(&label)
-                            .set(error.is_permanent() as i64);
+                            .failure(error.reason, failures, error.is_permanent());
                         self.report_failure(&error, failures, delay, current.as_deref());
                         self.board.update(&name, |s| {
                             s.consecutive_failures = failures;
@@ -253,15 +228,7 @@ impl<S: TokenSource> ClientTask<S> {
     }
 
     fn record_token(&self, token: &Token) {
-        let label = Metrics::client(&self.spec.name);
-        self.metrics
-            .token_expiry
-            .get_or_create(&label)
-            .set(crate::token::unix_millis(token.expires_at) as f64 / 1000.0);
-        self.metrics
-            .token_lifetime
-            .get_or_create(&label)
-            .set(token.lifetime().as_secs_f64());
+        self.metrics.token(token.expires_at, token.lifetime());
     }
 
     fn plan(&self, token: &Token) -> schedule::RefreshPlan {
@@ -471,7 +438,7 @@ mod tests {
             jitter: Arc::new(move || jitter),
             state: None,
             board: board.clone(),
-            metrics: Arc::new(Metrics::default()),
+            metrics: Arc::default(),
             slots: Arc::new(tokio::sync::Semaphore::new(REFRESH_SLOTS)),
             publish,
             refresh_now,

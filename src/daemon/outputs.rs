@@ -9,7 +9,7 @@
 use crate::config::ClientSpec;
 use crate::output::{Layout, OutputKind, OutputSpec, Stamp, WriteOutcome, Writer};
 use crate::schedule::{FailureClass, Policy, retry_delay};
-use crate::telemetry::metrics::{Metrics, OutputLabels};
+use crate::telemetry::metrics::ClientMetrics;
 use crate::telemetry::status::StatusBoard;
 use crate::token::Token;
 use std::sync::Arc;
@@ -81,7 +81,7 @@ pub fn run_output(
     ctx: OutputContext,
     mut tokens: watch::Receiver<Option<Arc<Token>>>,
     board: Arc<StatusBoard>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ClientMetrics>,
     cancel: CancellationToken,
 ) -> impl Future<Output = ()> {
     async move {
@@ -90,10 +90,6 @@ pub fn run_output(
         };
         let client = &client.name;
         let label = spec.label();
-        let series = OutputLabels {
-            client: client.clone(),
-            output: label.clone(),
-        };
         if let OutputKind::File(file) = &spec.kind {
             if file.layout == Layout::File {
                 let path = file.path.clone();
@@ -167,14 +163,8 @@ pub fn run_output(
                         } else {
                             tracing::debug!(client = %client, output = %label, "written");
                         }
-                        metrics.output_writes.get_or_create(&series).inc();
                         problems = Box::pin(run_hooks(client, spec, &token)).await;
-                        if !problems.is_empty() {
-                            metrics
-                                .hook_failures
-                                .get_or_create(&series)
-                                .inc_by(problems.len() as u64);
-                        }
+                        metrics.output_written(index, problems.len());
                     }
                     board.update(client, |s| {
                         let o = s.outputs.entry(label.clone()).or_default();
@@ -188,7 +178,7 @@ pub fn run_output(
                     });
                 }
                 Err(e) => {
-                    metrics.output_failures.get_or_create(&series).inc();
+                    metrics.output_failed(index);
                     failures = failures.saturating_add(1);
                     let delay = retry_delay(
                         failures,

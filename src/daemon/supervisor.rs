@@ -85,6 +85,9 @@ impl<S: TokenSource> Supervisor<S> {
         let cancel = self.root.child_token();
         let resume = resume(self.state.as_ref(), &spec, self.clock.now());
         let (publish, _) = watch::channel(None);
+        let labels: Vec<String> = spec.outputs.iter().map(|o| o.label()).collect();
+        self.board.set_outputs(&spec.name, &labels);
+        let metrics = self.metrics.client(&spec.name, &labels);
         let mut tasks = Vec::new();
         for index in 0..spec.outputs.len() {
             tasks.push(tokio::spawn(run_output(
@@ -96,7 +99,7 @@ impl<S: TokenSource> Supervisor<S> {
                 },
                 publish.subscribe(),
                 self.board.clone(),
-                self.metrics.clone(),
+                metrics.clone(),
                 cancel.clone(),
             )));
         }
@@ -107,14 +110,12 @@ impl<S: TokenSource> Supervisor<S> {
             jitter: self.jitter.clone(),
             state: self.state.clone(),
             board: self.board.clone(),
-            metrics: self.metrics.clone(),
+            metrics,
             slots: self.slots.clone(),
             publish,
             refresh_now: self.refresh_tx.subscribe(),
             cancel: cancel.clone(),
         };
-        let labels: Vec<String> = spec.outputs.iter().map(|o| o.label()).collect();
-        self.board.set_outputs(&spec.name, &labels);
         tasks.push(tokio::spawn(task.run(Start { resume, force })));
         self.running.insert(
             spec.name.clone(),

@@ -24,6 +24,20 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in declaration order (`reason as usize` indexes it).
+    pub const ALL: [Reason; 10] = [
+        Reason::Refused,
+        Reason::RateLimited,
+        Reason::ServerError,
+        Reason::Timeout,
+        Reason::Connect,
+        Reason::Redirect,
+        Reason::BadResponse,
+        Reason::TooLarge,
+        Reason::InvalidToken,
+        Reason::Other,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Refused => "refused",
@@ -76,5 +90,17 @@ impl FetchError {
 
     pub fn is_permanent(&self) -> bool {
         self.class == FailureClass::Permanent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reason;
+
+    #[test]
+    fn every_reason_is_listed_at_its_own_index() {
+        for (i, reason) in Reason::ALL.into_iter().enumerate() {
+            assert_eq!(reason as usize, i, "{}", reason.as_str());
+        }
     }
 }
