@@ -154,25 +154,25 @@ impl Builder<'_> {
                 namespace,
                 auth,
                 ca_file,
-            } => OutputKind::VaultKv(VaultOutput {
+            } => OutputKind::VaultKv(Box::new(VaultOutput {
                 address: address.clone(),
                 mount: mount.clone(),
                 path: path.clone(),
                 namespace: namespace.clone(),
                 auth: auth.clone(),
                 ca_pem: self.ca(ca_file)?,
-            }),
+            })),
             OutputKindPlan::Aws {
                 secret_id,
                 region,
                 endpoint,
                 ca_file,
-            } => OutputKind::AwsSecretsManager(crate::output::aws::AwsOutput {
+            } => OutputKind::AwsSecretsManager(Box::new(crate::output::aws::AwsOutput {
                 secret_id: secret_id.clone(),
                 region: region.clone(),
                 endpoint: endpoint.clone(),
                 ca_pem: self.ca(ca_file)?,
-            }),
+            })),
             OutputKindPlan::Kubernetes {
                 api_server,
                 namespace,
@@ -203,7 +203,7 @@ impl Builder<'_> {
                         }
                     }
                 };
-                OutputKind::KubernetesSecret(KubernetesOutput {
+                OutputKind::KubernetesSecret(Box::new(KubernetesOutput {
                     api_server: api_server.clone(),
                     namespace: namespace?,
                     name: name.clone(),
@@ -211,7 +211,7 @@ impl Builder<'_> {
                     format: format.clone(),
                     token_file: token_file.clone(),
                     ca_pem: self.ca(ca_file)?,
-                })
+                }))
             }
         };
         Some(OutputSpec {

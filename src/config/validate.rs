@@ -17,6 +17,7 @@ use crate::output::render::{Format, Template};
 use crate::output::vault::VaultAuth;
 use crate::schedule::Policy;
 use crate::secret::Secret;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -116,8 +117,8 @@ pub struct ClientPlan {
     pub auth: ClientAuth,
     pub encoding: Encoding,
     pub scope: Option<String>,
-    pub scope_param: String,
-    pub refresh_token_param: String,
+    pub scope_param: Cow<'static, str>,
+    pub refresh_token_param: Cow<'static, str>,
     pub params: BTreeMap<String, String>,
     pub headers: BTreeMap<String, String>,
     pub response: ResponseMapping,
@@ -848,14 +849,18 @@ fn validate_client(
         None => None,
     };
 
-    let nonempty = |v: &mut Validator<'_>, s: &S<String>, k: &str, default: &str| -> String {
+    let nonempty = |v: &mut Validator<'_>,
+                    s: &S<String>,
+                    k: &str,
+                    default: &'static str|
+     -> Cow<'static, str> {
         match s {
             Some(x) if x.get_ref().trim().is_empty() => {
                 v.error(x.span(), &key(k), "must not be empty");
-                default.to_string()
+                default.into()
             }
-            Some(x) => x.get_ref().clone(),
-            None => default.to_string(),
+            Some(x) => x.get_ref().clone().into(),
+            None => default.into(),
         }
     };
     let scope_param = nonempty(
@@ -918,7 +923,7 @@ fn validate_client(
             "refresh_token" => &mut response.refresh_token,
             _ => &mut response.token_type,
         };
-        *target = pointer.to_string();
+        *target = Cow::Borrowed(pointer);
     }
     if let Some(r) = &c.response {
         let r = r.get_ref();
@@ -945,7 +950,7 @@ fn validate_client(
                         ),
                     );
                 }
-                *target = p.get_ref().clone();
+                *target = p.get_ref().clone().into();
             }
         }
     }

@@ -14,6 +14,7 @@ pub mod response;
 use crate::secret::Secret;
 use crate::token::Token;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -101,24 +102,25 @@ pub enum Encoding {
     Multipart,
 }
 
-/// JSON Pointers (RFC 6901) to the fields of a token response.
+/// JSON Pointers (RFC 6901) to the fields of a token response. Almost
+/// always the defaults or a preset's: borrowed, not allocated per client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResponseMapping {
-    pub access_token: String,
-    pub expires_in: String,
-    pub expires_at: String,
-    pub refresh_token: String,
-    pub token_type: String,
+    pub access_token: Cow<'static, str>,
+    pub expires_in: Cow<'static, str>,
+    pub expires_at: Cow<'static, str>,
+    pub refresh_token: Cow<'static, str>,
+    pub token_type: Cow<'static, str>,
 }
 
 impl Default for ResponseMapping {
     fn default() -> ResponseMapping {
         ResponseMapping {
-            access_token: "/access_token".into(),
-            expires_in: "/expires_in".into(),
-            expires_at: "/expires_at".into(),
-            refresh_token: "/refresh_token".into(),
-            token_type: "/token_type".into(),
+            access_token: Cow::Borrowed("/access_token"),
+            expires_in: Cow::Borrowed("/expires_in"),
+            expires_at: Cow::Borrowed("/expires_at"),
+            refresh_token: Cow::Borrowed("/refresh_token"),
+            token_type: Cow::Borrowed("/token_type"),
         }
     }
 }
@@ -135,8 +137,8 @@ pub struct TokenRequestSpec {
     pub auth: ClientAuth,
     pub encoding: Encoding,
     pub scope: Option<String>,
-    pub scope_param: String,
-    pub refresh_token_param: String,
+    pub scope_param: Cow<'static, str>,
+    pub refresh_token_param: Cow<'static, str>,
     pub params: BTreeMap<String, String>,
     pub headers: BTreeMap<String, String>,
     pub response: ResponseMapping,

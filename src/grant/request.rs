@@ -110,7 +110,10 @@ pub fn build_request(
                 "grant_type".to_string(),
                 Value::Plain("refresh_token".into()),
             ));
-            fields.push((spec.refresh_token_param.clone(), Value::Secret(rt.clone())));
+            fields.push((
+                spec.refresh_token_param.to_string(),
+                Value::Secret(rt.clone()),
+            ));
         }
         (None, GrantSpec::Password { username, password }) => {
             fields.push(("grant_type".to_string(), Value::Plain("password".into())));

@@ -31,9 +31,11 @@ pub struct OutputSpec {
 #[derive(Clone, Debug, PartialEq)]
 pub enum OutputKind {
     File(FileOutput),
-    VaultKv(vault::VaultOutput),
-    KubernetesSecret(kubernetes::KubernetesOutput),
-    AwsSecretsManager(aws::AwsOutput),
+    // boxed: each is two to three times a file output, and every client's
+    // spec would carry the largest (thousands of clients have file outputs)
+    VaultKv(Box<vault::VaultOutput>),
+    KubernetesSecret(Box<kubernetes::KubernetesOutput>),
+    AwsSecretsManager(Box<aws::AwsOutput>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,12 +204,14 @@ impl Writer {
     pub fn new(spec: &OutputSpec) -> Result<Writer, String> {
         Ok(match &spec.kind {
             OutputKind::File(f) => Writer::File(f.clone()),
-            OutputKind::VaultKv(v) => Writer::Vault(Box::new(vault::VaultWriter::new(v.clone())?)),
+            OutputKind::VaultKv(v) => {
+                Writer::Vault(Box::new(vault::VaultWriter::new((**v).clone())?))
+            }
             OutputKind::KubernetesSecret(k) => {
-                Writer::Kubernetes(Box::new(kubernetes::KubernetesWriter::new(k.clone())?))
+                Writer::Kubernetes(Box::new(kubernetes::KubernetesWriter::new((**k).clone())?))
             }
             OutputKind::AwsSecretsManager(a) => {
-                Writer::Aws(Box::new(aws::AwsWriter::new(a.clone())?))
+                Writer::Aws(Box::new(aws::AwsWriter::new((**a).clone())?))
             }
         })
     }
