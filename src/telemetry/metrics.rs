@@ -38,7 +38,7 @@ fn latency_bound(i: usize) -> f64 {
 }
 
 /// Token endpoint latency of one client: counts per bucket (not cumulative).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Debug, Default)]
 struct Latency {
     sum: f64,
     count: u64,
@@ -56,7 +56,7 @@ impl Latency {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 struct OutputValues {
     label: Box<str>,
     writes: u64,
@@ -64,7 +64,7 @@ struct OutputValues {
     hook_failures: u64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Debug, Default)]
 struct Values {
     /// Unix seconds; `None` (no series) until the client has a token.
     token_expiry: Option<f64>,
@@ -282,7 +282,9 @@ impl Default for Metrics {
 impl Metrics {
     /// The series of client `name`, whose outputs have these labels. A
     /// client that (re)starts after a change keeps its counts, and those of
-    /// the outputs it still has; the others are forgotten.
+    /// the outputs it still has; the others are forgotten. (The stopped
+    /// tasks of the old client share the struct until they notice their
+    /// cancellation; an output index past the new list is ignored.)
     pub fn client(&self, name: &str, outputs: &[String]) -> Arc<ClientMetrics> {
         let series = self
             .clients_series
