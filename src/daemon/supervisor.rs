@@ -6,7 +6,7 @@
 
 use super::client::{ClientTask, Jitter, REFRESH_SLOTS, Start, random_jitter, resume};
 use super::outputs::{OutputContext, run_output};
-use super::reload::{diff, watch_config};
+use super::reload::{ConfigEvent, diff, watch_config};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, ClientSpec, Config};
 use crate::grant::TokenSource;
@@ -24,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 /// How long shutdown waits for tasks to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(800);
-/// Quiet time after a file event before the config is re-read.
+/// Quiet time after the config file was written in place (it may be
+/// half-written) before it is re-read; a file renamed into place is read at
+/// once.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
 struct Running {
@@ -210,6 +212,15 @@ fn reload_config(current: &Config, metrics: &Metrics) -> Option<Config> {
     }
 }
 
+/// Applies `config`'s clients and returns the rest of it. The running
+/// clients hold their specs; after a reload the config's own copies of the
+/// unchanged clients' specs would stay beside them and double the daemon's
+/// memory.
+fn apply_config<S: TokenSource>(supervisor: &mut Supervisor<S>, mut config: Config) -> Config {
+    supervisor.apply(&std::mem::take(&mut config.clients));
+    config
+}
+
 /// The daemon (`run` and `dev`): runs `config` until SIGTERM/SIGINT or `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     use anyhow::Context;
@@ -267,13 +278,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     )
     .check_outputs(config.daemon.check_outputs);
     tracing::info!(config = %config.path.display(), clients = config.clients.len(), version = env!("CARGO_PKG_VERSION"), "tokenkeeper started");
-    supervisor.apply(&config.clients);
+    let mut current = apply_config(&mut supervisor, config);
     tokio::spawn(crate::telemetry::notify::run(
         board_for_notify,
-        config.daemon.ready_timeout,
+        current.daemon.ready_timeout,
         telemetry_cancel.clone(),
     ));
-    let mut current = config;
 
     loop {
         tokio::select! {
@@ -287,19 +297,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the config");
                 if let Some(new) = reload_config(&current, &metrics) {
-                    supervisor.apply(&new.clients);
-                    current = new;
+                    current = apply_config(&mut supervisor, new);
                 }
             }
-            Some(()) = watch_rx.recv() => {
-                tokio::time::sleep(DEBOUNCE).await;
+            Some(event) = watch_rx.recv() => {
+                if event == ConfigEvent::Touched {
+                    tokio::time::sleep(DEBOUNCE).await;
+                }
                 while watch_rx.try_recv().is_ok() {}
                 let digest = std::fs::read(&current.path).map(|b| config::digest(&b)).ok();
                 if digest.is_some_and(|d| d != current.digest) {
                     tracing::info!("config file changed: reloading");
                     if let Some(new) = reload_config(&current, &metrics) {
-                        supervisor.apply(&new.clients);
-                        current = new;
+                        current = apply_config(&mut supervisor, new);
                     } else if let Some(d) = digest {
                         // do not retry the same broken content on every event
                         current.digest = d;
