@@ -119,6 +119,9 @@ struct SizeResult {
     idle_private_mib: f64,
     peak_rss_mib: f64,
     config_edit_to_new_token_ms: f64,
+    /// Idle again after the config edit: a reload must not keep a second
+    /// copy of the clients it left alone.
+    idle_rss_after_edit_mib: f64,
     sigterm_to_exit_ms: f64,
 }
 
@@ -197,6 +200,8 @@ fn run_size(n: usize, url: &str, count: &Arc<AtomicU64>) -> SizeResult {
         dir.path().join("out/extra.token").exists()
     });
     let _ = t0;
+    std::thread::sleep(2 * tokenkeeper::daemon::trim::QUIET + Duration::from_secs(1));
+    let rss_after_edit = status_mib(pid, "VmRSS:");
 
     let t0 = Instant::now();
     nix::sys::signal::kill(
@@ -219,6 +224,7 @@ fn run_size(n: usize, url: &str, count: &Arc<AtomicU64>) -> SizeResult {
         idle_private_mib: private,
         peak_rss_mib: peak,
         config_edit_to_new_token_ms: edit.as_secs_f64() * 1e3,
+        idle_rss_after_edit_mib: rss_after_edit,
         sigterm_to_exit_ms: stop.as_secs_f64() * 1e3,
     }
 }
@@ -261,12 +267,12 @@ fn main() {
     let shell = shell_loop(&url, 200);
 
     println!(
-        "\n| clients | start → all written | refreshes/s | CPU per refresh (user) | wall per token | idle RSS (private) | RSS after a burst | peak RSS | config edit → new token | SIGTERM → exit |"
+        "\n| clients | start → all written | refreshes/s | CPU per refresh (user) | wall per token | idle RSS (private) | RSS after a burst | peak RSS | config edit → new token | idle RSS after the edit | SIGTERM → exit |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &results {
         println!(
-            "| {} | {:.2} s | {:.0} | {:.0} µs ({:.0} µs) | {:.0} µs | {:.1} MiB ({:.1}) | {:.1} MiB | {:.1} MiB | {:.0} ms | {:.0} ms |",
+            "| {} | {:.2} s | {:.0} | {:.0} µs ({:.0} µs) | {:.0} µs | {:.1} MiB ({:.1}) | {:.1} MiB | {:.1} MiB | {:.0} ms | {:.1} MiB | {:.0} ms |",
             r.clients,
             r.start_to_all_written_s,
             r.refreshes_per_s,
@@ -278,6 +284,7 @@ fn main() {
             r.rss_after_burst_mib,
             r.peak_rss_mib,
             r.config_edit_to_new_token_ms,
+            r.idle_rss_after_edit_mib,
             r.sigterm_to_exit_ms
         );
     }
