@@ -111,6 +111,7 @@ pub fn watch_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::load_str;
     use notify::EventKind;
     use notify::event::{CreateKind, DataChange, ModifyKind, RenameMode};
 
@@ -163,7 +164,6 @@ mod tests {
             );
         }
     }
-    use crate::config::load_str;
 
     fn clients(toml: &str) -> BTreeMap<String, Arc<ClientSpec>> {
         load_str(Path::new("/etc/tk/config.toml"), toml, &|_| None)

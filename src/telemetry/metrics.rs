@@ -163,8 +163,8 @@ fn family(
     Ok(())
 }
 
-fn gauge(metric: &mut MetricEncoder, client: &str, value: impl Into<f64>) -> fmt::Result {
-    ConstGauge::new(value.into()).encode(metric.encode_family(&[("client", client)])?)
+fn gauge(metric: &mut MetricEncoder, client: &str, value: f64) -> fmt::Result {
+    ConstGauge::new(value).encode(metric.encode_family(&[("client", client)])?)
 }
 
 fn counter(metric: &mut MetricEncoder, labels: &[(&str, &str)], value: u64) -> fmt::Result {
