@@ -72,6 +72,12 @@ fn status_mib(pid: u32, key: &str) -> f64 {
         / 1024.0
 }
 
+/// How long after its last change the daemon is idle as between refreshes:
+/// its pooled connections closed and the freed memory given back
+/// (daemon::trim trims between one and two quiet periods after it).
+const IDLE_AFTER: Duration =
+    Duration::from_secs(2 * tokenkeeper::daemon::trim::QUIET.as_secs() + 1);
+
 fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !f() {
@@ -184,7 +190,7 @@ fn run_size(n: usize, url: &str, count: &Arc<AtomicU64>) -> SizeResult {
     let burst_rss = status_mib(pid, "VmRSS:");
     // idle, as between refreshes: the pool has closed them, and the daemon
     // has given the burst's free memory back (daemon::trim)
-    std::thread::sleep(2 * tokenkeeper::daemon::trim::QUIET + Duration::from_secs(1));
+    std::thread::sleep(IDLE_AFTER);
     let (rss, private, peak) = (
         status_mib(pid, "VmRSS:"),
         status_mib(pid, "RssAnon:"),
@@ -194,13 +200,12 @@ fn run_size(n: usize, url: &str, count: &Arc<AtomicU64>) -> SizeResult {
     // a config edit (by rename, as editors do) to the new client's token on disk
     let tmp = dir.path().join(".config.toml.new");
     std::fs::write(&tmp, config(dir.path(), url, n) + &format!("[clients.extra]\ntoken_url = \"{url}\"\nclient_id = \"x\"\nclient_secret = \"s\"\n[[clients.extra.outputs]]\ntype = \"file\"\npath = \"out/extra.token\"\n")).unwrap();
-    let t0 = Instant::now();
     std::fs::rename(&tmp, &path).unwrap();
+    // `wait` times from its call, right after the rename
     let edit = wait("the new client's token", limit, || {
         dir.path().join("out/extra.token").exists()
     });
-    let _ = t0;
-    std::thread::sleep(2 * tokenkeeper::daemon::trim::QUIET + Duration::from_secs(1));
+    std::thread::sleep(IDLE_AFTER);
     let rss_after_edit = status_mib(pid, "VmRSS:");
 
     let t0 = Instant::now();
