@@ -293,7 +293,8 @@ fn a_consumer_that_reloads_on_sighup_always_reads_the_new_token() {
     let sb = Sandbox::new();
     let consumer = sb.write(
         "consumer.sh",
-        "#!/bin/bash\necho $$ > consumer.pid\ntrap 'cat a.token >> seen; echo >> seen' HUP\nwhile true; do sleep 0.05; done\n",
+        // the trap before the pid file: a HUP before the trap would kill bash
+        "#!/bin/bash\ntrap 'cat a.token >> seen; echo >> seen' HUP\necho $$ > consumer.pid\nwhile true; do sleep 0.05; done\n",
     );
     let mut child = std::process::Command::new("bash")
         .arg(&consumer)
