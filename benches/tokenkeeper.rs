@@ -3,6 +3,15 @@
 //! token work done the way people do it without tokenkeeper (a shell loop of
 //! `curl | jq` and `mv`). Prints a table and writes
 //! target/bench/results.json. Figures only: nothing here asserts a time.
+//!
+//! `cargo bench --bench tokenkeeper -- state [SIZES...]`: what one refresh
+//! of a refresh-token chain costs in CPU and system calls (the lock, the
+//! state write, the output write), rounds of every client at once, min /
+//! median / max over the rounds. Set `TOKENKEEPER_BENCH_BASELINE` to another
+//! build of tokenkeeper to measure it in the same run, turn about, and
+//! `TOKENKEEPER_BENCH_DIRS` (colon-separated) to run on other filesystems
+//! too, e.g. a loop-mounted ext4 image. System calls are counted by
+//! `strace -f -c` in a round of their own (skipped without strace).
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
 use std::path::{Path, PathBuf};
@@ -22,7 +31,9 @@ fn token_server(count: Arc<AtomicU64>) -> String {
     ) -> axum::response::Response {
         use axum::response::IntoResponse;
         let n = count.fetch_add(1, Ordering::Relaxed);
-        axum::Json(serde_json::json!({"access_token": format!("bench-token-{n:012}"), "token_type": "Bearer", "expires_in": 86400})).into_response()
+        // a rotating refresh token, as password-grant clients get (ignored by
+        // client-credentials clients)
+        axum::Json(serde_json::json!({"access_token": format!("bench-token-{n:012}"), "token_type": "Bearer", "expires_in": 86400, "refresh_token": format!("bench-refresh-{n:012}-0123456789abcdef")})).into_response()
     }
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -256,7 +267,194 @@ fn shell_loop(url: &str, tokens: usize) -> Option<f64> {
     ok.then_some(per)
 }
 
+/// A config of `n` password-grant clients (a rotating chain each), with
+/// state and outputs in `dir`.
+fn chain_config(dir: &Path, url: &str, n: usize) -> String {
+    let mut text = format!(
+        "[daemon]\nstate_dir = \"{}\"\n\n[defaults]\nmin_interval = \"1ms\"\n\n",
+        dir.join("state").display()
+    );
+    for i in 0..n {
+        text.push_str(&format!(
+            "[clients.c{i}]\ntoken_url = \"{url}\"\nclient_id = \"c{i}\"\nclient_secret = \"bench-secret\"\ngrant_type = \"password\"\nusername = \"u{i}\"\npassword = \"bench-password\"\n[[clients.c{i}.outputs]]\ntype = \"file\"\npath = \"out/c{i}.token\"\n\n"
+        ));
+    }
+    text
+}
+
+/// Per-refresh figures of one build on one filesystem at one size.
+struct ChainCost {
+    /// CPU µs per refresh (user + system), and user alone, per round.
+    cpu_us: Vec<f64>,
+    user_us: Vec<f64>,
+    /// System calls per refresh, by name, from a round under strace.
+    syscalls: Option<std::collections::BTreeMap<String, f64>>,
+}
+
+/// Counts of `strace -c` output, by system call.
+fn parse_strace(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let calls = f.get(3)?.parse::<f64>().ok()?;
+            Some((f.last()?.to_string(), calls))
+        })
+        .filter(|(name, _)| name != "total")
+        .collect()
+}
+
+fn chain_cost(bin: &Path, base: &Path, url: &str, n: usize, count: &Arc<AtomicU64>) -> ChainCost {
+    const ROUNDS: usize = 5;
+    let dir = tempfile::tempdir_in(base).unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, chain_config(dir.path(), url, n)).unwrap();
+    let mut child: Child = Command::new(bin)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let limit = Duration::from_secs(300);
+    wait("every token written", limit, || {
+        files_written(dir.path()) >= n
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let round = |count: &Arc<AtomicU64>| {
+        let before = count.load(Ordering::Relaxed);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .unwrap();
+        wait("a refresh round", limit, || {
+            count.load(Ordering::Relaxed) >= before + n as u64
+        });
+        let last = dir.path().join(format!("out/c{}.token", n - 1));
+        wait("the round written", limit, || {
+            std::fs::read_to_string(&last)
+                .ok()
+                .and_then(|t| t.strip_prefix("bench-token-")?.parse::<u64>().ok())
+                .is_some_and(|k| k >= before)
+        });
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let (mut cpu_us, mut user_us) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let (user0, system0) = cpu_split(pid);
+        round(count);
+        let (user1, system1) = cpu_split(pid);
+        cpu_us.push((user1 + system1 - user0 - system0) / n as f64 * 1e6);
+        user_us.push((user1 - user0) / n as f64 * 1e6);
+    }
+    let out = dir.path().join("strace.txt");
+    let syscalls = Command::new("strace")
+        .args(["-f", "-c", "-o"])
+        .arg(&out)
+        .args(["-p", &pid.to_string()])
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+        .map(|mut strace| {
+            std::thread::sleep(Duration::from_millis(500));
+            round(count);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(strace.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
+            let _ = strace.wait();
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            parse_strace(&text)
+                .into_iter()
+                .map(|(k, v)| (k, v / n as f64))
+                .collect()
+        });
+    let _ = child.kill();
+    let _ = child.wait();
+    ChainCost {
+        cpu_us,
+        user_us,
+        syscalls,
+    }
+}
+
+fn min_median_max(v: &[f64]) -> String {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    format!(
+        "{:.0} / {:.0} / {:.0}",
+        v[0],
+        v[v.len() / 2],
+        v[v.len() - 1]
+    )
+}
+
+/// `-- state`: the chain refresh's cost, this build against a baseline.
+fn state_bench(sizes: &[usize]) {
+    let count = Arc::new(AtomicU64::new(0));
+    let url = token_server(count.clone());
+    let mut builds = vec![("this build".to_string(), bin())];
+    if let Some(b) = std::env::var_os("TOKENKEEPER_BENCH_BASELINE") {
+        builds.push(("baseline".to_string(), PathBuf::from(b)));
+    }
+    std::fs::create_dir_all("target/bench").unwrap();
+    let mut dirs = vec![std::fs::canonicalize("target/bench").unwrap()];
+    if let Some(extra) = std::env::var_os("TOKENKEEPER_BENCH_DIRS") {
+        dirs.extend(std::env::split_paths(&extra));
+    }
+    let interesting = [
+        "openat",
+        "fsync",
+        "fdatasync",
+        "rename",
+        "flock",
+        "pwrite64",
+        "write",
+    ];
+    println!(
+        "\n| filesystem | clients | build | CPU µs per refresh, min / median / max | user µs | {} | all syscalls |",
+        interesting.join(" | ")
+    );
+    println!(
+        "|---|---:|---|---:|---:|{}---:|",
+        "---:|".repeat(interesting.len())
+    );
+    for dir in &dirs {
+        for &n in sizes {
+            for (name, bin) in &builds {
+                let c = chain_cost(bin, dir, &url, n, &count);
+                let calls = |k: &str| {
+                    c.syscalls.as_ref().map_or("-".to_string(), |s| {
+                        format!("{:.1}", s.get(k).copied().unwrap_or(0.0))
+                    })
+                };
+                let total = c.syscalls.as_ref().map_or("-".to_string(), |s| {
+                    format!("{:.1}", s.values().sum::<f64>())
+                });
+                println!(
+                    "| {} | {n} | {name} | {} | {} | {} | {total} |",
+                    dir.display(),
+                    min_median_max(&c.cpu_us),
+                    min_median_max(&c.user_us),
+                    interesting.map(calls).join(" | ")
+                );
+            }
+        }
+    }
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "state") {
+        let sizes: Vec<usize> = std::env::args().filter_map(|a| a.parse().ok()).collect();
+        state_bench(if sizes.is_empty() {
+            &[100, 1000]
+        } else {
+            &sizes
+        });
+        return;
+    }
     let sizes: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())

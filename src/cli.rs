@@ -181,9 +181,21 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// A cached token is good enough for `token` while this much of it remains.
-fn still_fresh(lifetime: Duration) -> Duration {
-    (lifetime / 4).min(Duration::from_secs(60))
+/// Whether a cached token is good enough for `token`: for a client whose
+/// refresh token rotates, any token with more than `min_valid` (at least a
+/// second) left — a new one would rotate the chain under the daemon; for
+/// others, a quarter of its lifetime (at most a minute).
+fn reusable(
+    spec: &crate::config::ClientSpec,
+    token: &crate::token::Token,
+    now: SystemTime,
+) -> bool {
+    let left = if spec.request.grant.uses_refresh_tokens() {
+        spec.policy.min_valid.max(Duration::from_secs(1))
+    } else {
+        (token.lifetime() / 4).min(Duration::from_secs(60))
+    };
+    token.remaining(now) > left
 }
 
 async fn token(name: &str, arg: &ConfigArg) -> ExitCode {
@@ -206,45 +218,28 @@ async fn token(name: &str, arg: &ConfigArg) -> ExitCode {
         );
         return ExitCode::from(FAILED);
     };
+    // without the lock first: a reader needs no more, and may not be the daemon's user
     let now = SystemTime::now();
     let resume = StateStore::at(&config.daemon.state_dir)
         .resume(&spec.request, name, now)
         .unwrap_or_default();
-    if let Some(token) = &resume.token {
-        if token.remaining(now) > still_fresh(token.lifetime()) {
-            println!("{}", token.access_token.expose());
-            return ExitCode::from(OK);
-        }
+    if let Some(token) = resume.token.filter(|t| reusable(spec, t, now)) {
+        println!("{}", token.access_token.expose());
+        return ExitCode::from(OK);
     }
-    // a rotated refresh token must be kept, or the next request replays a consumed one
     let store = StateStore::open(&config.daemon.state_dir);
-    if spec.request.grant.uses_refresh_tokens() {
-        if let Err(e) = &store {
-            eprintln!(
-                "tokenkeeper: {name}: {e}; not fetching, since the rotated refresh token could not be kept"
-            );
-            return ExitCode::from(FAILED);
-        }
-    }
     let source = HttpTokenSource::new();
-    match daemon::once::fetch_with_retries(
-        &source,
-        spec,
-        resume.refresh_token.as_ref(),
-        &SystemClock,
-    )
-    .await
-    {
-        Ok(token) => {
-            if let Ok(store) = &store {
-                if let Err(e) = daemon::once::save(store, spec, &token) {
-                    eprintln!("tokenkeeper: {name}: cannot save the token to state_dir: {e}");
-                }
-            }
-            println!("{}", token.access_token.expose());
+    let reuse = |t: &crate::token::Token| reusable(spec, t, SystemTime::now());
+    match daemon::once::get(&source, spec, store.as_ref().ok(), &SystemClock, reuse).await {
+        Ok(got) => {
+            println!("{}", got.token().access_token.expose());
             ExitCode::from(OK)
         }
         Err(e) => {
+            let e = match &store {
+                Err(open) => format!("{e} ({open})"),
+                Ok(_) => e,
+            };
             eprintln!("tokenkeeper: {name}: {e}");
             ExitCode::from(FAILED)
         }

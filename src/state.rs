@@ -1,18 +1,51 @@
 //! The state directory: per client, the current token, its expiry and its
 //! refresh token, so that a restart neither loses a rotating refresh token
-//! nor causes a storm of token requests. Written like every output: atomic,
-//! 0600, in a 0700 directory.
+//! nor causes a storm of token requests.
+//!
+//! A client's state is two files in `state_dir` (0700):
+//!
+//! * `NAME.lock` — empty, never replaced: whoever refreshes a chain (the
+//!   daemon's client task, `once`, `token`, a second daemon) holds an
+//!   exclusive `flock` on it from reading the chain until the new state is
+//!   durable. One refresh in flight per chain, across processes.
+//! * `NAME.state` — two fixed-size slots, each a checksummed record
+//!   (`TKSTATE1 seq len sum` header, then the JSON record). A save writes
+//!   the slot that does not hold the newest record, in place, and
+//!   `fdatasync`s it: no new inode, no rename, one flush. A write cut short
+//!   (a crash, a power loss) leaves a slot whose sum does not match, and
+//!   the other slot — the previous record — is read instead. Overwriting
+//!   blocks that are already allocated needs no free space, so a full
+//!   filesystem does not stop a chain that already has its file.
+//!
+//! The file is created, or grown when a record outgrows its slot, by
+//! writing `NAME.state.new` whole and renaming it into place; a `.new` left
+//! by a killed process is adopted when it holds a newer record, else
+//! removed. State from earlier versions (`NAME.token.json`, and the temp
+//! files `.NAME.token.json.*.tk-tmp` a killed process could leave holding a
+//! newer refresh token) is migrated: the newest complete record wins.
 
-use crate::output::file::{FileOptions, write_atomic};
 use crate::secret::Secret;
 use crate::token::{Token, from_unix_millis, unix_millis};
+use nix::fcntl::{Flock, FlockArg};
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
-use std::fs;
+use sha2::{Digest, Sha256};
+use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 const VERSION: u32 = 1;
+const MAGIC: &[u8; 8] = b"TKSTATE1";
+/// `TKSTATE1 <seq:16 hex> <len:8 hex> <sum:16 hex>\n`
+const HEADER: usize = 8 + 1 + 16 + 1 + 8 + 1 + 16 + 1;
+const PAGE: usize = 4096;
+/// Room a slot keeps for a record whose size is not known yet (the first
+/// token of a chain): JWTs of a few KiB fit without growing the file.
+const MIN_ROOM: usize = 2000;
+/// A state file larger than this is not ours.
+const MAX_FILE: u64 = 4 << 20;
 
 /// A token as cached on disk, with the fingerprint of the request it came from.
 #[derive(Clone, Debug, PartialEq)]
@@ -23,7 +56,7 @@ pub struct CachedToken {
     pub token: Token,
 }
 
-// On-disk form. Holds secrets in the clear: deliberately no Debug.
+// The record. Holds secrets in the clear: deliberately no Debug.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StateFile {
@@ -39,6 +72,28 @@ struct StateFile {
     seed: Option<String>,
 }
 
+impl StateFile {
+    fn parse(bytes: &[u8]) -> Option<StateFile> {
+        serde_json::from_slice::<StateFile>(bytes)
+            .ok()
+            .filter(|f| f.version == VERSION)
+    }
+
+    fn cached(self) -> CachedToken {
+        CachedToken {
+            fingerprint: self.fingerprint,
+            seed: self.seed,
+            token: Token {
+                access_token: Secret::new(self.access_token),
+                token_type: self.token_type,
+                issued_at: from_unix_millis(self.issued_at_ms),
+                expires_at: from_unix_millis(self.expires_at_ms),
+                refresh_token: self.refresh_token.map(Secret::new),
+            },
+        }
+    }
+}
+
 /// What a client resumes from after a restart.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Resume {
@@ -50,48 +105,151 @@ pub struct Resume {
     pub issued_at: Option<std::time::SystemTime>,
 }
 
+/// What of `cached` a client with `spec` may use at `now`: the access token
+/// while it is valid, and the refresh token while the request (and, for the
+/// refresh grant, the configured initial token) is the same.
+pub fn resume_from(
+    cached: Option<CachedToken>,
+    spec: &crate::grant::TokenRequestSpec,
+    now: std::time::SystemTime,
+) -> Resume {
+    let Some(cached) = cached else {
+        return Resume::default();
+    };
+    if cached.fingerprint != spec.fingerprint() {
+        return Resume::default();
+    }
+    let refresh_token = match (
+        cached.seed == spec.refresh_seed(),
+        spec.grant.uses_refresh_tokens(),
+    ) {
+        (true, true) => cached.token.refresh_token.clone(),
+        _ => None,
+    };
+    let issued_at = cached.token.issued_at;
+    let token = (!cached.token.is_expired(now)).then(|| Token {
+        refresh_token: refresh_token.clone(),
+        ..cached.token
+    });
+    Resume {
+        token,
+        refresh_token,
+        issued_at: Some(issued_at),
+    }
+}
+
+/// One slot's record: its sequence number and JSON.
+struct Slot {
+    seq: u64,
+    payload: Vec<u8>,
+}
+
+fn sum(seq: u64, payload: &[u8]) -> u64 {
+    let mut h = Sha256::new();
+    h.update(seq.to_le_bytes());
+    h.update((payload.len() as u64).to_le_bytes());
+    h.update(payload);
+    let d = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// The bytes of a slot of `size` holding `payload` as record `seq`.
+fn encode_slot(seq: u64, payload: &[u8], size: usize) -> Vec<u8> {
+    let mut out = format!(
+        "TKSTATE1 {seq:016x} {:08x} {:016x}\n",
+        payload.len(),
+        sum(seq, payload)
+    )
+    .into_bytes();
+    out.extend_from_slice(payload);
+    out.resize(size, b'\n');
+    out
+}
+
+fn hex(bytes: &[u8]) -> Option<u64> {
+    u64::from_str_radix(std::str::from_utf8(bytes).ok()?, 16).ok()
+}
+
+/// The record in `slot`, if it is whole.
+fn decode_slot(slot: &[u8]) -> Option<Slot> {
+    let header = slot.get(..HEADER)?;
+    if &header[..8] != MAGIC || header[HEADER - 1] != b'\n' {
+        return None;
+    }
+    let seq = hex(&header[9..25])?;
+    let len = usize::try_from(hex(&header[26..34])?).ok()?;
+    let expected = hex(&header[35..51])?;
+    let payload = slot.get(HEADER..HEADER.checked_add(len)?)?;
+    (sum(seq, payload) == expected).then(|| Slot {
+        seq,
+        payload: payload.to_vec(),
+    })
+}
+
+/// A state file's image: its slot size, and the newest whole record and
+/// which slot holds it.
+struct Image {
+    slot_size: usize,
+    newest: Option<(usize, Slot)>,
+}
+
+fn decode(bytes: &[u8]) -> Image {
+    let slot_size = bytes.len() / 2;
+    let newest = if slot_size < HEADER {
+        None
+    } else {
+        (0..2)
+            .filter_map(|i| decode_slot(&bytes[i * slot_size..(i + 1) * slot_size]).map(|s| (i, s)))
+            .max_by_key(|(_, s)| s.seq)
+    };
+    Image { slot_size, newest }
+}
+
+/// A slot size with room for a record of `len`.
+fn slot_size_for(len: usize) -> usize {
+    (HEADER + len.max(MIN_ROOM) * 2).div_ceil(PAGE) * PAGE
+}
+
+fn with_path(path: &Path, what: &str, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {what}: {e}", path.display()))
+}
+
+/// Reads a whole file that is not a symlink; `None` when it does not exist.
+fn read_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(with_path(path, "cannot open", e)),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| with_path(path, "cannot inspect", e))?;
+    if !meta.is_file() || meta.len() > MAX_FILE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: not a tokenkeeper state file", path.display()),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    io::Read::read_to_end(&mut &file, &mut bytes).map_err(|e| with_path(path, "cannot read", e))?;
+    Ok(Some(bytes))
+}
+
 #[derive(Clone, Debug)]
 pub struct StateStore {
     dir: PathBuf,
 }
 
 impl StateStore {
-    /// What of the cached state of `spec` may be used now: the access token
-    /// while it is valid, and the refresh token while the request (and, for
-    /// the refresh grant, the configured initial token) is the same.
-    pub fn resume(
-        &self,
-        spec: &crate::grant::TokenRequestSpec,
-        client: &str,
-        now: std::time::SystemTime,
-    ) -> io::Result<Resume> {
-        let Some(cached) = self.load(client)? else {
-            return Ok(Resume::default());
-        };
-        if cached.fingerprint != spec.fingerprint() {
-            return Ok(Resume::default());
-        }
-        let refresh_token = match (
-            cached.seed == spec.refresh_seed(),
-            spec.grant.uses_refresh_tokens(),
-        ) {
-            (true, true) => cached.token.refresh_token.clone(),
-            _ => None,
-        };
-        let issued_at = cached.token.issued_at;
-        let token = (!cached.token.is_expired(now)).then(|| Token {
-            refresh_token: refresh_token.clone(),
-            ..cached.token
-        });
-        Ok(Resume {
-            token,
-            refresh_token,
-            issued_at: Some(issued_at),
-        })
-    }
-
     /// Opens (creating, 0700) the state directory. An existing directory
-    /// that others can read is tightened to 0700.
+    /// that others can read is tightened to 0700. State left by earlier
+    /// versions or by killed processes is migrated or recovered now.
     pub fn open(dir: &Path) -> io::Result<StateStore> {
         fs::DirBuilder::new()
             .recursive(true)
@@ -112,9 +270,11 @@ impl StateStore {
                 )
             })?;
         }
-        Ok(StateStore {
+        let store = StateStore {
             dir: dir.to_path_buf(),
-        })
+        };
+        store.recover_all();
+        Ok(store)
     }
 
     /// A store that only reads (for `status` and `token`, which may run as
@@ -129,50 +289,304 @@ impl StateStore {
         &self.dir
     }
 
-    fn token_path(&self, client: &str) -> PathBuf {
-        self.dir.join(format!("{client}.token.json"))
+    fn path(&self, client: &str, suffix: &str) -> PathBuf {
+        self.dir.join(format!("{client}{suffix}"))
     }
 
     pub fn status_path(&self) -> PathBuf {
         self.dir.join("status.json")
     }
 
-    pub fn load(&self, client: &str) -> io::Result<Option<CachedToken>> {
-        let path = self.token_path(client);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+    /// Migrates every client's state from earlier versions, adopts or
+    /// removes what killed processes left (`.new` files, temp files), and
+    /// removes stale temp files of the status file. Best effort: a client
+    /// whose lock is held is left to its holder; problems are logged.
+    fn recover_all(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
         };
-        let file: StateFile = serde_json::from_slice(&bytes).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: unreadable state: {e}", path.display()),
-            )
-        })?;
-        if file.version != VERSION {
-            return Ok(None);
+        let mut clients = std::collections::BTreeSet::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(client) = name.strip_suffix(".token.json") {
+                clients.insert(client.to_string());
+            } else if let Some(client) = name.strip_suffix(".state.new") {
+                clients.insert(client.to_string());
+            } else if let Some(rest) = name.strip_prefix('.') {
+                if let Some(client) = rest
+                    .split(".token.json.")
+                    .next()
+                    .filter(|_| rest.contains(".token.json.") && rest.ends_with(".tk-tmp"))
+                {
+                    clients.insert(client.to_string());
+                }
+            }
         }
-        Ok(Some(CachedToken {
-            fingerprint: file.fingerprint,
-            seed: file.seed,
-            token: Token {
-                access_token: Secret::new(file.access_token),
-                token_type: file.token_type,
-                issued_at: from_unix_millis(file.issued_at_ms),
-                expires_at: from_unix_millis(file.expires_at_ms),
-                refresh_token: file.refresh_token.map(Secret::new),
-            },
-        }))
+        crate::output::file::remove_stale_temp_files(&self.status_path());
+        for client in clients {
+            match self.try_lock(&client) {
+                Ok(Some(lock)) => {
+                    if let Err(e) = lock.migrate() {
+                        tracing::warn!(client = %client, error = %e, "cannot migrate the state of an earlier version");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(client = %client, error = %e, "cannot lock the state"),
+            }
+        }
     }
 
-    pub fn save(
+    /// The newest whole record, read without the lock (a concurrent save
+    /// writes the other slot). Falls back to an earlier version's file.
+    pub fn load(&self, client: &str) -> io::Result<Option<CachedToken>> {
+        let path = self.path(client, ".state");
+        match read_file(&path)? {
+            Some(bytes) => Ok(decode(&bytes)
+                .newest
+                .and_then(|(_, s)| StateFile::parse(&s.payload))
+                .map(StateFile::cached)),
+            None => Ok(self.legacy_newest(client)?.map(|(_, f)| f.cached())),
+        }
+    }
+
+    /// What of the cached state of `spec` may be used now.
+    pub fn resume(
         &self,
+        spec: &crate::grant::TokenRequestSpec,
         client: &str,
-        fingerprint: &str,
-        seed: Option<&str>,
-        token: &Token,
-    ) -> io::Result<()> {
+        now: std::time::SystemTime,
+    ) -> io::Result<Resume> {
+        Ok(resume_from(self.load(client)?, spec, now))
+    }
+
+    /// The newest complete record of an earlier version: `NAME.token.json`
+    /// or a temp file beside it that a killed process never renamed; with
+    /// the paths it was found among.
+    fn legacy_newest(&self, client: &str) -> io::Result<Option<(Vec<PathBuf>, StateFile)>> {
+        let main = self.path(client, ".token.json");
+        let mut paths = Vec::new();
+        if main.exists() {
+            paths.push(main.clone());
+        }
+        let prefix = format!(".{client}.token.json.");
+        if let Ok(entries) = fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                if name.starts_with(&prefix) && name.ends_with(".tk-tmp") {
+                    paths.push(entry.path());
+                }
+            }
+        }
+        if paths.is_empty() {
+            return Ok(None);
+        }
+        let mut best: Option<StateFile> = None;
+        for path in &paths {
+            let Some(bytes) = read_file(path).ok().flatten() else {
+                continue;
+            };
+            match StateFile::parse(&bytes) {
+                Some(f)
+                    if best
+                        .as_ref()
+                        .is_none_or(|b| f.issued_at_ms > b.issued_at_ms) =>
+                {
+                    best = Some(f)
+                }
+                Some(_) => {}
+                None if *path == main => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{}: unreadable state", main.display()),
+                    ));
+                }
+                None => {}
+            }
+        }
+        Ok(best.map(|b| (paths, b)))
+    }
+
+    /// Takes `client`'s lock if nobody holds it (`None` if somebody does).
+    /// The lock file is created when missing; a user who may only read
+    /// `state_dir` locks it read-only.
+    pub fn try_lock(&self, client: &str) -> io::Result<Option<ChainLock>> {
+        let path = self.path(client, ".lock");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .or_else(|e| match e.kind() {
+                io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+                    OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(&path)
+                }
+                _ => Err(e),
+            })
+            .map_err(|e| with_path(&path, "cannot open the lock file", e))?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => {
+                let held = ChainLock {
+                    store: self.clone(),
+                    client: client.to_string(),
+                    _lock: lock,
+                };
+                held.recover_new()?;
+                Ok(Some(held))
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, errno)) => Err(with_path(&path, "cannot lock", errno.into())),
+        }
+    }
+
+    /// Takes `client`'s lock, waiting at most `wait` for its holder.
+    pub async fn lock(&self, client: &str, wait: Duration) -> io::Result<ChainLock> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let (store, name) = (self.clone(), client.to_string());
+            let attempt = tokio::task::spawn_blocking(move || store.try_lock(&name))
+                .await
+                .map_err(io::Error::other)??;
+            if let Some(lock) = attempt {
+                return Ok(lock);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "{}: another tokenkeeper has been refreshing {client} for {}; not waiting longer",
+                        self.path(client, ".lock").display(),
+                        humantime::format_duration(wait)
+                    ),
+                ));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The exclusive right to read and rotate one client's chain; released
+/// when dropped. Its methods do blocking file I/O.
+pub struct ChainLock {
+    store: StateStore,
+    client: String,
+    _lock: Flock<File>,
+}
+
+impl ChainLock {
+    fn path(&self, suffix: &str) -> PathBuf {
+        self.store.path(&self.client, suffix)
+    }
+
+    /// The newest record (see [`StateStore::load`]).
+    pub fn load(&self) -> io::Result<Option<CachedToken>> {
+        self.store.load(&self.client)
+    }
+
+    fn image(&self) -> io::Result<Option<Image>> {
+        Ok(read_file(&self.path(".state"))?.map(|b| decode(&b)))
+    }
+
+    /// A `.new` file is only written under the lock, so one found by the
+    /// holder was left by a killed process: adopted when it holds a newer
+    /// record than the state file, else removed.
+    fn recover_new(&self) -> io::Result<()> {
+        let new = self.path(".state.new");
+        let Some(bytes) = read_file(&new).ok().flatten() else {
+            return Ok(());
+        };
+        let candidate = decode(&bytes).newest.map(|(_, s)| s.seq);
+        let current = self
+            .image()
+            .ok()
+            .flatten()
+            .and_then(|i| i.newest.map(|(_, s)| s.seq));
+        if candidate.is_some() && candidate > current {
+            fs::rename(&new, self.path(".state"))
+                .map_err(|e| with_path(&new, "cannot rename into place", e))?;
+            self.sync_dir()?;
+            tracing::info!(client = %self.client, "recovered the newest state record left by a stopped process");
+        } else {
+            fs::remove_file(&new).map_err(|e| with_path(&new, "cannot remove", e))?;
+        }
+        Ok(())
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.store.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| with_path(&self.store.dir, "cannot fsync the directory", e))
+    }
+
+    /// Writes a whole new state file with slots of `slot_size`, `record` in
+    /// the first, and renames it into place.
+    fn rewrite(&self, slot_size: usize, record: Option<(u64, &[u8])>) -> io::Result<()> {
+        let new = self.path(".state.new");
+        let mut image = match record {
+            Some((seq, payload)) => encode_slot(seq, payload, slot_size),
+            None => vec![b'\n'; slot_size],
+        };
+        image.resize(slot_size * 2, b'\n');
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&new)
+            .map_err(|e| with_path(&new, "cannot create", e))?;
+        let written = file.write_all_at(&image, 0).and_then(|()| file.sync_all());
+        if let Err(e) = written {
+            let _ = fs::remove_file(&new);
+            return Err(with_path(&new, "cannot write", e));
+        }
+        fs::rename(&new, self.path(".state"))
+            .map_err(|e| with_path(&new, "cannot rename into place", e))?;
+        self.sync_dir()
+    }
+
+    /// Makes sure the next [`save`](Self::save) can be written before a
+    /// request that rotates the chain is sent: the state file exists, opens
+    /// for writing, and has room for a record twice the size of the current
+    /// one. On a filesystem that is read-only, full (for a file yet to be
+    /// created or grown) or not ours, this fails and nothing is sent.
+    pub fn prepare(&self) -> io::Result<()> {
+        let path = self.path(".state");
+        match self.image()? {
+            None => {
+                let legacy = self.store.legacy_newest(&self.client)?;
+                if legacy.is_some() {
+                    return self.migrate();
+                }
+                self.rewrite(slot_size_for(0), None)
+            }
+            Some(image) => {
+                let len = image.newest.as_ref().map_or(0, |(_, s)| s.payload.len());
+                if image.slot_size < HEADER + 2 * len.max(MIN_ROOM) {
+                    let record = image.newest.as_ref().map(|(_, s)| (s.seq, &s.payload[..]));
+                    return self.rewrite(slot_size_for(len), record);
+                }
+                OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+                    .map(drop)
+                    .map_err(|e| with_path(&path, "cannot open for writing", e))
+            }
+        }
+    }
+
+    /// Saves `token` as the newest record, durably (fdatasync) before it
+    /// returns.
+    pub fn save(&self, fingerprint: &str, seed: Option<&str>, token: &Token) -> io::Result<()> {
         let file = StateFile {
             version: VERSION,
             fingerprint: fingerprint.to_string(),
@@ -183,17 +597,57 @@ impl StateStore {
             refresh_token: token.refresh_token.as_ref().map(|s| s.expose().to_string()),
             seed: seed.map(str::to_string),
         };
-        let bytes = Secret::new(serde_json::to_string(&file).map_err(io::Error::other)?);
-        write_atomic(
-            &self.token_path(client),
-            bytes.expose().as_bytes(),
-            &FileOptions {
-                mode: 0o600,
-                owner: None,
-                group: None,
-            },
-        )?;
-        Ok(())
+        let payload = Secret::new(serde_json::to_string(&file).map_err(io::Error::other)?);
+        self.write_record(payload.expose().as_bytes())
+    }
+
+    fn write_record(&self, payload: &[u8]) -> io::Result<()> {
+        let path = self.path(".state");
+        let Some(image) = self.image()? else {
+            return self.rewrite(slot_size_for(payload.len()), Some((1, payload)));
+        };
+        let (slot, seq) = match &image.newest {
+            Some((i, s)) => (1 - i, s.seq + 1),
+            None => (0, 1),
+        };
+        if image.slot_size < HEADER + payload.len() {
+            return self.rewrite(slot_size_for(payload.len()), Some((seq, payload)));
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| with_path(&path, "cannot open for writing", e))?;
+        let bytes = secrecy::SecretSlice::from(encode_slot(seq, payload, image.slot_size));
+        file.write_all_at(bytes.expose_secret(), (slot * image.slot_size) as u64)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| with_path(&path, "cannot write", e))
+    }
+
+    /// Moves an earlier version's newest record (see
+    /// [`StateStore::legacy_newest`]) into the state file, then removes the
+    /// old files: they hold a refresh token the chain has moved past, or
+    /// will once it rotates.
+    fn migrate(&self) -> io::Result<()> {
+        let Some((paths, best)) = self.store.legacy_newest(&self.client)? else {
+            return Ok(());
+        };
+        let current = self.image()?.and_then(|i| i.newest);
+        let current_issued = current
+            .as_ref()
+            .and_then(|(_, s)| StateFile::parse(&s.payload))
+            .map(|f| f.issued_at_ms);
+        if current_issued.is_none_or(|c| best.issued_at_ms > c) {
+            let payload = Secret::new(serde_json::to_string(&best).map_err(io::Error::other)?);
+            let seq = current.map_or(1, |(_, s)| s.seq + 1);
+            let len = payload.expose().len();
+            self.rewrite(slot_size_for(len), Some((seq, payload.expose().as_bytes())))?;
+            tracing::info!(client = %self.client, from = paths.len(), "state migrated from an earlier version");
+        }
+        for path in &paths {
+            fs::remove_file(path).map_err(|e| with_path(path, "cannot remove", e))?;
+        }
+        self.sync_dir()
     }
 }
 
@@ -201,10 +655,26 @@ impl StateStore {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
-    use std::time::{Duration, UNIX_EPOCH};
+    use std::time::UNIX_EPOCH;
+
+    fn token(n: u64) -> Token {
+        let issued = UNIX_EPOCH + Duration::from_millis(1_800_000_000_123 + n);
+        Token {
+            access_token: Secret::new(format!("at-{n}")),
+            token_type: "Bearer".into(),
+            issued_at: issued,
+            expires_at: issued + Duration::from_secs(60),
+            refresh_token: Some(Secret::new(format!("rt-{n}"))),
+        }
+    }
+
+    fn refresh_token(store: &StateStore) -> Option<String> {
+        let cached = store.load("a").unwrap()?;
+        Some(cached.token.refresh_token?.expose().to_string())
+    }
 
     #[test]
-    fn round_trip_with_tight_modes() {
+    fn round_trip_with_tight_modes_in_one_file_of_two_slots() {
         let dir = tempfile::tempdir().unwrap();
         let state_dir = dir.path().join("state");
         fs::create_dir(&state_dir).unwrap();
@@ -212,26 +682,176 @@ mod tests {
         let store = StateStore::open(&state_dir).unwrap();
         assert_eq!(fs::metadata(&state_dir).unwrap().mode() & 0o777, 0o700);
         assert!(store.load("a").unwrap().is_none());
-        let issued = UNIX_EPOCH + Duration::from_millis(1_800_000_000_123);
-        let token = Token {
-            access_token: Secret::new("at"),
-            token_type: "Bearer".into(),
-            issued_at: issued,
-            expires_at: issued + Duration::from_secs(60),
-            refresh_token: Some(Secret::new("rt")),
-        };
-        store.save("a", "fp", Some("seed"), &token).unwrap();
-        let cached = store.load("a").unwrap().unwrap();
+        let lock = store.try_lock("a").unwrap().unwrap();
+        lock.prepare().unwrap();
+        let inode = fs::metadata(state_dir.join("a.state")).unwrap().ino();
+        for n in 1..=5 {
+            lock.save("fp", Some("seed"), &token(n)).unwrap();
+            let cached = store.load("a").unwrap().unwrap();
+            assert_eq!(
+                cached,
+                CachedToken {
+                    fingerprint: "fp".into(),
+                    seed: Some("seed".into()),
+                    token: token(n)
+                }
+            );
+        }
+        let meta = fs::metadata(state_dir.join("a.state")).unwrap();
+        assert_eq!(meta.ino(), inode, "saved in place");
+        assert_eq!(meta.len(), 2 * PAGE as u64);
+        assert_eq!(meta.mode() & 0o777, 0o600);
         assert_eq!(
-            cached,
-            CachedToken {
-                fingerprint: "fp".into(),
-                seed: Some("seed".into()),
-                token
-            }
+            fs::metadata(state_dir.join("a.lock")).unwrap().mode() & 0o777,
+            0o600
         );
-        let mode = fs::metadata(state_dir.join("a.token.json")).unwrap().mode() & 0o777;
-        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_torn_slot_falls_back_to_the_previous_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let lock = store.try_lock("a").unwrap().unwrap();
+        lock.save("fp", None, &token(1)).unwrap();
+        lock.save("fp", None, &token(2)).unwrap();
+        // record 2 is in slot 1; tear it as a crash in mid-write would
+        let path = dir.path().join("a.state");
+        let mut bytes = fs::read(&path).unwrap();
+        let at = PAGE + HEADER + 10;
+        bytes[at] ^= 0x20;
+        fs::write(&path, &bytes).unwrap();
+        assert_eq!(refresh_token(&store).as_deref(), Some("rt-1"));
+        // the next save goes to the torn slot, not over record 1
+        lock.save("fp", None, &token(3)).unwrap();
+        assert_eq!(refresh_token(&store).as_deref(), Some("rt-3"));
+        let bytes = fs::read(&path).unwrap();
+        assert_eq!(decode_slot(&bytes[..PAGE]).map(|s| s.seq), Some(1));
+        assert_eq!(decode_slot(&bytes[PAGE..]).map(|s| s.seq), Some(2));
+    }
+
+    #[test]
+    fn a_record_larger_than_its_slot_grows_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let lock = store.try_lock("a").unwrap().unwrap();
+        lock.save("fp", None, &token(1)).unwrap();
+        let mut big = token(2);
+        big.access_token = Secret::new("x".repeat(10_000));
+        lock.save("fp", None, &big).unwrap();
+        assert_eq!(store.load("a").unwrap().unwrap().token, big);
+        let len = fs::metadata(dir.path().join("a.state")).unwrap().len();
+        assert!(len >= 2 * 20_000, "{len}");
+        // prepare keeps room for a record twice the current one
+        lock.prepare().unwrap();
+        lock.save("fp", None, &token(3)).unwrap();
+        assert_eq!(refresh_token(&store).as_deref(), Some("rt-3"));
+    }
+
+    #[test]
+    fn a_new_file_left_by_a_killed_process_is_adopted_only_when_newer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        {
+            let lock = store.try_lock("a").unwrap().unwrap();
+            lock.save("fp", None, &token(1)).unwrap();
+        }
+        let payload = |n| {
+            let lock = StateFile {
+                version: VERSION,
+                fingerprint: "fp".into(),
+                access_token: format!("at-{n}"),
+                token_type: "Bearer".into(),
+                issued_at_ms: 1,
+                expires_at_ms: 2,
+                refresh_token: Some(format!("rt-{n}")),
+                seed: None,
+            };
+            serde_json::to_vec(&lock).unwrap()
+        };
+        let new = dir.path().join("a.state.new");
+        // an older record (seq 1, like the file's): removed
+        fs::write(&new, encode_slot(1, &payload(0), PAGE)).unwrap();
+        drop(store.try_lock("a").unwrap().unwrap());
+        assert!(!new.exists());
+        assert_eq!(refresh_token(&store).as_deref(), Some("rt-1"));
+        // a newer one, complete: adopted
+        let mut image = encode_slot(2, &payload(9), PAGE);
+        image.resize(2 * PAGE, b'\n');
+        fs::write(&new, &image).unwrap();
+        drop(store.try_lock("a").unwrap().unwrap());
+        assert!(!new.exists());
+        assert_eq!(refresh_token(&store).as_deref(), Some("rt-9"));
+        // a half-written one: removed, the file stays
+        fs::write(&new, &image[..HEADER + 5]).unwrap();
+        drop(store.try_lock("a").unwrap().unwrap());
+        assert!(!new.exists());
+        assert_eq!(refresh_token(&store).as_deref(), Some("rt-9"));
+    }
+
+    #[test]
+    fn an_earlier_versions_state_and_its_newest_temp_file_are_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let legacy = |n: i64, rt: &str| {
+            format!(
+                r#"{{"version":1,"fingerprint":"fp","access_token":"at","token_type":"Bearer","issued_at_ms":{n},"expires_at_ms":99999999999999,"refresh_token":"{rt}"}}"#
+            )
+        };
+        fs::write(dir.path().join("a.token.json"), legacy(1000, "rt-old")).unwrap();
+        // a killed process wrote the rotated token whole but never renamed it
+        fs::write(
+            dir.path().join(".a.token.json.Xy12ab.tk-tmp"),
+            legacy(2000, "rt-new"),
+        )
+        .unwrap();
+        fs::write(dir.path().join(".a.token.json.Zz12ab.tk-tmp"), "{\"vers").unwrap();
+        fs::write(dir.path().join(".status.json.Qq12ab.tk-tmp"), "{").unwrap();
+        // before the migration, a read-only reader already sees the newest
+        assert_eq!(
+            refresh_token(&StateStore::at(dir.path())).as_deref(),
+            Some("rt-new")
+        );
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(refresh_token(&store).as_deref(), Some("rt-new"));
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec!["a.lock", "a.state"]);
+    }
+
+    #[test]
+    fn one_holder_at_a_time_across_open_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let held = store.try_lock("a").unwrap().unwrap();
+        // flock belongs to the open file: a second open conflicts, as another process would
+        assert!(store.try_lock("a").unwrap().is_none());
+        assert!(store.try_lock("b").unwrap().is_some(), "per client");
+        drop(held);
+        assert!(store.try_lock("a").unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_waiter_gets_the_lock_when_the_holder_is_done_or_gives_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let held = store.try_lock("a").unwrap().unwrap();
+        let err = store
+            .lock("a", Duration::from_millis(50))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("another tokenkeeper"), "{err}");
+        let waiter = {
+            let store = store.clone();
+            tokio::spawn(async move { store.lock("a", Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(!waiter.is_finished());
+        drop(held);
+        assert!(waiter.await.unwrap().is_ok());
     }
 
     #[test]
@@ -240,5 +860,7 @@ mod tests {
         let store = StateStore::open(dir.path()).unwrap();
         fs::write(dir.path().join("a.token.json"), b"{nope").unwrap();
         assert!(store.load("a").is_err());
+        fs::write(dir.path().join("b.state"), b"{nope").unwrap();
+        assert!(store.load("b").unwrap().is_none());
     }
 }

@@ -125,7 +125,7 @@ fn sigterm_stops_within_a_second_and_leaves_every_file() {
     assert_eq!(status.code(), Some(0));
     assert!(took < Duration::from_secs(1), "{took:?}");
     assert!(token_number(&sb.read("a.token").unwrap()).is_some());
-    assert!(sb.path("state/a.token.json").exists());
+    assert!(sb.path("state/a.state").exists());
 }
 
 #[test]

@@ -93,7 +93,7 @@ fn a_symlink_planted_at_the_target_while_running_is_never_written_through() {
 
 /// `unshare`/`nsenter` arguments: a mount namespace, and a user namespace
 /// too when not root.
-fn namespace_args(program: &'static str) -> Vec<&'static str> {
+pub fn namespace_args(program: &'static str) -> Vec<&'static str> {
     let mut args = vec![program];
     if !nix::unistd::geteuid().is_root() {
         args.push(if program == "unshare" {
@@ -109,7 +109,12 @@ fn namespace_args(program: &'static str) -> Vec<&'static str> {
 /// Starts the daemon in a mount namespace of its own with a tmpfs of `size`
 /// at `out/`; `None` (saying why) where this machine does not allow it.
 fn start_on_tmpfs(sb: &Sandbox, size: &str) -> Option<Daemon> {
-    let out = sb.path("out");
+    start_on_tmpfs_at(sb, "out", size)
+}
+
+/// The same with the tmpfs at `rel` in the sandbox.
+pub fn start_on_tmpfs_at(sb: &Sandbox, rel: &str, size: &str) -> Option<Daemon> {
+    let out = sb.path(rel);
     fs::create_dir_all(&out).unwrap();
     let out = out.to_str().unwrap().to_string();
     let mut unshare = namespace_args("unshare");
@@ -141,13 +146,13 @@ fn start_on_tmpfs(sb: &Sandbox, size: &str) -> Option<Daemon> {
 }
 
 /// `path` as the daemon sees it, inside its mount namespace.
-fn inside(daemon: &Daemon, path: &Path) -> PathBuf {
+pub fn inside(daemon: &Daemon, path: &Path) -> PathBuf {
     PathBuf::from(format!("/proc/{}/root", daemon.pid())).join(path.strip_prefix("/").unwrap())
 }
 
 /// Runs `script` (with `$0` = `arg`) in the daemon's mount namespace.
 #[track_caller]
-fn in_namespace(daemon: &Daemon, script: &str, arg: &Path) {
+pub fn in_namespace(daemon: &Daemon, script: &str, arg: &Path) {
     let pid = daemon.pid().to_string();
     let mut args = namespace_args("nsenter");
     args.extend(["--target", &pid, "sh", "-c", script]);

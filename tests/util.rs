@@ -17,8 +17,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The binary under test: this build's, or `TOKENKEEPER_TEST_BIN` (to run
+/// a suite against another build, e.g. an earlier release, for a before and
+/// after).
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tokenkeeper"))
+    std::env::var_os("TOKENKEEPER_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tokenkeeper")))
 }
 
 pub fn repo() -> PathBuf {
@@ -224,6 +229,11 @@ impl Sandbox {
                 };
                 if let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) {
                     walk_json(&json, "", &secret_key, &mut found);
+                } else if text.starts_with("TKSTATE1 ") {
+                    // a state file: each slot's record is a line of JSON
+                    for json in text.lines().filter_map(|l| serde_json::from_str(l).ok()) {
+                        walk_json(&json, "", &secret_key, &mut found);
+                    }
                 } else if let Ok(table) = text.parse::<toml::Table>() {
                     walk_toml(&toml::Value::Table(table), "", &secret_key, &mut found);
                 } else {
@@ -584,11 +594,16 @@ impl Drop for MockServer {
     }
 }
 
+/// The token kept in a sandbox's state for `client`, read as tokenkeeper
+/// reads it (the newest whole record of the state file).
+pub fn state_token(sb: &Sandbox, client: &str) -> Option<tokenkeeper::token::Token> {
+    let store = tokenkeeper::state::StateStore::at(&sb.path("state"));
+    Some(store.load(client).ok()??.token)
+}
+
 /// The refresh token kept in a sandbox's state for `client`.
 pub fn state_refresh_token(sb: &Sandbox, client: &str) -> Option<String> {
-    let text = sb.read(&format!("state/{client}.token.json"))?;
-    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-    json["refresh_token"].as_str().map(str::to_string)
+    Some(state_token(sb, client)?.refresh_token?.expose().to_string())
 }
 
 /// A throwaway CA and a server certificate for 127.0.0.1, made with openssl.

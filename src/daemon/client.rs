@@ -7,10 +7,10 @@
 
 use crate::clock::Clock;
 use crate::config::ClientSpec;
-use crate::grant::{FetchError, GrantSpec, TokenSource};
+use crate::grant::{FetchError, GrantSpec, Reason, TokenSource};
 use crate::schedule::{self, RefreshBasis};
 use crate::secret::Secret;
-use crate::state::{Resume, StateStore};
+use crate::state::{ChainLock, Resume, StateStore};
 use crate::telemetry::metrics::ClientMetrics;
 use crate::telemetry::status::StatusBoard;
 use crate::token::{Token, rfc3339, unix_seconds};
@@ -53,6 +53,36 @@ pub struct ClientTask<S: TokenSource> {
 /// Refreshes in flight at once, across every client of a daemon; a refresh
 /// is in flight from its request until its token is saved.
 pub const REFRESH_SLOTS: usize = 64;
+
+/// The status message of a client whose newest refresh token is only in memory.
+const UNSAVED: &str = "cannot save the rotated refresh token to state_dir; it is kept in memory and saved before the next refresh, which waits until it is";
+
+/// A client task's view of its chain, lent to one refresh.
+struct Chain<'a> {
+    refresh_token: &'a mut Option<Secret>,
+    /// Issue time of the newest token this task knows.
+    known_issue: &'a mut Option<SystemTime>,
+    unsaved: &'a mut Option<Token>,
+    asked_at: Option<SystemTime>,
+}
+
+/// What one refresh of a chain came to.
+enum Pass {
+    /// Cancelled before anything was sent.
+    Cancelled,
+    /// Another process refreshed the chain meanwhile; its token is fresh.
+    Adopted(Token),
+    Fetched(Result<Token, FetchError>),
+}
+
+/// Saves `token` for `spec` under `lock`.
+pub fn save(lock: &ChainLock, spec: &ClientSpec, token: &Token) -> std::io::Result<()> {
+    lock.save(
+        &spec.request.fingerprint(),
+        spec.request.refresh_seed().as_deref(),
+        token,
+    )
+}
 
 /// How a client task starts.
 pub struct Start {
@@ -108,6 +138,11 @@ impl<S: TokenSource> ClientTask<S> {
             current = Some(token);
         }
 
+        // asked for a fresh token at this time (SIGUSR1, a changed config):
+        // a token another process wrote before it does not answer the ask
+        let mut asked_at = start.force.then(|| self.clock.now());
+        // a token whose state could not be saved: saved before anything else
+        let mut unsaved: Option<Token> = None;
         let mut failures: u32 = 0;
         let mut warned_basis = false;
         let mut refresh_open = true;
@@ -123,11 +158,17 @@ impl<S: TokenSource> ClientTask<S> {
                         break;
                     }
                     tokio::select! {
-                        _ = self.cancel.cancelled() => return,
+                        _ = self.cancel.cancelled() => {
+                            if unsaved.is_some() {
+                                tracing::error!(client = %name, "stopping with a rotated refresh token that could not be saved to state_dir: the chain is lost at the next start");
+                            }
+                            return;
+                        }
                         changed = self.refresh_now.changed(), if refresh_open => match changed {
                             Ok(()) => {
                                 tracing::info!(client = %name, "refresh requested");
                                 next = self.clock.now();
+                                asked_at = Some(next);
                             }
                             Err(_) => refresh_open = false,
                         },
@@ -135,35 +176,68 @@ impl<S: TokenSource> ClientTask<S> {
                     }
                 }
 
-                // boxed, like every large await here: an idle task should be small
-                if let Some((newer, issued)) = Box::pin(self.newer_refresh_token(known_issue)).await
-                {
-                    tracing::info!(client = %name, "using a newer refresh token from state_dir (written by another tokenkeeper command)");
-                    refresh_token = Some(newer);
-                    known_issue = Some(issued);
-                }
                 let _slot = tokio::select! {
                     _ = self.cancel.cancelled() => return,
                     slot = self.slots.clone().acquire_owned() => slot,
                 };
-                let started = self.clock.now();
-                let result = tokio::select! {
-                    _ = self.cancel.cancelled() => return,
-                    // boxed: the HTTP future is large, and an idle task should not carry it
-                    r = Box::pin(crate::grant::obtain(&*self.source, &self.spec.request, refresh_token.as_ref(), started)) => r,
-                };
                 // the slot is held until the token is saved (it drops at the
                 // end of this pass): the disk is slower than a fast endpoint,
                 // and a burst must not pile up thousands of unsaved tokens
+                let started = self.clock.now();
+                let result = match &self.state {
+                    // boxed, like every large await here: an idle task should be small
+                    Some(state) if self.spec.request.grant.uses_refresh_tokens() => {
+                        let chain = Chain {
+                            refresh_token: &mut refresh_token,
+                            known_issue: &mut known_issue,
+                            unsaved: &mut unsaved,
+                            asked_at: asked_at.take(),
+                        };
+                        match Box::pin(self.chain_pass(state, chain)).await {
+                            Pass::Cancelled => return,
+                            Pass::Adopted(token) => {
+                                let token = Arc::new(token);
+                                next = self.plan(&token).at;
+                                tracing::info!(
+                                    client = %name,
+                                    expires_at = %rfc3339(token.expires_at),
+                                    next_refresh_in_s = next.duration_since(self.clock.now()).unwrap_or_default().as_secs(),
+                                    "using the token another tokenkeeper has just written"
+                                );
+                                self.published(&token, next);
+                                failures = 0;
+                                current = Some(token);
+                                continue;
+                            }
+                            Pass::Fetched(result) => result,
+                        }
+                    }
+                    _ => {
+                        asked_at = None;
+                        let result = tokio::select! {
+                            _ = self.cancel.cancelled() => return,
+                            r = Box::pin(crate::grant::obtain(&*self.source, &self.spec.request, refresh_token.as_ref(), started)) => r,
+                        };
+                        if let Ok(token) = &result {
+                            // persist before publishing: a crash right after
+                            // this point restarts from this token
+                            Box::pin(self.persist(token)).await;
+                        }
+                        result
+                    }
+                };
                 let took = self.clock.now().duration_since(started).unwrap_or_default();
-                self.metrics.request(took);
+                if result.as_ref().is_err_and(|e| e.reason == Reason::State) {
+                    // nothing was sent
+                } else {
+                    self.metrics.request(took);
+                }
                 match result {
                     Ok(token) => {
-                        refresh_token = token.refresh_token.clone();
+                        if unsaved.is_none() {
+                            refresh_token = token.refresh_token.clone();
+                        }
                         known_issue = Some(token.issued_at);
-                        // persist before publishing: a rotated refresh token must
-                        // survive a crash right after this point
-                        Box::pin(self.persist(&token)).await;
                         let token = Arc::new(token);
                         self.record_token(&token);
                         self.metrics.success(token.issued_at);
@@ -197,8 +271,8 @@ impl<S: TokenSource> ClientTask<S> {
                             s.expires_at = Some(unix_seconds(token.expires_at));
                             s.next_refresh = Some(unix_seconds(next));
                             s.consecutive_failures = 0;
-                            s.last_error = None;
-                            s.needs_attention = false;
+                            s.last_error = unsaved.is_some().then(|| UNSAVED.to_string());
+                            s.needs_attention = unsaved.is_some();
                         });
                         current = Some(token);
                     }
@@ -213,12 +287,12 @@ impl<S: TokenSource> ClientTask<S> {
                         );
                         next = self.clock.now() + delay;
                         self.metrics
-                            .failure(error.reason, failures, error.is_permanent());
+                            .failure(error.reason, failures, error.needs_attention());
                         self.report_failure(&error, failures, delay, current.as_deref());
                         self.board.update(&name, |s| {
                             s.consecutive_failures = failures;
                             s.last_error = Some(error.message.clone());
-                            s.needs_attention = error.is_permanent();
+                            s.needs_attention = error.needs_attention();
                             s.next_refresh = Some(unix_seconds(next));
                         });
                     }
@@ -241,51 +315,123 @@ impl<S: TokenSource> ClientTask<S> {
         )
     }
 
-    /// A refresh token in state_dir newer than the one this task knows: a
-    /// `tokenkeeper once` or `token` may have rotated it meanwhile, and
-    /// replaying the consumed one would break the chain.
-    async fn newer_refresh_token(
-        &self,
-        known_issue: Option<SystemTime>,
-    ) -> Option<(Secret, SystemTime)> {
-        if !self.spec.request.grant.uses_refresh_tokens() {
-            return None;
-        }
-        let state = self.state.clone()?;
-        let (spec, now) = (self.spec.clone(), self.clock.now());
-        let resume =
-            tokio::task::spawn_blocking(move || state.resume(&spec.request, &spec.name, now).ok())
-                .await
-                .ok()??;
-        let issued = resume.issued_at?;
-        if known_issue.is_some_and(|known| issued <= known) {
-            return None;
-        }
-        Some((resume.refresh_token?, issued))
+    /// Publishes a token this task did not fetch (written by another
+    /// process), due again at `next`.
+    fn published(&self, token: &Arc<Token>, next: SystemTime) {
+        self.record_token(token);
+        let _ = self.publish.send(Some(token.clone()));
+        self.board.update(&self.spec.name, |s| {
+            s.last_refresh = Some(unix_seconds(token.issued_at));
+            s.expires_at = Some(unix_seconds(token.expires_at));
+            s.next_refresh = Some(unix_seconds(next));
+            s.consecutive_failures = 0;
+            s.last_error = None;
+            s.needs_attention = false;
+        });
     }
 
+    /// One refresh of a refresh-token chain, under the chain's lock from
+    /// reading the state until the answer is durable; whoever else refreshes
+    /// it (`once`, `token`, another daemon) waits meanwhile, and so does this
+    /// task for them. Once the request is sent, cancellation (shutdown, a
+    /// reload) does not abandon it: the rotation the server makes is saved.
+    /// Bounded by the client's `timeout`, for the lock and for the request.
+    async fn chain_pass(&self, state: &StateStore, chain: Chain<'_>) -> Pass {
+        let paused = |e: std::io::Error| {
+            Pass::Fetched(Err(FetchError::transient(
+                Reason::State,
+                format!(
+                    "state_dir: {e}; not refreshing until the state can be saved, since the answer rotates the refresh token"
+                ),
+            )))
+        };
+        let lock = tokio::select! {
+            _ = self.cancel.cancelled() => return Pass::Cancelled,
+            lock = state.lock(&self.spec.name, self.spec.request.timeout) => lock,
+        };
+        let lock = match lock {
+            Ok(lock) => lock,
+            Err(e) => return paused(e),
+        };
+        // under the lock: a token left unsaved first, then what the state
+        // says now, and room for the answer
+        let (spec, unsaved, now) = (self.spec.clone(), chain.unsaved.take(), self.clock.now());
+        let checked = tokio::task::spawn_blocking(move || {
+            let checked = (|| {
+                if let Some(token) = &unsaved {
+                    save(&lock, &spec, token)?;
+                }
+                let resume = crate::state::resume_from(lock.load()?, &spec.request, now);
+                lock.prepare()?;
+                Ok::<_, std::io::Error>(resume)
+            })();
+            let unsaved = if checked.is_err() { unsaved } else { None };
+            (lock, checked, unsaved)
+        })
+        .await;
+        let (lock, checked) = match checked {
+            Ok((lock, checked, unsaved)) => {
+                *chain.unsaved = unsaved;
+                (lock, checked)
+            }
+            Err(e) => return paused(std::io::Error::other(e)),
+        };
+        let resume = match checked {
+            Ok(resume) => resume,
+            Err(e) => return paused(e),
+        };
+        if resume.issued_at.is_some() {
+            // the state is the chain's truth: another process may have moved it on
+            *chain.refresh_token = resume.refresh_token.clone();
+        }
+        if resume.issued_at > *chain.known_issue {
+            *chain.known_issue = resume.issued_at;
+            if let Some(token) = resume.token {
+                let fresh = self.plan(&token).at > now;
+                if fresh && chain.asked_at.is_none_or(|asked| asked <= token.issued_at) {
+                    return Pass::Adopted(token);
+                }
+            }
+        }
+        // the request: not raced against cancellation
+        let result = Box::pin(crate::grant::obtain(
+            &*self.source,
+            &self.spec.request,
+            chain.refresh_token.as_ref(),
+            now,
+        ))
+        .await;
+        if let Ok(token) = &result {
+            let (spec, copy) = (self.spec.clone(), token.clone());
+            let saved = tokio::task::spawn_blocking(move || save(&lock, &spec, &copy))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            if let Err(e) = saved {
+                tracing::error!(client = %self.spec.name, error = %e, "{UNSAVED}");
+                *chain.unsaved = Some(token.clone());
+            }
+        }
+        Pass::Fetched(result)
+    }
+
+    /// Saves a token of a client without a chain (a failure costs only a
+    /// request at the next start), under the lock so that two writers never
+    /// write the same slot.
     async fn persist(&self, token: &Token) {
         let Some(state) = self.state.clone() else {
             return;
         };
-        let (name, fingerprint, seed, token) = (
-            self.spec.name.clone(),
-            self.spec.request.fingerprint(),
-            self.spec.request.refresh_seed(),
-            token.clone(),
-        );
-        let result = tokio::task::spawn_blocking(move || {
-            state.save(&name, &fingerprint, seed.as_deref(), &token)
-        })
-        .await;
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(client = %self.spec.name, error = %e, "cannot save the token to state_dir")
+        let saved = match state.lock(&self.spec.name, self.spec.request.timeout).await {
+            Ok(lock) => {
+                let (spec, token) = (self.spec.clone(), token.clone());
+                tokio::task::spawn_blocking(move || save(&lock, &spec, &token))
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
             }
-            Err(e) => {
-                tracing::error!(client = %self.spec.name, error = %e, "saving the token to state_dir failed")
-            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = saved {
+            tracing::error!(client = %self.spec.name, error = %e, "cannot save the token to state_dir");
         }
     }
 
@@ -316,7 +462,12 @@ impl<S: TokenSource> ClientTask<S> {
             }
             _ => "",
         };
-        if error.is_permanent() {
+        if error.reason == Reason::State {
+            tracing::error!(
+                client = %name, reason = error.reason.as_str(), failures, retry_in_s,
+                "needs attention: {error}; {token_state}"
+            );
+        } else if error.is_permanent() {
             tracing::error!(
                 client = %name, reason = error.reason.as_str(), failures, retry_in_s,
                 "token request refused, needs attention: {error}; {token_state}{hint}"

@@ -3,10 +3,11 @@
 
 use crate::clock::Clock;
 use crate::config::{ClientSpec, Config};
+use crate::daemon::client::save;
 use crate::grant::{FetchError, TokenSource, obtain};
 use crate::schedule::retry_delay;
 use crate::secret::Secret;
-use crate::state::StateStore;
+use crate::state::{Resume, StateStore, resume_from};
 use crate::token::Token;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,14 +47,100 @@ pub async fn fetch_with_retries<S: TokenSource>(
     }
 }
 
-/// Saves `token` for `spec` in `state`.
-pub fn save(state: &StateStore, spec: &ClientSpec, token: &Token) -> std::io::Result<()> {
-    state.save(
-        &spec.name,
-        &spec.request.fingerprint(),
-        spec.request.refresh_seed().as_deref(),
-        token,
-    )
+/// Where a single pass's token came from.
+pub enum Got {
+    /// From state_dir: written by whoever held the chain's lock before.
+    Cached(Token),
+    Fetched(Token),
+}
+
+impl Got {
+    pub fn token(self) -> Token {
+        match self {
+            Got::Cached(t) | Got::Fetched(t) => t,
+        }
+    }
+}
+
+/// A token for `spec` in a single pass (`once`, `token`). Under the
+/// client's lock in `state` — waiting at most the client's `timeout` for a
+/// daemon or another command refreshing it — the token in state_dir is
+/// used when `reuse` accepts it; otherwise a new one is fetched and saved
+/// before it is returned. A grant whose answer rotates a refresh token is
+/// not sent unless its answer can be saved.
+pub async fn get<S: TokenSource>(
+    source: &S,
+    spec: &ClientSpec,
+    state: Option<&StateStore>,
+    clock: &dyn Clock,
+    reuse: impl Fn(&Token) -> bool,
+) -> Result<Got, String> {
+    let chain = spec.request.grant.uses_refresh_tokens();
+    let unsaveable = |e: &dyn std::fmt::Display| {
+        format!("{e}; not fetching, since the rotated refresh token could not be kept")
+    };
+    let lock = match state {
+        Some(state) => match state.lock(&spec.name, spec.request.timeout).await {
+            Ok(lock) => Some(lock),
+            Err(e) if chain => return Err(unsaveable(&e)),
+            Err(e) => {
+                tracing::warn!(client = %spec.name, error = %e, "fetching without the token cache");
+                None
+            }
+        },
+        None if chain => return Err(unsaveable(&"no usable state_dir")),
+        None => None,
+    };
+    let (lock, resume) = match lock {
+        Some(lock) => {
+            let (owned, now) = (Arc::new(spec.clone()), clock.now());
+            let (lock, checked) = tokio::task::spawn_blocking(move || {
+                let checked = (|| {
+                    let resume = resume_from(lock.load()?, &owned.request, now);
+                    if chain {
+                        lock.prepare()?;
+                    }
+                    Ok::<_, std::io::Error>(resume)
+                })();
+                (lock, checked)
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            match checked {
+                Ok(resume) => (Some(lock), resume),
+                Err(e) if chain => return Err(unsaveable(&format!("state_dir: {e}"))),
+                Err(e) => {
+                    tracing::warn!(client = %spec.name, error = %e, "ignoring the token cache");
+                    (Some(lock), Resume::default())
+                }
+            }
+        }
+        None => (None, Resume::default()),
+    };
+    if let Some(token) = resume.token.filter(|t| reuse(t)) {
+        return Ok(Got::Cached(token));
+    }
+    let token = fetch_with_retries(source, spec, resume.refresh_token.as_ref(), clock)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(lock) = lock {
+        let (owned, copy) = (Arc::new(spec.clone()), token.clone());
+        let saved = tokio::task::spawn_blocking(move || save(&lock, &owned, &copy))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match saved {
+            Ok(()) => {}
+            Err(e) if chain => {
+                return Err(format!(
+                    "cannot save the rotated refresh token to state_dir: {e}; the chain is lost"
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(client = %spec.name, error = %e, "cannot save the token to state_dir")
+            }
+        }
+    }
+    Ok(Got::Fetched(token))
 }
 
 /// One client: fetch, persist, write every output. Returns whether all went well.
@@ -63,20 +150,26 @@ async fn once_client<S: TokenSource>(
     state: Option<StateStore>,
     clock: Arc<dyn Clock>,
 ) -> bool {
-    let refresh_token =
-        crate::daemon::client::resume(state.as_ref(), &spec, clock.now()).refresh_token;
-    if spec.request.grant.uses_refresh_tokens() && state.is_none() {
-        tracing::error!(client = %spec.name, "no usable state_dir: a rotated refresh token could not be kept; not fetching");
-        return false;
-    }
-    let token = match fetch_with_retries(&*source, &spec, refresh_token.as_ref(), &*clock).await {
-        Ok(t) => t,
+    // a token written by a holder of the lock while this pass waited for
+    // it is as good as one this pass fetches
+    let before = state
+        .as_ref()
+        .and_then(|s| s.load(&spec.name).ok().flatten())
+        .map(|c| c.token.issued_at);
+    let min_valid = spec.policy.min_valid;
+    let now = clock.now();
+    let reuse = |t: &Token| Some(t.issued_at) > before && t.remaining(now) > min_valid;
+    let token = match get(&*source, &spec, state.as_ref(), &*clock, reuse).await {
+        Ok(Got::Cached(t)) => {
+            tracing::info!(client = %spec.name, "using the token another tokenkeeper has just written");
+            t
+        }
+        Ok(Got::Fetched(t)) => t,
         Err(e) => {
-            tracing::error!(client = %spec.name, reason = e.reason.as_str(), "no token: {e}");
+            tracing::error!(client = %spec.name, "no token: {e}");
             return false;
         }
     };
-    let min_valid = spec.policy.min_valid;
     if !min_valid.is_zero() && token.remaining(clock.now()) < min_valid {
         tracing::error!(
             client = %spec.name,
@@ -86,14 +179,6 @@ async fn once_client<S: TokenSource>(
         return false;
     }
     let mut ok = true;
-    if let Some(state) = state {
-        let (spec2, token2) = (spec.clone(), token.clone());
-        let saved = tokio::task::spawn_blocking(move || save(&state, &spec2, &token2)).await;
-        if let Ok(Err(e)) | Err(e) = saved.map_err(std::io::Error::other) {
-            tracing::error!(client = %spec.name, error = %e, "cannot save the token to state_dir");
-            ok = !spec.request.grant.uses_refresh_tokens();
-        }
-    }
     let token = Arc::new(token);
     for output in &spec.outputs {
         let written = match crate::output::Writer::new(output) {

@@ -12,8 +12,9 @@ use crate::config::{self, ClientSpec, Config};
 use crate::grant::TokenSource;
 use crate::grant::http::HttpTokenSource;
 use crate::state::StateStore;
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{ClientMetrics, Metrics};
 use crate::telemetry::status::StatusBoard;
+use crate::token::Token;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,8 +32,20 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 
 struct Running {
     spec: Arc<ClientSpec>,
+    /// Cancels the client task and its output workers.
     cancel: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
+    client: JoinHandle<()>,
+    /// Cancels the output workers alone (a reload that changes only outputs).
+    outputs_cancel: CancellationToken,
+    outputs: Vec<JoinHandle<()>>,
+    /// The client task's token channel, for output workers started later.
+    tokens: watch::Receiver<Option<Arc<Token>>>,
+}
+
+impl Running {
+    fn tasks(self) -> impl Iterator<Item = JoinHandle<()>> {
+        std::iter::once(self.client).chain(self.outputs)
+    }
 }
 
 pub struct Supervisor<S: TokenSource> {
@@ -83,28 +96,41 @@ impl<S: TokenSource> Supervisor<S> {
         self
     }
 
-    fn start_client(&mut self, spec: Arc<ClientSpec>, force: bool) {
-        let cancel = self.root.child_token();
-        let resume = resume(self.state.as_ref(), &spec, self.clock.now());
-        let (publish, _) = watch::channel(None);
+    /// Starts one worker per output of `spec` on `tokens`.
+    fn start_outputs(
+        &self,
+        spec: &Arc<ClientSpec>,
+        tokens: &watch::Receiver<Option<Arc<Token>>>,
+        cancel: &CancellationToken,
+    ) -> (Arc<ClientMetrics>, Vec<JoinHandle<()>>) {
         let labels: Vec<String> = spec.outputs.iter().map(|o| o.label()).collect();
         self.board.set_outputs(&spec.name, &labels);
         let metrics = self.metrics.client(&spec.name, &labels);
-        let mut tasks = Vec::new();
-        for index in 0..spec.outputs.len() {
-            tasks.push(tokio::spawn(run_output(
-                spec.clone(),
-                index,
-                OutputContext {
-                    min_valid: spec.policy.min_valid,
-                    check_every: self.check_outputs,
-                },
-                publish.subscribe(),
-                self.board.clone(),
-                metrics.clone(),
-                cancel.clone(),
-            )));
-        }
+        let tasks = (0..spec.outputs.len())
+            .map(|index| {
+                tokio::spawn(run_output(
+                    spec.clone(),
+                    index,
+                    OutputContext {
+                        min_valid: spec.policy.min_valid,
+                        check_every: self.check_outputs,
+                    },
+                    tokens.clone(),
+                    self.board.clone(),
+                    metrics.clone(),
+                    cancel.clone(),
+                ))
+            })
+            .collect();
+        (metrics, tasks)
+    }
+
+    fn start_client(&mut self, spec: Arc<ClientSpec>, force: bool) {
+        let cancel = self.root.child_token();
+        let outputs_cancel = cancel.child_token();
+        let resume = resume(self.state.as_ref(), &spec, self.clock.now());
+        let (publish, tokens) = watch::channel(None);
+        let (metrics, outputs) = self.start_outputs(&spec, &tokens, &outputs_cancel);
         let task = ClientTask {
             spec: spec.clone(),
             source: self.source.clone(),
@@ -118,21 +144,41 @@ impl<S: TokenSource> Supervisor<S> {
             refresh_now: self.refresh_tx.subscribe(),
             cancel: cancel.clone(),
         };
-        tasks.push(tokio::spawn(task.run(Start { resume, force })));
+        let client = tokio::spawn(task.run(Start { resume, force }));
         self.running.insert(
             spec.name.clone(),
             Running {
                 spec,
                 cancel,
-                tasks,
+                client,
+                outputs_cancel,
+                outputs,
+                tokens,
             },
         );
+    }
+
+    /// A client whose outputs (or their hooks) changed, and nothing else:
+    /// its task keeps its token, schedule and any refresh in flight; only
+    /// the output workers are replaced, and the new ones write the current
+    /// token at once.
+    fn replace_outputs(&mut self, spec: Arc<ClientSpec>) {
+        let Some(mut running) = self.running.remove(&spec.name) else {
+            return;
+        };
+        running.outputs_cancel.cancel();
+        self.retired.append(&mut running.outputs);
+        running.outputs_cancel = running.cancel.child_token();
+        let (_, outputs) = self.start_outputs(&spec, &running.tokens, &running.outputs_cancel);
+        running.outputs = outputs;
+        running.spec = spec;
+        self.running.insert(running.spec.name.clone(), running);
     }
 
     fn stop_client(&mut self, name: &str) {
         if let Some(running) = self.running.remove(name) {
             running.cancel.cancel();
-            self.retired.extend(running.tasks);
+            self.retired.extend(running.tasks());
         }
         self.retired.retain(|t| !t.is_finished());
     }
@@ -152,9 +198,22 @@ impl<S: TokenSource> Supervisor<S> {
             tracing::info!(client = %name, "client removed; its files stay in place");
         }
         for name in &d.changed {
-            self.stop_client(name);
-            self.start_client(clients[name].clone(), true);
-            tracing::info!(client = %name, "client changed; fetching a new token");
+            let (old, new) = (&current[name], &clients[name]);
+            if old.request == new.request && old.policy == new.policy {
+                self.replace_outputs(new.clone());
+                tracing::info!(client = %name, "outputs changed; writing the current token to them");
+            } else {
+                // a refresh in flight in the old task is finished and saved
+                // first: the new task waits for the chain's lock
+                let force = old.request != new.request;
+                self.stop_client(name);
+                self.start_client(new.clone(), force);
+                if force {
+                    tracing::info!(client = %name, "client changed; fetching a new token");
+                } else {
+                    tracing::info!(client = %name, "refresh policy changed; keeping the current token");
+                }
+            }
         }
         for name in &d.added {
             self.start_client(clients[name].clone(), false);
@@ -176,19 +235,33 @@ impl<S: TokenSource> Supervisor<S> {
         self.refresh_tx.send_modify(|n| *n += 1);
     }
 
-    /// Stops every task, waiting at most the grace period.
+    /// Stops every task. Idle tasks stop at once; a refresh of a
+    /// refresh-token chain already sent is waited for until its answer is
+    /// saved — bounded by the longest such client's `timeout` (twice: a
+    /// refused refresh token falls back to the password in the same
+    /// attempt) — and everything else by a short grace period.
     pub async fn shutdown(mut self) {
         self.root.cancel();
+        let chains = self
+            .running
+            .values()
+            .filter(|r| r.spec.request.grant.uses_refresh_tokens())
+            .map(|r| r.spec.request.timeout * 2)
+            .max()
+            .unwrap_or_default();
         let mut tasks: Vec<JoinHandle<()>> = std::mem::take(&mut self.retired);
         for (_, running) in std::mem::take(&mut self.running) {
-            tasks.extend(running.tasks);
+            tasks.extend(running.tasks());
         }
         let all = async {
             for t in tasks {
                 let _ = t.await;
             }
         };
-        if tokio::time::timeout(SHUTDOWN_GRACE, all).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_GRACE + chains, all)
+            .await
+            .is_err()
+        {
             tracing::warn!("some tasks did not stop within the grace period");
         }
     }

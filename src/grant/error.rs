@@ -20,12 +20,15 @@ pub enum Reason {
     TooLarge,
     /// The access token would break a header (whitespace or control characters).
     InvalidToken,
+    /// The state could not be locked, read or written, so a request that
+    /// rotates a refresh-token chain was not sent (or its answer not saved).
+    State,
     Other,
 }
 
 impl Reason {
     /// Every reason, in declaration order (`reason as usize` indexes it).
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::Refused,
         Reason::RateLimited,
         Reason::ServerError,
@@ -35,6 +38,7 @@ impl Reason {
         Reason::BadResponse,
         Reason::TooLarge,
         Reason::InvalidToken,
+        Reason::State,
         Reason::Other,
     ];
 
@@ -49,6 +53,7 @@ impl Reason {
             Reason::BadResponse => "bad_response",
             Reason::TooLarge => "too_large",
             Reason::InvalidToken => "invalid_token",
+            Reason::State => "state",
             Reason::Other => "other",
         }
     }
@@ -90,6 +95,12 @@ impl FetchError {
 
     pub fn is_permanent(&self) -> bool {
         self.class == FailureClass::Permanent
+    }
+
+    /// A permanent refusal, or a chain paused because its state cannot be
+    /// saved: either way a person has to look.
+    pub fn needs_attention(&self) -> bool {
+        self.is_permanent() || self.reason == Reason::State
     }
 }
 
