@@ -326,7 +326,7 @@ impl StateStore {
         crate::output::file::remove_stale_temp_files(&self.status_path());
         for client in clients {
             match self.try_lock(&client) {
-                Ok(Some(lock)) => {
+                Ok(Some(mut lock)) => {
                     if let Err(e) = lock.migrate() {
                         tracing::warn!(client = %client, error = %e, "cannot migrate the state of an earlier version");
                     }
@@ -432,10 +432,11 @@ impl StateStore {
             .map_err(|e| with_path(&path, "cannot open the lock file", e))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => {
-                let held = ChainLock {
+                let mut held = ChainLock {
                     store: self.clone(),
                     client: client.to_string(),
                     _lock: lock,
+                    opened: None,
                 };
                 held.recover_new()?;
                 Ok(Some(held))
@@ -447,15 +448,44 @@ impl StateStore {
 
     /// Takes `client`'s lock, waiting at most `wait` for its holder.
     pub async fn lock(&self, client: &str, wait: Duration) -> io::Result<ChainLock> {
+        Ok(self.lock_and(client, wait, |_| ()).await?.0)
+    }
+
+    /// Takes `client`'s lock, waiting at most `wait` for its holder, and
+    /// runs `first` under it in the same hop to a blocking thread.
+    pub async fn lock_and<R, F>(
+        &self,
+        client: &str,
+        wait: Duration,
+        first: F,
+    ) -> io::Result<(ChainLock, R)>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut ChainLock) -> R + Send + 'static,
+    {
+        enum Attempt<F, R> {
+            Held(ChainLock, R),
+            Busy(F),
+        }
         let deadline = tokio::time::Instant::now() + wait;
         let mut pause = Duration::from_millis(2);
+        let mut first = first;
         loop {
             let (store, name) = (self.clone(), client.to_string());
-            let attempt = tokio::task::spawn_blocking(move || store.try_lock(&name))
-                .await
-                .map_err(io::Error::other)??;
-            if let Some(lock) = attempt {
-                return Ok(lock);
+            let attempt = tokio::task::spawn_blocking(move || {
+                Ok::<_, io::Error>(match store.try_lock(&name)? {
+                    Some(mut lock) => {
+                        let r = first(&mut lock);
+                        Attempt::Held(lock, r)
+                    }
+                    None => Attempt::Busy(first),
+                })
+            })
+            .await
+            .map_err(io::Error::other)??;
+            match attempt {
+                Attempt::Held(lock, r) => return Ok((lock, r)),
+                Attempt::Busy(f) => first = f,
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(io::Error::new(
@@ -473,12 +503,23 @@ impl StateStore {
     }
 }
 
+/// The state file as read under a lock: one handle (opened for writing
+/// when it could be) and its image, kept for the lock's lifetime so a
+/// refresh opens and reads it once.
+struct Opened {
+    file: File,
+    /// Why it could not be opened for writing.
+    read_only: Option<io::Error>,
+    image: Image,
+}
+
 /// The exclusive right to read and rotate one client's chain; released
 /// when dropped. Its methods do blocking file I/O.
 pub struct ChainLock {
     store: StateStore,
     client: String,
     _lock: Flock<File>,
+    opened: Option<Opened>,
 }
 
 impl ChainLock {
@@ -486,32 +527,82 @@ impl ChainLock {
         self.store.path(&self.client, suffix)
     }
 
-    /// The newest record (see [`StateStore::load`]).
-    pub fn load(&self) -> io::Result<Option<CachedToken>> {
-        self.store.load(&self.client)
+    /// The state file, opened and read once under this lock; `None` when
+    /// there is none.
+    fn opened(&mut self) -> io::Result<Option<&mut Opened>> {
+        if self.opened.is_none() {
+            let path = self.path(".state");
+            let open = |write: bool| {
+                OpenOptions::new()
+                    .read(true)
+                    .write(write)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                    .open(&path)
+            };
+            let (file, read_only) = match open(true) {
+                Ok(f) => (f, None),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => match open(false) {
+                    Ok(f) => (f, Some(e)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(with_path(&path, "cannot open", e)),
+                },
+            };
+            let meta = file
+                .metadata()
+                .map_err(|e| with_path(&path, "cannot inspect", e))?;
+            if !meta.is_file() || meta.len() > MAX_FILE {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: not a tokenkeeper state file", path.display()),
+                ));
+            }
+            let mut bytes = Vec::with_capacity(meta.len() as usize);
+            io::Read::read_to_end(&mut &file, &mut bytes)
+                .map_err(|e| with_path(&path, "cannot read", e))?;
+            self.opened = Some(Opened {
+                file,
+                read_only,
+                image: decode(&bytes),
+            });
+        }
+        Ok(self.opened.as_mut())
     }
 
-    fn image(&self) -> io::Result<Option<Image>> {
-        Ok(read_file(&self.path(".state"))?.map(|b| decode(&b)))
+    /// The newest record (see [`StateStore::load`]).
+    pub fn load(&mut self) -> io::Result<Option<CachedToken>> {
+        match self.opened()? {
+            Some(o) => Ok(o
+                .image
+                .newest
+                .as_ref()
+                .and_then(|(_, s)| StateFile::parse(&s.payload))
+                .map(StateFile::cached)),
+            None => Ok(self
+                .store
+                .legacy_newest(&self.client)?
+                .map(|(_, f)| f.cached())),
+        }
+    }
+
+    fn newest_seq(&mut self) -> Option<u64> {
+        let opened = self.opened().ok().flatten()?;
+        opened.image.newest.as_ref().map(|(_, s)| s.seq)
     }
 
     /// A `.new` file is only written under the lock, so one found by the
     /// holder was left by a killed process: adopted when it holds a newer
     /// record than the state file, else removed.
-    fn recover_new(&self) -> io::Result<()> {
+    fn recover_new(&mut self) -> io::Result<()> {
         let new = self.path(".state.new");
         let Some(bytes) = read_file(&new).ok().flatten() else {
             return Ok(());
         };
         let candidate = decode(&bytes).newest.map(|(_, s)| s.seq);
-        let current = self
-            .image()
-            .ok()
-            .flatten()
-            .and_then(|i| i.newest.map(|(_, s)| s.seq));
-        if candidate.is_some() && candidate > current {
+        if candidate.is_some() && candidate > self.newest_seq() {
             fs::rename(&new, self.path(".state"))
                 .map_err(|e| with_path(&new, "cannot rename into place", e))?;
+            self.opened = None;
             self.sync_dir()?;
             tracing::info!(client = %self.client, "recovered the newest state record left by a stopped process");
         } else {
@@ -528,13 +619,15 @@ impl ChainLock {
 
     /// Writes a whole new state file with slots of `slot_size`, `record` in
     /// the first, and renames it into place.
-    fn rewrite(&self, slot_size: usize, record: Option<(u64, &[u8])>) -> io::Result<()> {
+    fn rewrite(&mut self, slot_size: usize, record: Option<(u64, &[u8])>) -> io::Result<()> {
+        self.opened = None;
         let new = self.path(".state.new");
         let mut image = match record {
             Some((seq, payload)) => encode_slot(seq, payload, slot_size),
             None => vec![b'\n'; slot_size],
         };
         image.resize(slot_size * 2, b'\n');
+        let image = secrecy::SecretSlice::from(image);
         let file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -543,7 +636,9 @@ impl ChainLock {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&new)
             .map_err(|e| with_path(&new, "cannot create", e))?;
-        let written = file.write_all_at(&image, 0).and_then(|()| file.sync_all());
+        let written = file
+            .write_all_at(image.expose_secret(), 0)
+            .and_then(|()| file.sync_all());
         if let Err(e) = written {
             let _ = fs::remove_file(&new);
             return Err(with_path(&new, "cannot write", e));
@@ -558,35 +653,39 @@ impl ChainLock {
     /// for writing, and has room for a record twice the size of the current
     /// one. On a filesystem that is read-only, full (for a file yet to be
     /// created or grown) or not ours, this fails and nothing is sent.
-    pub fn prepare(&self) -> io::Result<()> {
+    pub fn prepare(&mut self) -> io::Result<()> {
         let path = self.path(".state");
-        match self.image()? {
-            None => {
-                let legacy = self.store.legacy_newest(&self.client)?;
-                if legacy.is_some() {
-                    return self.migrate();
-                }
-                self.rewrite(slot_size_for(0), None)
+        let Some(opened) = self.opened()? else {
+            if self.store.legacy_newest(&self.client)?.is_some() {
+                return self.migrate();
             }
-            Some(image) => {
-                let len = image.newest.as_ref().map_or(0, |(_, s)| s.payload.len());
-                if image.slot_size < HEADER + 2 * len.max(MIN_ROOM) {
-                    let record = image.newest.as_ref().map(|(_, s)| (s.seq, &s.payload[..]));
-                    return self.rewrite(slot_size_for(len), record);
-                }
-                OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&path)
-                    .map(drop)
-                    .map_err(|e| with_path(&path, "cannot open for writing", e))
-            }
+            return self.rewrite(slot_size_for(0), None);
+        };
+        if let Some(e) = &opened.read_only {
+            return Err(with_path(
+                &path,
+                "cannot open for writing",
+                io::Error::new(e.kind(), e.to_string()),
+            ));
         }
+        let len = opened
+            .image
+            .newest
+            .as_ref()
+            .map_or(0, |(_, s)| s.payload.len());
+        if opened.image.slot_size < HEADER + 2 * len.max(MIN_ROOM) {
+            let record = opened.image.newest.take().map(|(_, s)| s);
+            return self.rewrite(
+                slot_size_for(len),
+                record.as_ref().map(|s| (s.seq, &s.payload[..])),
+            );
+        }
+        Ok(())
     }
 
     /// Saves `token` as the newest record, durably (fdatasync) before it
     /// returns.
-    pub fn save(&self, fingerprint: &str, seed: Option<&str>, token: &Token) -> io::Result<()> {
+    pub fn save(&mut self, fingerprint: &str, seed: Option<&str>, token: &Token) -> io::Result<()> {
         let file = StateFile {
             version: VERSION,
             fingerprint: fingerprint.to_string(),
@@ -601,45 +700,70 @@ impl ChainLock {
         self.write_record(payload.expose().as_bytes())
     }
 
-    fn write_record(&self, payload: &[u8]) -> io::Result<()> {
+    fn write_record(&mut self, payload: &[u8]) -> io::Result<()> {
         let path = self.path(".state");
-        let Some(image) = self.image()? else {
+        let Some(opened) = self.opened()? else {
             return self.rewrite(slot_size_for(payload.len()), Some((1, payload)));
         };
-        let (slot, seq) = match &image.newest {
+        let (slot, seq) = match &opened.image.newest {
             Some((i, s)) => (1 - i, s.seq + 1),
             None => (0, 1),
         };
-        if image.slot_size < HEADER + payload.len() {
+        if opened.image.slot_size < HEADER + payload.len() {
             return self.rewrite(slot_size_for(payload.len()), Some((seq, payload)));
         }
-        let file = OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(|e| with_path(&path, "cannot open for writing", e))?;
-        let bytes = secrecy::SecretSlice::from(encode_slot(seq, payload, image.slot_size));
-        file.write_all_at(bytes.expose_secret(), (slot * image.slot_size) as u64)
-            .and_then(|()| file.sync_data())
-            .map_err(|e| with_path(&path, "cannot write", e))
+        if let Some(e) = &opened.read_only {
+            return Err(with_path(
+                &path,
+                "cannot open for writing",
+                io::Error::new(e.kind(), e.to_string()),
+            ));
+        }
+        let size = opened.image.slot_size;
+        let bytes = secrecy::SecretSlice::from(encode_slot(seq, payload, size));
+        let written = opened
+            .file
+            .write_all_at(bytes.expose_secret(), (slot * size) as u64)
+            .and_then(|()| opened.file.sync_data());
+        match written {
+            Ok(()) => {
+                opened.image.newest = Some((
+                    slot,
+                    Slot {
+                        seq,
+                        payload: payload.to_vec(),
+                    },
+                ));
+                Ok(())
+            }
+            Err(e) => {
+                // what is on disk is not known now: read it again next time
+                self.opened = None;
+                Err(with_path(&path, "cannot write", e))
+            }
+        }
     }
 
     /// Moves an earlier version's newest record (see
     /// [`StateStore::legacy_newest`]) into the state file, then removes the
     /// old files: they hold a refresh token the chain has moved past, or
     /// will once it rotates.
-    fn migrate(&self) -> io::Result<()> {
+    fn migrate(&mut self) -> io::Result<()> {
         let Some((paths, best)) = self.store.legacy_newest(&self.client)? else {
             return Ok(());
         };
-        let current = self.image()?.and_then(|i| i.newest);
-        let current_issued = current
+        let current = self.opened()?.and_then(|o| {
+            o.image
+                .newest
+                .as_ref()
+                .map(|(_, s)| (s.seq, StateFile::parse(&s.payload).map(|f| f.issued_at_ms)))
+        });
+        if current
             .as_ref()
-            .and_then(|(_, s)| StateFile::parse(&s.payload))
-            .map(|f| f.issued_at_ms);
-        if current_issued.is_none_or(|c| best.issued_at_ms > c) {
+            .is_none_or(|(_, issued)| issued.is_none_or(|c| best.issued_at_ms > c))
+        {
             let payload = Secret::new(serde_json::to_string(&best).map_err(io::Error::other)?);
-            let seq = current.map_or(1, |(_, s)| s.seq + 1);
+            let seq = current.map_or(1, |(seq, _)| seq + 1);
             let len = payload.expose().len();
             self.rewrite(slot_size_for(len), Some((seq, payload.expose().as_bytes())))?;
             tracing::info!(client = %self.client, from = paths.len(), "state migrated from an earlier version");
@@ -682,7 +806,7 @@ mod tests {
         let store = StateStore::open(&state_dir).unwrap();
         assert_eq!(fs::metadata(&state_dir).unwrap().mode() & 0o777, 0o700);
         assert!(store.load("a").unwrap().is_none());
-        let lock = store.try_lock("a").unwrap().unwrap();
+        let mut lock = store.try_lock("a").unwrap().unwrap();
         lock.prepare().unwrap();
         let inode = fs::metadata(state_dir.join("a.state")).unwrap().ino();
         for n in 1..=5 {
@@ -711,7 +835,7 @@ mod tests {
     fn a_torn_slot_falls_back_to_the_previous_record() {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::open(dir.path()).unwrap();
-        let lock = store.try_lock("a").unwrap().unwrap();
+        let mut lock = store.try_lock("a").unwrap().unwrap();
         lock.save("fp", None, &token(1)).unwrap();
         lock.save("fp", None, &token(2)).unwrap();
         // record 2 is in slot 1; tear it as a crash in mid-write would
@@ -721,7 +845,10 @@ mod tests {
         bytes[at] ^= 0x20;
         fs::write(&path, &bytes).unwrap();
         assert_eq!(refresh_token(&store).as_deref(), Some("rt-1"));
-        // the next save goes to the torn slot, not over record 1
+        // the next holder (a tear comes from a crash: a restarted process)
+        // writes the torn slot, not over record 1
+        drop(lock);
+        let mut lock = store.try_lock("a").unwrap().unwrap();
         lock.save("fp", None, &token(3)).unwrap();
         assert_eq!(refresh_token(&store).as_deref(), Some("rt-3"));
         let bytes = fs::read(&path).unwrap();
@@ -733,7 +860,7 @@ mod tests {
     fn a_record_larger_than_its_slot_grows_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::open(dir.path()).unwrap();
-        let lock = store.try_lock("a").unwrap().unwrap();
+        let mut lock = store.try_lock("a").unwrap().unwrap();
         lock.save("fp", None, &token(1)).unwrap();
         let mut big = token(2);
         big.access_token = Secret::new("x".repeat(10_000));
@@ -752,7 +879,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::open(dir.path()).unwrap();
         {
-            let lock = store.try_lock("a").unwrap().unwrap();
+            let mut lock = store.try_lock("a").unwrap().unwrap();
             lock.save("fp", None, &token(1)).unwrap();
         }
         let payload = |n| {

@@ -76,7 +76,7 @@ enum Pass {
 }
 
 /// Saves `token` for `spec` under `lock`.
-pub fn save(lock: &ChainLock, spec: &ClientSpec, token: &Token) -> std::io::Result<()> {
+pub fn save(lock: &mut ChainLock, spec: &ClientSpec, token: &Token) -> std::io::Result<()> {
     lock.save(
         &spec.request.fingerprint(),
         spec.request.refresh_seed().as_deref(),
@@ -345,39 +345,34 @@ impl<S: TokenSource> ClientTask<S> {
                 ),
             )))
         };
-        let lock = tokio::select! {
-            _ = self.cancel.cancelled() => return Pass::Cancelled,
-            lock = state.lock(&self.spec.name, self.spec.request.timeout) => lock,
-        };
-        let lock = match lock {
-            Ok(lock) => lock,
-            Err(e) => return paused(e),
-        };
-        // under the lock: a token left unsaved first, then what the state
-        // says now, and room for the answer
-        let (spec, unsaved, now) = (self.spec.clone(), chain.unsaved.take(), self.clock.now());
-        let checked = tokio::task::spawn_blocking(move || {
+        // under the lock, in the hop that takes it: a token left unsaved
+        // first, then what the state says now, and room for the answer
+        // (a copy of the unsaved token: the original stays if the lock is not had)
+        let (spec, unsaved, now) = (self.spec.clone(), chain.unsaved.clone(), self.clock.now());
+        let first = move |lock: &mut ChainLock| {
             let checked = (|| {
                 if let Some(token) = &unsaved {
-                    save(&lock, &spec, token)?;
+                    save(lock, &spec, token)?;
                 }
                 let resume = crate::state::resume_from(lock.load()?, &spec.request, now);
                 lock.prepare()?;
                 Ok::<_, std::io::Error>(resume)
             })();
             let unsaved = if checked.is_err() { unsaved } else { None };
-            (lock, checked, unsaved)
-        })
-        .await;
-        let (lock, checked) = match checked {
-            Ok((lock, checked, unsaved)) => {
-                *chain.unsaved = unsaved;
-                (lock, checked)
-            }
-            Err(e) => return paused(std::io::Error::other(e)),
+            (checked, unsaved)
         };
-        let resume = match checked {
-            Ok(resume) => resume,
+        let locked = tokio::select! {
+            _ = self.cancel.cancelled() => return Pass::Cancelled,
+            locked = state.lock_and(&self.spec.name, self.spec.request.timeout, first) => locked,
+        };
+        let (mut lock, resume) = match locked {
+            Ok((lock, (checked, unsaved))) => {
+                *chain.unsaved = unsaved;
+                match checked {
+                    Ok(resume) => (lock, resume),
+                    Err(e) => return paused(e),
+                }
+            }
             Err(e) => return paused(e),
         };
         if resume.issued_at.is_some() {
@@ -403,7 +398,7 @@ impl<S: TokenSource> ClientTask<S> {
         .await;
         if let Ok(token) = &result {
             let (spec, copy) = (self.spec.clone(), token.clone());
-            let saved = tokio::task::spawn_blocking(move || save(&lock, &spec, &copy))
+            let saved = tokio::task::spawn_blocking(move || save(&mut lock, &spec, &copy))
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e)));
             if let Err(e) = saved {
@@ -422,9 +417,9 @@ impl<S: TokenSource> ClientTask<S> {
             return;
         };
         let saved = match state.lock(&self.spec.name, self.spec.request.timeout).await {
-            Ok(lock) => {
+            Ok(mut lock) => {
                 let (spec, token) = (self.spec.clone(), token.clone());
-                tokio::task::spawn_blocking(move || save(&lock, &spec, &token))
+                tokio::task::spawn_blocking(move || save(&mut lock, &spec, &token))
                     .await
                     .unwrap_or_else(|e| Err(std::io::Error::other(e)))
             }

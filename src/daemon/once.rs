@@ -7,7 +7,7 @@ use crate::daemon::client::save;
 use crate::grant::{FetchError, TokenSource, obtain};
 use crate::schedule::retry_delay;
 use crate::secret::Secret;
-use crate::state::{Resume, StateStore, resume_from};
+use crate::state::{ChainLock, Resume, StateStore, resume_from};
 use crate::token::Token;
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,41 +79,34 @@ pub async fn get<S: TokenSource>(
     let unsaveable = |e: &dyn std::fmt::Display| {
         format!("{e}; not fetching, since the rotated refresh token could not be kept")
     };
-    let lock = match state {
-        Some(state) => match state.lock(&spec.name, spec.request.timeout).await {
-            Ok(lock) => Some(lock),
-            Err(e) if chain => return Err(unsaveable(&e)),
-            Err(e) => {
-                tracing::warn!(client = %spec.name, error = %e, "fetching without the token cache");
-                None
-            }
-        },
+    let (owned, now) = (Arc::new(spec.clone()), clock.now());
+    let first = move |lock: &mut ChainLock| {
+        let resume = resume_from(lock.load()?, &owned.request, now);
+        if chain {
+            lock.prepare()?;
+        }
+        Ok::<_, std::io::Error>(resume)
+    };
+    let locked = match state {
+        Some(state) => Some(
+            state
+                .lock_and(&spec.name, spec.request.timeout, first)
+                .await,
+        ),
         None if chain => return Err(unsaveable(&"no usable state_dir")),
         None => None,
     };
-    let (lock, resume) = match lock {
-        Some(lock) => {
-            let (owned, now) = (Arc::new(spec.clone()), clock.now());
-            let (lock, checked) = tokio::task::spawn_blocking(move || {
-                let checked = (|| {
-                    let resume = resume_from(lock.load()?, &owned.request, now);
-                    if chain {
-                        lock.prepare()?;
-                    }
-                    Ok::<_, std::io::Error>(resume)
-                })();
-                (lock, checked)
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-            match checked {
-                Ok(resume) => (Some(lock), resume),
-                Err(e) if chain => return Err(unsaveable(&format!("state_dir: {e}"))),
-                Err(e) => {
-                    tracing::warn!(client = %spec.name, error = %e, "ignoring the token cache");
-                    (Some(lock), Resume::default())
-                }
-            }
+    let (lock, resume) = match locked {
+        Some(Ok((lock, Ok(resume)))) => (Some(lock), resume),
+        Some(Ok((_, Err(e)))) if chain => return Err(unsaveable(&format!("state_dir: {e}"))),
+        Some(Err(e)) if chain => return Err(unsaveable(&e)),
+        Some(Ok((lock, Err(e)))) => {
+            tracing::warn!(client = %spec.name, error = %e, "ignoring the token cache");
+            (Some(lock), Resume::default())
+        }
+        Some(Err(e)) => {
+            tracing::warn!(client = %spec.name, error = %e, "fetching without the token cache");
+            (None, Resume::default())
         }
         None => (None, Resume::default()),
     };
@@ -123,9 +116,9 @@ pub async fn get<S: TokenSource>(
     let token = fetch_with_retries(source, spec, resume.refresh_token.as_ref(), clock)
         .await
         .map_err(|e| e.to_string())?;
-    if let Some(lock) = lock {
+    if let Some(mut lock) = lock {
         let (owned, copy) = (Arc::new(spec.clone()), token.clone());
-        let saved = tokio::task::spawn_blocking(move || save(&lock, &owned, &copy))
+        let saved = tokio::task::spawn_blocking(move || save(&mut lock, &owned, &copy))
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         match saved {
