@@ -98,6 +98,27 @@ fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
     start.elapsed()
 }
 
+/// One refresh round: SIGUSR1 to the daemon at `pid`, until all `n`
+/// clients asked for a token and the last one's file holds it.
+fn refresh_round(pid: u32, dir: &Path, n: usize, count: &AtomicU64, limit: Duration) {
+    let before = count.load(Ordering::Relaxed);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    wait("a refresh round", limit, || {
+        count.load(Ordering::Relaxed) >= before + n as u64
+    });
+    let last = dir.join(format!("out/c{}.token", n - 1));
+    wait("the round written", limit, || {
+        std::fs::read_to_string(&last)
+            .ok()
+            .and_then(|t| t.strip_prefix("bench-token-")?.parse::<u64>().ok())
+            .is_some_and(|k| k >= before)
+    });
+}
+
 fn config(dir: &Path, url: &str, n: usize) -> String {
     let mut text = format!(
         "[daemon]\nstate_dir = \"{}\"\n\n[defaults]\nmin_interval = \"1ms\"\n\n",
@@ -169,25 +190,9 @@ fn run_size(n: usize, url: &str, count: &Arc<AtomicU64>) -> SizeResult {
     std::thread::sleep(Duration::from_millis(500));
     let (mut wall, mut cpu, mut user) = (Duration::ZERO, 0.0, 0.0);
     for _ in 0..3 {
-        let before = count.load(Ordering::Relaxed);
         let (user0, system0) = cpu_split(pid);
         let t0 = Instant::now();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGUSR1,
-        )
-        .unwrap();
-        wait("a refresh round", limit, || {
-            count.load(Ordering::Relaxed) >= before + n as u64
-        });
-        // and written: the last client's file holds a token from this round
-        let last = dir.path().join(format!("out/c{}.token", n - 1));
-        wait("the round written", limit, || {
-            std::fs::read_to_string(&last)
-                .ok()
-                .and_then(|t| t.strip_prefix("bench-token-")?.parse::<u64>().ok())
-                .is_some_and(|k| k >= before)
-        });
+        refresh_round(pid, dir.path(), n, count, limit);
         wall += t0.elapsed();
         std::thread::sleep(Duration::from_millis(300)); // let the last writes finish before reading CPU
         let (user1, system1) = cpu_split(pid);
@@ -300,7 +305,16 @@ fn parse_strace(text: &str) -> std::collections::BTreeMap<String, f64> {
             Some((f.last()?.to_string(), calls))
         })
         .filter(|(name, _)| name != "total")
-        .collect()
+        .fold(std::collections::BTreeMap::new(), |mut m, (name, calls)| {
+            // rename(2) and its *at forms count as one
+            let name = if name.starts_with("rename") {
+                "rename".to_string()
+            } else {
+                name
+            };
+            *m.entry(name).or_insert(0.0) += calls;
+            m
+        })
 }
 
 fn chain_cost(bin: &Path, base: &Path, url: &str, n: usize, count: &Arc<AtomicU64>) -> ChainCost {
@@ -323,22 +337,7 @@ fn chain_cost(bin: &Path, base: &Path, url: &str, n: usize, count: &Arc<AtomicU6
     });
     std::thread::sleep(Duration::from_millis(500));
     let round = |count: &Arc<AtomicU64>| {
-        let before = count.load(Ordering::Relaxed);
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGUSR1,
-        )
-        .unwrap();
-        wait("a refresh round", limit, || {
-            count.load(Ordering::Relaxed) >= before + n as u64
-        });
-        let last = dir.path().join(format!("out/c{}.token", n - 1));
-        wait("the round written", limit, || {
-            std::fs::read_to_string(&last)
-                .ok()
-                .and_then(|t| t.strip_prefix("bench-token-")?.parse::<u64>().ok())
-                .is_some_and(|k| k >= before)
-        });
+        refresh_round(pid, dir.path(), n, count, limit);
         std::thread::sleep(Duration::from_millis(300));
     };
     let (mut cpu_us, mut user_us) = (Vec::new(), Vec::new());

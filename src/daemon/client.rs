@@ -128,13 +128,7 @@ impl<S: TokenSource> ClientTask<S> {
                     "using the cached token"
                 );
             }
-            self.board.update(&name, |s| {
-                s.expires_at = Some(unix_seconds(token.expires_at));
-                s.last_refresh = Some(unix_seconds(token.issued_at));
-                s.next_refresh = Some(unix_seconds(next));
-            });
-            self.record_token(&token);
-            let _ = self.publish.send(Some(token.clone()));
+            self.published(&token, next);
             current = Some(token);
         }
 
@@ -315,8 +309,8 @@ impl<S: TokenSource> ClientTask<S> {
         )
     }
 
-    /// Publishes a token this task did not fetch (written by another
-    /// process), due again at `next`.
+    /// Publishes a token this task did not fetch (cached, or written by
+    /// another process), due again at `next`.
     fn published(&self, token: &Arc<Token>, next: SystemTime) {
         self.record_token(token);
         let _ = self.publish.send(Some(token.clone()));
