@@ -91,6 +91,27 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
+/// SIGHUP and SIGUSR1 end a process that handles neither, and the daemon
+/// sets up its own handlers only once the config is loaded and the state
+/// opened — most of a second at 10,000 clients, when a `systemctl reload`
+/// right after start would kill it. From here on they are caught; until the
+/// daemon listens, they have nothing to do (there is no config to reload,
+/// and every client fetches as it starts).
+fn catch_early_signals(rt: &tokio::runtime::Runtime) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let _guard = rt.enter();
+    for kind in [SignalKind::hangup(), SignalKind::user_defined1()] {
+        // the handler stays for the life of the process, whatever becomes
+        // of this stream (tokio::signal's documented behaviour)
+        if let Err(e) = signal(kind) {
+            eprintln!(
+                "tokenkeeper: cannot handle signal {}: {e}",
+                kind.as_raw_value()
+            );
+        }
+    }
+}
+
 fn load(arg: &ConfigArg) -> Result<Config, String> {
     config::load(&arg.config, &config::process_env).map_err(|e| e.to_string())
 }
@@ -101,6 +122,9 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
+    if matches!(cli.command, Command::Run(_) | Command::Dev(_)) {
+        catch_early_signals(&rt);
+    }
     match cli.command {
         Command::Run(arg) => {
             let config = match load(&arg) {

@@ -104,6 +104,7 @@ async fn token(
 /// Starts the demo issuer on 127.0.0.1 (any free port); returns its address.
 pub async fn start_issuer(
     lifetime: Duration,
+    port: u16,
     cancel: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let issuer = Arc::new(Issuer {
@@ -114,7 +115,12 @@ pub async fn start_issuer(
     let app = Router::new()
         .route("/token", post(token))
         .with_state(issuer);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+        Ok(l) => l,
+        // the port the config names is taken: any other
+        Err(_) if port != 0 => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+        Err(e) => return Err(e),
+    };
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
@@ -173,20 +179,55 @@ format = "env"
     )
 }
 
+/// The demo issuer's address in a config `dev` wrote: its `token_url`.
+fn issuer_address(config: &str) -> Option<SocketAddr> {
+    let rest = config.split("token_url = \"http://").nth(1)?;
+    rest.split('/').next()?.parse().ok()
+}
+
 pub async fn run(args: DevArgs) -> ExitCode {
     crate::telemetry::logging::init(crate::config::LogFormat::Text);
     let lifetime: Duration = args.lifetime.into();
     let cancel = CancellationToken::new();
-    let addr = match start_issuer(lifetime, cancel.clone()).await {
+    let path = args.dir.join("config.toml");
+    let existing = std::fs::read_to_string(&path).ok();
+    let previous = existing.as_deref().and_then(issuer_address);
+    let port = previous.map_or(0, |a| a.port());
+    let addr = match start_issuer(lifetime, port, cancel.clone()).await {
         Ok(a) => a,
         Err(e) => {
             eprintln!("tokenkeeper dev: cannot start the demo issuer: {e}");
             return ExitCode::from(1);
         }
     };
-    let path = args.dir.join("config.toml");
-    let written = std::fs::create_dir_all(&args.dir)
-        .and_then(|()| std::fs::write(&path, demo_config(addr, lifetime)));
+    let text = match (&existing, previous) {
+        // as `dev` wrote it: written anew (the lifetime may have changed)
+        (Some(text), Some(prev)) if *text == demo_config(prev, lifetime) => {
+            demo_config(addr, lifetime)
+        }
+        (Some(text), previous) => match previous {
+            Some(prev) if prev != addr => {
+                eprintln!(
+                    "tokenkeeper dev: keeping your edited {}; the demo issuer moved from {prev} to {addr}, and only that address in it is updated",
+                    path.display()
+                );
+                text.replace(&prev.to_string(), &addr.to_string())
+            }
+            _ => {
+                eprintln!(
+                    "tokenkeeper dev: keeping your edited {} (delete it for a fresh demo config)",
+                    path.display()
+                );
+                text.clone()
+            }
+        },
+        (None, _) => demo_config(addr, lifetime),
+    };
+    let written = if existing.as_ref() == Some(&text) {
+        Ok(())
+    } else {
+        std::fs::create_dir_all(&args.dir).and_then(|()| std::fs::write(&path, &text))
+    };
     if let Err(e) = written {
         eprintln!("tokenkeeper dev: cannot write {}: {e}", path.display());
         return ExitCode::from(1);

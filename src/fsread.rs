@@ -1,7 +1,8 @@
 //! Bounded reads of the files a config names (secrets, tokens, CA bundles,
-//! templates, pid files, the config itself): a path that points at
-//! `/dev/zero` or at a multi-gigabyte log is an error naming the limit, not
-//! an out-of-memory kill.
+//! templates, pid files, the config itself): regular files only, opened
+//! without blocking — a FIFO, a device (`/dev/zero`) or a directory is an
+//! error at once, not a hang or an endless read — and a multi-gigabyte log
+//! is an error naming the limit, not an out-of-memory kill.
 
 use std::io::{self, Read};
 use std::path::Path;
@@ -26,10 +27,37 @@ fn utf8(bytes: Vec<u8>) -> io::Result<String> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
 
-/// Reads at most `limit` bytes of `path`; more is an error.
+/// Opens `path` for reading without blocking (a FIFO with no writer would
+/// block `open` for ever) and refuses anything but a regular file.
+pub fn open_regular(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if kind.is_file() {
+        return Ok(file);
+    }
+    let what = if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "a device"
+    };
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{what}, not a regular file"),
+    ))
+}
+
+/// Reads at most `limit` bytes of the regular file `path`; more is an error.
 pub fn read_limited(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    std::fs::File::open(path)?
+    open_regular(path)?
         .take(limit + 1)
         .read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
@@ -61,9 +89,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_fifo_is_refused_at_once_instead_of_blocking_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("config.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let e = read_limited(&fifo, MAX_CONFIG_BYTES).unwrap_err();
+        assert_eq!(e.to_string(), "a FIFO, not a regular file");
+        let e = read(dir.path()).unwrap_err();
+        assert_eq!(e.to_string(), "a directory, not a regular file");
+    }
+
+    #[test]
     fn endless_and_oversized_files_are_refused() {
         let e = read(Path::new("/dev/zero")).unwrap_err();
-        assert_eq!(e.to_string(), "larger than 4 MiB; is this the right file?");
+        assert_eq!(e.to_string(), "a device, not a regular file");
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
         std::fs::write(&p, vec![b'x'; 2048]).unwrap();

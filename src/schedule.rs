@@ -17,8 +17,11 @@ pub struct Policy {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     /// Written tokens must keep at least this much validity: refresh before
-    /// less remains.
+    /// less remains; a new token with less is a failed refresh.
     pub min_valid: Duration,
+    /// A longer lifetime is planned as this long (`expires_at` in the year
+    /// 9999 must not park a client for ever).
+    pub max_lifetime: Duration,
 }
 
 impl Default for Policy {
@@ -30,6 +33,7 @@ impl Default for Policy {
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(5 * 60),
             min_valid: Duration::ZERO,
+            max_lifetime: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -68,7 +72,10 @@ pub fn refresh_at(
     policy: &Policy,
     jitter: f64,
 ) -> RefreshPlan {
-    let lifetime = expires.duration_since(issued).unwrap_or(Duration::ZERO);
+    let lifetime = expires
+        .duration_since(issued)
+        .unwrap_or(Duration::ZERO)
+        .min(policy.max_lifetime);
     let by_ratio = lifetime.mul_f64(policy.refresh_ratio.clamp(0.0, 1.0));
     let mut basis = RefreshBasis::Policy;
     let mut offset = match lifetime.checked_sub(policy.refresh_before) {
@@ -172,6 +179,17 @@ mod tests {
             );
             assert_eq!(plan.basis, basis, "lifetime {lifetime}s");
         }
+    }
+
+    #[test]
+    fn an_absurd_lifetime_is_planned_as_max_lifetime() {
+        let policy = Policy::default();
+        let issued = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        // expires_at in the year 9999
+        let expires = UNIX_EPOCH + Duration::from_secs(253_402_300_799);
+        let plan = refresh_at(issued, expires, issued, &policy, 0.0);
+        // a day's token: the earlier of 75 % (18 h) and 5 min before expiry
+        assert_eq!(plan.at, issued + Duration::from_secs(18 * 3600));
     }
 
     #[test]

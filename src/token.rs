@@ -32,6 +32,28 @@ impl Token {
     pub fn is_expired(&self, now: SystemTime) -> bool {
         now >= self.expires_at
     }
+
+    /// Why this token, just received, must not replace the current one: it
+    /// has already expired (`expires_in: 0`, an `expires_at` or JWT `exp`
+    /// in the past), or has no more than `min_valid` left. `None` when it
+    /// is good to use.
+    pub fn unusable(&self, now: SystemTime, min_valid: Duration) -> Option<String> {
+        let left = self.remaining(now);
+        if left.is_zero() {
+            Some(format!(
+                "the endpoint answered with a token that has already expired (expires_at {})",
+                rfc3339(self.expires_at)
+            ))
+        } else if left <= min_valid {
+            Some(format!(
+                "the endpoint answered with a token valid for {} only, not more than min_valid ({})",
+                humantime::format_duration(Duration::from_secs(left.as_secs())),
+                humantime::format_duration(min_valid)
+            ))
+        } else {
+            None
+        }
+    }
 }
 
 /// RFC 3339 in UTC with second precision, e.g. `2026-11-23T10:15:00Z`.

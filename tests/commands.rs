@@ -235,7 +235,127 @@ fn a_secret_file_that_never_ends_is_a_config_error_not_an_out_of_memory_kill() {
     assert!(
         stderr.contains("clients.a.client_secret_file")
             && stderr.contains("/dev/zero")
-            && stderr.contains("larger than 4 MiB; is this the right file?"),
+            && stderr.contains("a device, not a regular file"),
         "{stderr}"
     );
+}
+
+#[test]
+fn dev_keeps_an_edited_config_and_says_so() {
+    let sb = Sandbox::new();
+    let dev = || {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.args(["dev", "--dir"])
+            .arg(sb.path("demo"))
+            .args(["--lifetime", "3s"])
+            .current_dir(sb.dir.path())
+            .env_remove("RUST_LOG");
+        sb.start_with(cmd)
+    };
+    let daemon = dev();
+    wait_until("the demo token", WAIT, || {
+        sb.read("demo/demo.token").is_some()
+    });
+    daemon.stop();
+    // a pristine demo config is written anew, an edited one is kept
+    let daemon = dev();
+    wait_until("the demo token again", WAIT, || {
+        sb.read("demo/demo.token").is_some()
+    });
+    assert!(!daemon.logs().contains("keeping your edited"));
+    daemon.stop();
+    let edited = sb.read("demo/config.toml").unwrap() + "\n# my own note\n";
+    sb.write("demo/config.toml", &edited);
+    let daemon = dev();
+    daemon.wait_log("keeping your edited", 1);
+    wait_until("a token from the edited config", WAIT, || {
+        sb.read("demo/demo.token").is_some()
+    });
+    daemon.stop();
+    assert!(
+        sb.read("demo/config.toml")
+            .unwrap()
+            .contains("# my own note")
+    );
+}
+
+#[test]
+fn a_fifo_at_the_config_path_is_an_error_not_a_hang() {
+    let server = FaultServer::start(Some(3600));
+    let sb = Sandbox::new();
+    let fifo = sb.path("fifo.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let started = std::time::Instant::now();
+    let mut check = std::process::Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&fifo)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(status) = check.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(5) {
+            let _ = check.kill();
+            let _ = check.wait();
+            panic!("`check` of a FIFO still blocked after 5 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stderr = read_all(check.stderr.take().unwrap());
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("a FIFO, not a regular file"), "{stderr}");
+
+    // the daemon's config replaced by a FIFO, then SIGHUP: refused, and
+    // SIGTERM still stops it
+    sb.write_config(&client("a", &server.url, ""));
+    let daemon = sb.start();
+    daemon.wait_until("the token", || sb.read("a.token").is_some());
+    std::fs::rename(&fifo, sb.config()).unwrap();
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    daemon.wait_log("a FIFO, not a regular file", 1);
+    let (status, took) = daemon.stop();
+    assert_eq!(status.code(), Some(0));
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}
+
+#[test]
+fn signals_during_start_up_do_not_kill_the_daemon() {
+    use nix::sys::signal::{Signal, kill};
+    let server = FaultServer::start(Some(3600));
+    let sb = Sandbox::new();
+    let clients: String = (0..1000)
+        .map(|i| client(&format!("c{i}"), &server.url, ""))
+        .collect();
+    sb.write_config(&clients);
+    let mut daemon = sb.start();
+    // the way a `systemctl reload` right after start, or a consumer asking
+    // for a refresh, would come: while the config is still being loaded
+    std::thread::sleep(Duration::from_millis(20));
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(400) {
+        let _ = kill(daemon.pid(), Signal::SIGHUP);
+        let _ = kill(daemon.pid(), Signal::SIGUSR1);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(daemon.is_running(), "{}", daemon.logs());
+    daemon.wait_log("tokenkeeper started", 1);
+    let (status, _) = daemon.stop();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn log_lines_carry_no_colour_codes_off_a_terminal() {
+    let server = FaultServer::start(Some(3600));
+    let sb = Sandbox::new();
+    sb.write_config(&client("a", &server.url, ""));
+    let mut cmd = sb.cmd(&["run"]);
+    cmd.env_remove("NO_COLOR").env("RUST_LOG", "info");
+    let daemon = sb.start_with(cmd);
+    daemon.wait_log("token refreshed", 1);
+    let logs = daemon.logs();
+    daemon.stop();
+    assert!(!logs.contains('\x1b'), "{logs:?}");
 }

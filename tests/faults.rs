@@ -279,12 +279,35 @@ fn a_restart_with_a_valid_cached_token_makes_no_request() {
 
 #[test]
 fn missing_or_zero_lifetimes_never_loop() {
+    // expires_in 0: a token expired on arrival is a failed refresh, never
+    // written, and asked for again with backoff (200 ms doubling to 2 s)
     let server = FaultServer::start(Some(0));
     let sb = Sandbox::new();
     sb.write_config(&client("a", &server.url, ""));
     let daemon = sb.start();
     std::thread::sleep(Duration::from_millis(3500));
     let n = server.count();
+    assert!((3..=12).contains(&n), "{n} requests in 3.5 s");
+    assert!(daemon.logs().contains("a token that has already expired"));
+    assert_eq!(
+        sb.read("a.token"),
+        None,
+        "an expired token is never written"
+    );
+    daemon.stop();
+    let (code, _, stderr) = sb.run(&["once"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("already expired"), "{stderr}");
+    assert_eq!(sb.read("a.token"), None);
+
+    // a tiny lifetime is used, and refreshed no sooner than min_interval
+    server.set_lifetime(Some(1));
+    let sb = Sandbox::new();
+    sb.write_config(&client("a", &server.url, ""));
+    let before = server.count();
+    let daemon = sb.start();
+    std::thread::sleep(Duration::from_millis(3500));
+    let n = server.count() - before;
     assert!(
         (3..=5).contains(&n),
         "{n} requests in 3.5 s with min_interval 1s"

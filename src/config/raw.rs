@@ -41,6 +41,7 @@ pub struct RawDefaults {
     pub backoff_initial: S<String>,
     pub backoff_max: S<String>,
     pub default_lifetime: S<String>,
+    pub max_lifetime: S<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -81,6 +82,7 @@ pub struct RawClient {
     pub ca_file: S<String>,
     pub allow_insecure_http: S<bool>,
     pub default_lifetime: S<String>,
+    pub max_lifetime: S<String>,
     pub min_valid: S<String>,
     pub refresh_ratio: S<f64>,
     pub refresh_before: S<String>,

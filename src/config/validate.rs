@@ -443,6 +443,12 @@ pub fn validate(
         "defaults.default_lifetime",
         Duration::from_secs(3600),
     );
+    let d_max_lifetime = v.duration(
+        &defaults.max_lifetime,
+        None,
+        "defaults.max_lifetime",
+        base_policy.max_lifetime,
+    );
 
     if raw.clients.is_empty() && raw.unreadable_clients == 0 {
         v.diagnostics.push(Diagnostic {
@@ -476,6 +482,7 @@ pub fn validate(
                 binit: d_binit,
                 bmax: d_bmax,
                 lifetime: d_lifetime,
+                max_lifetime: d_max_lifetime,
             },
         );
         if let Some(plan) = plan {
@@ -539,6 +546,7 @@ struct ClientDefaults {
     binit: Duration,
     bmax: Duration,
     lifetime: Duration,
+    max_lifetime: Duration,
 }
 
 fn validate_client(
@@ -993,6 +1001,12 @@ fn validate_client(
         ),
         backoff_max: v.duration(&c.backoff_max, Some(d.bmax), &key("backoff_max"), d.bmax),
         min_valid: v.duration(&c.min_valid, None, &key("min_valid"), Duration::ZERO),
+        max_lifetime: v.duration(
+            &c.max_lifetime,
+            Some(d.max_lifetime),
+            &key("max_lifetime"),
+            d.max_lifetime,
+        ),
     };
     let timeout = v.duration(&c.timeout, Some(d.timeout), &key("timeout"), d.timeout);
     let default_lifetime = v.duration(

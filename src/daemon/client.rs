@@ -203,14 +203,16 @@ impl<S: TokenSource> ClientTask<S> {
                                 current = Some(token);
                                 continue;
                             }
-                            Pass::Fetched(result) => result,
+                            // (a rotated refresh token is saved even with a
+                            // token that cannot be used)
+                            Pass::Fetched(result) => self.usable(result),
                         }
                     }
                     _ => {
                         asked_at = None;
                         let result = tokio::select! {
                             _ = self.cancel.cancelled() => return,
-                            r = Box::pin(crate::grant::obtain(&*self.source, &self.spec.request, refresh_token.as_ref(), started)) => r,
+                            r = Box::pin(crate::grant::obtain(&*self.source, &self.spec.request, refresh_token.as_ref(), started)) => self.usable(r),
                         };
                         if let Ok(token) = &result {
                             // persist before publishing: a crash right after
@@ -221,16 +223,15 @@ impl<S: TokenSource> ClientTask<S> {
                     }
                 };
                 let took = self.clock.now().duration_since(started).unwrap_or_default();
-                if result.as_ref().is_err_and(|e| e.reason == Reason::State) {
-                    // nothing was sent
-                } else {
+                // a paused chain sent nothing
+                if !result.as_ref().is_err_and(|e| e.reason == Reason::State) {
                     self.metrics.request(took);
                 }
                 match result {
                     Ok(token) => {
-                        if unsaved.is_none() {
-                            refresh_token = token.refresh_token.clone();
-                        }
+                        // (while a save is pending, the next pass takes the
+                        // refresh token from the state once it is saved)
+                        refresh_token = token.refresh_token.clone();
                         known_issue = Some(token.issued_at);
                         let token = Arc::new(token);
                         self.record_token(&token);
@@ -292,6 +293,17 @@ impl<S: TokenSource> ClientTask<S> {
                     }
                 }
             }
+        }
+    }
+
+    /// A token already expired, or with no more than `min_valid` left, is a
+    /// failed refresh: the current token stays and the endpoint is asked
+    /// again with backoff.
+    fn usable(&self, result: Result<Token, FetchError>) -> Result<Token, FetchError> {
+        let token = result?;
+        match token.unusable(self.clock.now(), self.spec.policy.min_valid) {
+            Some(why) => Err(FetchError::transient(Reason::BadResponse, why)),
+            None => Ok(token),
         }
     }
 
@@ -633,13 +645,59 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn zero_or_tiny_lifetimes_never_become_a_tight_loop() {
-        let source = Scripted::new(Duration::ZERO, vec![]);
+    async fn tiny_lifetimes_never_become_a_tight_loop() {
+        let source = Scripted::new(Duration::from_millis(1500), vec![]);
         let _h = start(spec("min_interval = \"10s\""), source.clone(), 0.0, fresh());
         advance(105).await;
         assert_eq!(
             source.calls(),
             vec![0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_token_is_a_failed_refresh_and_the_current_one_stays() {
+        // a good token, then answers that expire on arrival (expires_in: 0),
+        // then one with less than min_valid left
+        let source = Scripted::new(
+            Duration::from_secs(1000),
+            vec![
+                Ok(Duration::from_secs(1000)),
+                Ok(Duration::ZERO),
+                Ok(Duration::ZERO),
+                Ok(Duration::from_secs(20)),
+            ],
+        );
+        let h = start(
+            spec("min_valid = \"30s\"\nbackoff_initial = \"1s\"\nbackoff_max = \"60s\""),
+            source.clone(),
+            1.0,
+            fresh(),
+        );
+        advance(5).await;
+        h.refresh.send_modify(|n| *n += 1);
+        advance(5).await;
+        // 0: good; 5: expired, 6 (1 s later): expired, 8 (2 s): too short, 12 (4 s): good
+        assert_eq!(source.calls(), vec![0, 5, 6, 8]);
+        assert_eq!(
+            h.tokens.borrow().as_ref().unwrap().access_token.expose(),
+            "tok-1",
+            "the current token stays"
+        );
+        let status = h.board.snapshot()["c"].clone();
+        assert_eq!(status.consecutive_failures, 3);
+        assert!(
+            status
+                .last_error
+                .unwrap()
+                .contains("not more than min_valid"),
+            "the reason is shown"
+        );
+        advance(5).await;
+        assert_eq!(source.calls(), vec![0, 5, 6, 8, 12]);
+        assert_eq!(
+            h.tokens.borrow().as_ref().unwrap().access_token.expose(),
+            "tok-5"
         );
     }
 

@@ -133,7 +133,11 @@ pub async fn get<S: TokenSource>(
             }
         }
     }
-    Ok(Got::Fetched(token))
+    // checked after the save: a rotated refresh token is kept either way
+    match token.unusable(clock.now(), spec.policy.min_valid) {
+        Some(why) => Err(format!("{why}; not written")),
+        None => Ok(Got::Fetched(token)),
+    }
 }
 
 /// One client: fetch, persist, write every output. Returns whether all went well.
@@ -163,14 +167,6 @@ async fn once_client<S: TokenSource>(
             return false;
         }
     };
-    if !min_valid.is_zero() && token.remaining(clock.now()) < min_valid {
-        tracing::error!(
-            client = %spec.name,
-            "the new token has less than min_valid ({}) left; not writing it",
-            humantime::format_duration(min_valid)
-        );
-        return false;
-    }
     let mut ok = true;
     let token = Arc::new(token);
     for output in &spec.outputs {

@@ -378,7 +378,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     tokio::time::sleep(DEBOUNCE).await;
                 }
                 while watch_rx.try_recv().is_ok() {}
-                let digest = std::fs::read(&current.path).map(|b| config::digest(&b)).ok();
+                let digest = crate::fsread::read_limited(&current.path, crate::fsread::MAX_CONFIG_BYTES)
+                    .map(|b| config::digest(&b))
+                    .ok();
                 if digest.is_some_and(|d| d != current.digest) {
                     tracing::info!("config file changed: reloading");
                     if let Some(new) = reload_config(&current, &metrics) {
