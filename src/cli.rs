@@ -145,6 +145,9 @@ pub fn main() -> ExitCode {
         }
         Command::Check(arg) => match load(&arg) {
             Ok(c) => {
+                for warning in c.warnings() {
+                    eprintln!("{}: warning: {warning}", arg.config.display());
+                }
                 let names: Vec<&str> = c.clients.keys().map(String::as_str).collect();
                 println!(
                     "{}: ok, {} client(s): {}",

@@ -359,3 +359,31 @@ fn log_lines_carry_no_colour_codes_off_a_terminal() {
     daemon.stop();
     assert!(!logs.contains('\x1b'), "{logs:?}");
 }
+
+#[test]
+fn listen_beyond_loopback_is_warned_about_in_check_and_the_log() {
+    let server = FaultServer::start(Some(3600));
+    let sb = Sandbox::new();
+    let port = free_port();
+    sb.write_config_with(
+        &format!("listen = \"0.0.0.0:{port}\""),
+        &client("a", &server.url, ""),
+    );
+    let (code, _, stderr) = sb.run(&["check"]);
+    assert_eq!(code, 0, "a warning, not an error");
+    assert!(
+        stderr.contains("warning: daemon.listen") && stderr.contains("reachable from other hosts"),
+        "{stderr}"
+    );
+    let daemon = sb.start();
+    daemon.wait_log("reachable from other hosts", 1);
+    daemon.stop();
+
+    sb.write_config_with(
+        &format!("listen = \"127.0.0.1:{port}\""),
+        &client("a", &server.url, ""),
+    );
+    let (code, _, stderr) = sb.run(&["check"]);
+    assert_eq!(code, 0);
+    assert!(!stderr.contains("warning"), "{stderr}");
+}

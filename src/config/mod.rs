@@ -124,6 +124,20 @@ pub struct Config {
     pub digest: [u8; 32],
 }
 
+impl Config {
+    /// What is valid but probably not meant: printed by `check`, logged by
+    /// the daemon at start and at each reload.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        if let Some(addr) = self.daemon.listen.filter(|a| !a.ip().is_loopback()) {
+            found.push(format!(
+                "daemon.listen = \"{addr}\" is reachable from other hosts: /status and /metrics show every client's name, token expiry and the endpoints' errors (never a secret or a token); listen on 127.0.0.1, or restrict the port (firewall, Kubernetes NetworkPolicy)"
+            ));
+        }
+        found
+    }
+}
+
 /// The process environment, as the loader's view of it.
 pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()

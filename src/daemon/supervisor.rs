@@ -272,6 +272,9 @@ fn reload_config(current: &Config, metrics: &Metrics) -> Option<Config> {
     match config::load(&current.path, &config::process_env) {
         Ok(new) => {
             metrics.reloads.inc();
+            for warning in new.warnings() {
+                tracing::warn!("{warning}");
+            }
             if new.daemon != current.daemon {
                 tracing::warn!("changes to [daemon] take effect at the next restart");
             }
@@ -351,6 +354,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     )
     .check_outputs(config.daemon.check_outputs);
     tracing::info!(config = %config.path.display(), clients = config.clients.len(), version = env!("CARGO_PKG_VERSION"), "tokenkeeper started");
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let mut current = apply_config(&mut supervisor, config);
     tokio::spawn(crate::telemetry::notify::run(
         board_for_notify,
