@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod dev;
 pub mod fsread;
 pub mod grant;
+pub mod limiter;
 pub mod output;
 pub mod schedule;
 pub mod secret;

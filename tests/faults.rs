@@ -354,3 +354,29 @@ fn sigusr1_refreshes_every_client_now() {
     });
     daemon.stop();
 }
+
+#[test]
+fn one_black_holed_endpoint_does_not_hold_up_the_others() {
+    // a listener that never accepts: requests to it hang until `timeout`
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung_url = format!("http://{}/token", hole.local_addr().unwrap());
+    let server = FaultServer::start(Some(3600));
+    let sb = Sandbox::new();
+    // the hung clients sort first, so they start (and queue) first
+    let mut config = String::new();
+    for i in 0..100 {
+        config += &client(&format!("a-hung-{i:03}"), &hung_url, "timeout = \"60s\"");
+    }
+    for i in 0..200 {
+        config += &client(&format!("b-ok-{i:03}"), &server.url, "");
+    }
+    sb.write_config(&config);
+    let daemon = sb.start();
+    daemon.wait_until(
+        "every healthy client's token, long before the hung ones time out",
+        || (0..200).all(|i| sb.path(&format!("b-ok-{i:03}.token")).exists()),
+    );
+    assert!(!sb.path("a-hung-000.token").exists());
+    daemon.stop();
+    drop(hole);
+}

@@ -47,12 +47,15 @@ pub struct ClientTask<S: TokenSource> {
     /// Refreshes in flight across all clients: a client waits for a slot
     /// before it builds its (large) request, so thousands of clients due at
     /// once queue cheaply.
-    pub slots: Arc<tokio::sync::Semaphore>,
+    pub slots: Arc<crate::limiter::Limiter>,
 }
 
 /// Refreshes in flight at once, across every client of a daemon; a refresh
 /// is in flight from its request until its token is saved.
 pub const REFRESH_SLOTS: usize = 64;
+/// Of them, at most this many for one host: the clients of a hung endpoint
+/// hold these, and every other endpoint's clients have the rest.
+pub const REFRESH_SLOTS_PER_HOST: usize = 16;
 
 /// The status message of a client whose newest refresh token is only in memory.
 const UNSAVED: &str = "cannot save the rotated refresh token to state_dir; it is kept in memory and saved before the next refresh, which waits until it is";
@@ -170,9 +173,13 @@ impl<S: TokenSource> ClientTask<S> {
                     }
                 }
 
+                let host = crate::limiter::host_of(&self.spec.request.endpoint);
                 let _slot = tokio::select! {
                     _ = self.cancel.cancelled() => return,
-                    slot = self.slots.clone().acquire_owned() => slot,
+                    slot = self.slots.acquire(&host) => match slot {
+                        Some(slot) => slot,
+                        None => return,
+                    },
                 };
                 // the slot is held until the token is saved (it drops at the
                 // end of this pass): the disk is slower than a fast endpoint,
@@ -591,7 +598,10 @@ mod tests {
             state: None,
             board: board.clone(),
             metrics: Arc::default(),
-            slots: Arc::new(tokio::sync::Semaphore::new(REFRESH_SLOTS)),
+            slots: Arc::new(crate::limiter::Limiter::new(
+                REFRESH_SLOTS,
+                REFRESH_SLOTS_PER_HOST,
+            )),
             publish,
             refresh_now,
             cancel: cancel.clone(),

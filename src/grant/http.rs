@@ -23,19 +23,22 @@ pub struct HttpTokenSource {
     /// Discovered token endpoints by issuer; dropped when a request fails.
     discovered: Mutex<HashMap<String, url::Url>>,
     /// Token requests in flight at once: thousands of clients starting
-    /// together must not open thousands of connections (and file descriptors).
-    in_flight: tokio::sync::Semaphore,
+    /// together must not open thousands of connections (and file
+    /// descriptors), and one hung host must not hold every slot.
+    in_flight: crate::limiter::Limiter,
 }
 
 /// At most this many token requests run at once.
 pub const MAX_CONCURRENT_REQUESTS: usize = 64;
+/// At most this many of them to any one host.
+pub const MAX_REQUESTS_PER_HOST: usize = 16;
 
 impl Default for HttpTokenSource {
     fn default() -> HttpTokenSource {
         HttpTokenSource {
             clients: Mutex::default(),
             discovered: Mutex::default(),
-            in_flight: tokio::sync::Semaphore::new(MAX_CONCURRENT_REQUESTS),
+            in_flight: crate::limiter::Limiter::new(MAX_CONCURRENT_REQUESTS, MAX_REQUESTS_PER_HOST),
         }
     }
 }
@@ -269,9 +272,9 @@ impl TokenSource for HttpTokenSource {
         let client = self.client_for(spec.ca_pem.as_deref())?;
         let _permit = self
             .in_flight
-            .acquire()
+            .acquire(&crate::limiter::host_of(&spec.endpoint))
             .await
-            .map_err(|_| FetchError::transient(Reason::Other, "shutting down"))?;
+            .ok_or_else(|| FetchError::transient(Reason::Other, "shutting down"))?;
         let token_url = self.token_url(spec, &client).await?;
         let result = self
             .exchange(spec, &client, &token_url, refresh_token, &redactor, now)
