@@ -143,8 +143,56 @@ fn tls_needs_the_private_ca_in_ca_file() {
         let (code, _, stderr) = sb.run(&["once"]);
         assert_eq!(code, 1);
         assert!(
-            stderr.contains("cannot connect to token endpoint") && stderr.contains("UnknownIssuer"),
+            stderr.contains("cannot connect to token endpoint")
+                && stderr.contains("not signed by a CA tokenkeeper trusts")
+                && stderr.contains("set ca_file")
+                && stderr.contains("UnknownIssuer"),
             "{stderr}"
         );
     }
+}
+
+#[test]
+fn a_self_signed_ca_certificate_on_the_server_is_explained() {
+    // what `openssl req -x509` makes: a CA certificate used as the server's
+    // own, which curl accepts and rustls (rightly) does not
+    let sb = Sandbox::new();
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-keyout",
+            "self.key",
+            "-out",
+            "self.crt",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .current_dir(sb.dir.path())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let op = OidcProvider::start(60, Some((&sb.path("self.crt"), &sb.path("self.key"))));
+    sb.write_config(&oidc_client(
+        "selfsigned",
+        &op.token_url(),
+        "basic-client",
+        "basic-secret",
+        "basic",
+        &format!(
+            "ca_file = \"{}\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"200ms\"",
+            sb.path("self.crt").display()
+        ),
+    ));
+    let (code, _, stderr) = sb.run(&["once"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("presents a CA certificate as its own")
+            && stderr.contains("basicConstraints CA:FALSE"),
+        "{stderr}"
+    );
 }

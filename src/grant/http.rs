@@ -258,7 +258,38 @@ fn describe(e: &reqwest::Error) -> String {
     if text.is_empty() {
         text = e.to_string();
     }
-    text
+    match tls_explained(&text) {
+        Some(what) => format!("{what} ({text})"),
+        None => text,
+    }
+}
+
+/// What a certificate error from rustls means, and what to do, for the ones
+/// people meet: the library's words name a Rust enum, not a fix.
+fn tls_explained(text: &str) -> Option<&'static str> {
+    const KNOWN: [(&str, &str); 5] = [
+        (
+            "CaUsedAsEndEntity",
+            "the server presents a CA certificate as its own (a self-signed certificate with basicConstraints CA:TRUE, as `openssl req -x509` makes by default); give the server a certificate issued by a CA (basicConstraints CA:FALSE) and put that CA in ca_file",
+        ),
+        (
+            "UnknownIssuer",
+            "the server's certificate is not signed by a CA tokenkeeper trusts (Mozilla's roots and the client's ca_file); set ca_file to the PEM file of the CA that issued it",
+        ),
+        (
+            "NotValidForName",
+            "the server's certificate is not issued for the host name in the URL; use the name (or IP address) it was issued for",
+        ),
+        (
+            "NotValidYet",
+            "the server's certificate is not valid yet; check this host's clock",
+        ),
+        ("Expired", "the server's certificate has expired"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(marker, _)| text.contains(marker))
+        .map(|(_, what)| *what)
 }
 
 impl TokenSource for HttpTokenSource {
