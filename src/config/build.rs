@@ -6,7 +6,7 @@ use super::validate::{
     ClientPlan, FormatPlan, GrantPlan, Located, OutputKindPlan, OutputPlan, Plan, SecretSource,
 };
 use super::{ClientSpec, Diagnostic};
-use crate::grant::{GrantSpec, TokenRequestSpec};
+use crate::grant::{CaBundle, GrantSpec, TokenRequestSpec};
 use crate::output::kubernetes::KubernetesOutput;
 use crate::output::render::Template;
 use crate::output::vault::VaultOutput;
@@ -19,6 +19,9 @@ use std::sync::Arc;
 struct Builder<'a> {
     diagnostics: Vec<Diagnostic>,
     env: &'a dyn Fn(&str) -> Option<String>,
+    /// CA bundles read so far, by path: read and checked once, shared by
+    /// every client that names the file (or why they cannot be used).
+    cas: std::collections::HashMap<PathBuf, Result<Arc<CaBundle>, String>>,
 }
 
 impl Builder<'_> {
@@ -88,18 +91,21 @@ impl Builder<'_> {
         }
     }
 
-    fn ca(&mut self, file: &Option<Located<PathBuf>>) -> Option<Option<Arc<[u8]>>> {
+    fn ca(&mut self, file: &Option<Located<PathBuf>>) -> Option<Option<Arc<CaBundle>>> {
         let Some(f) = file else { return Some(None) };
-        match crate::fsread::read(&f.value) {
-            Ok(bytes) => match crate::grant::http::tls_config(Some(&bytes)) {
-                Ok(_) => Some(Some(Arc::from(bytes))),
-                Err(e) => {
-                    self.error(f, format!("{}: {e}", f.value.display()));
-                    None
-                }
-            },
-            Err(e) => {
-                self.error(f, format!("cannot read {}: {e}", f.value.display()));
+        let loaded = self.cas.entry(f.value.clone()).or_insert_with(|| {
+            match crate::fsread::read(&f.value) {
+                Ok(bytes) => match crate::grant::http::tls_config(Some(&bytes)) {
+                    Ok(_) => Ok(Arc::new(CaBundle::new(bytes))),
+                    Err(e) => Err(format!("{}: {e}", f.value.display())),
+                },
+                Err(e) => Err(format!("cannot read {}: {e}", f.value.display())),
+            }
+        });
+        match loaded.clone() {
+            Ok(bundle) => Some(Some(bundle)),
+            Err(message) => {
+                self.error(f, message);
                 None
             }
         }
@@ -282,6 +288,7 @@ pub fn build(
     let mut b = Builder {
         diagnostics: Vec::new(),
         env,
+        cas: std::collections::HashMap::new(),
     };
     let mut clients = BTreeMap::new();
     for c in &plan.clients {

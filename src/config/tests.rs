@@ -481,3 +481,38 @@ mod properties {
         }
     }
 }
+
+/// A public self-signed certificate made for this test (no key is kept).
+const TEST_CA: &str = "-----BEGIN CERTIFICATE-----
+MIIBnTCCAUOgAwIBAgIUMstlxfoJSpjfjIDmIN1DMJpkc+QwCgYIKoZIzj0EAwIw
+IzEhMB8GA1UEAwwYdG9rZW5rZWVwZXIgdW5pdC10ZXN0IENBMCAXDTI2MTEzMDIz
+MjM1MVoYDzIxMjYxMTA2MjMyMzUxWjAjMSEwHwYDVQQDDBh0b2tlbmtlZXBlciB1
+bml0LXRlc3QgQ0EwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAASucc/w0Dv65sBL
+msT5ZaA3fmLKFO9W/3HCPo/mHvftNvfh0N39xPlCf2raP51JtJuDFNwyIFDPy8Km
+i60bV6vwo1MwUTAdBgNVHQ4EFgQUAljYIaGT2bTGNRcROL9LzxgLBkwwHwYDVR0j
+BBgwFoAUAljYIaGT2bTGNRcROL9LzxgLBkwwDwYDVR0TAQH/BAUwAwEB/zAKBggq
+hkjOPQQDAgNIADBFAiEAuV/tCBBf5a56GG5u0WEua1QNECeRp23Rzxpt7AxAwiwC
+ICmU9JmYsQ5KFP1q5T88eDnzbe1DKb7PdXNTxlJCwgPR
+-----END CERTIFICATE-----
+";
+
+#[test]
+fn clients_naming_one_ca_file_share_one_bundle_read_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), TEST_CA).unwrap();
+    let client = |name: &str| {
+        format!(
+            "[clients.{name}]\ntoken_url = \"https://a.example/token\"\nclient_id = \"id\"\nclient_secret = \"s\"\nca_file = \"ca.pem\"\n[[clients.{name}.outputs]]\ntype = \"file\"\npath = \"{name}.token\"\n"
+        )
+    };
+    let input = format!("{}{}", client("a"), client("b"));
+    let c = load_str(&dir.path().join("config.toml"), &input, &env).unwrap();
+    let (a, b) = (
+        c.clients["a"].request.ca_pem.clone().unwrap(),
+        c.clients["b"].request.ca_pem.clone().unwrap(),
+    );
+    assert!(std::sync::Arc::ptr_eq(&a, &b), "one bundle in memory");
+    assert_eq!(a.pem, TEST_CA.as_bytes());
+    use sha2::Digest;
+    assert_eq!(a.digest, <[u8; 32]>::from(sha2::Sha256::digest(TEST_CA)));
+}

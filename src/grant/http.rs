@@ -5,12 +5,11 @@
 use super::error::{FetchError, Reason};
 use super::request::build_request;
 use super::response::{HttpAnswer, MAX_BODY_BYTES, ParseContext, parse_answer};
-use super::{Encoding, Endpoint, TokenRequestSpec, TokenSource, discovery};
+use super::{CaBundle, Encoding, Endpoint, TokenRequestSpec, TokenSource, discovery};
 use crate::secret::Secret;
 use crate::token::Token;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -194,8 +193,9 @@ impl HttpTokenSource {
         ))
     }
 
-    fn client_for(&self, ca_pem: Option<&[u8]>) -> Result<reqwest::Client, FetchError> {
-        let key = ca_pem.map(|pem| Sha256::digest(pem).into());
+    fn client_for(&self, ca: Option<&CaBundle>) -> Result<reqwest::Client, FetchError> {
+        let key = ca.map(|c| c.digest);
+        let ca_pem = ca.map(|c| &c.pem[..]);
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());

@@ -61,6 +61,28 @@ impl GrantSpec {
     }
 }
 
+/// The PEM of a `ca_file`, read and checked once per config load and shared
+/// by every client that names the same file, with its SHA-256 (HTTP clients
+/// are kept per bundle, and hashing 200 KB on every request is not free).
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaBundle {
+    pub pem: Vec<u8>,
+    pub digest: [u8; 32],
+}
+
+impl CaBundle {
+    pub fn new(pem: Vec<u8>) -> CaBundle {
+        let digest = Sha256::digest(&pem).into();
+        CaBundle { pem, digest }
+    }
+}
+
+impl std::fmt::Debug for CaBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CaBundle({} bytes)", self.pem.len())
+    }
+}
+
 /// Where tokens come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Endpoint {
@@ -145,7 +167,7 @@ pub struct TokenRequestSpec {
     /// One request, connect to last byte.
     pub timeout: Duration,
     /// Extra trusted CA certificates (PEM), beside the built-in web roots.
-    pub ca_pem: Option<Arc<[u8]>>,
+    pub ca_pem: Option<Arc<CaBundle>>,
     /// Lifetime assumed when neither the response nor a JWT `exp` gives one.
     pub default_lifetime: Duration,
     /// Overrides the endpoint's `token_type` (the authorization scheme).

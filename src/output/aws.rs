@@ -21,7 +21,7 @@ pub struct AwsOutput {
     pub region: String,
     /// Default `https://secretsmanager.<region>.amazonaws.com`.
     pub endpoint: Url,
-    pub ca_pem: Option<Arc<[u8]>>,
+    pub ca_pem: Option<Arc<crate::grant::CaBundle>>,
 }
 
 /// Credentials as the chain found them.
@@ -82,7 +82,7 @@ fn xml_tag<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
 
 impl AwsWriter {
     pub fn new(spec: AwsOutput) -> Result<AwsWriter, String> {
-        let http = super::http_client(spec.ca_pem.as_deref())?;
+        let http = super::http_client(spec.ca_pem.as_deref().map(|c| &c.pem[..]))?;
         Ok(AwsWriter {
             spec,
             http,

@@ -23,7 +23,7 @@ pub struct KubernetesOutput {
     pub key: String,
     pub format: Format,
     pub token_file: PathBuf,
-    pub ca_pem: Option<Arc<[u8]>>,
+    pub ca_pem: Option<Arc<crate::grant::CaBundle>>,
 }
 
 pub struct KubernetesWriter {
@@ -34,7 +34,7 @@ pub struct KubernetesWriter {
 
 impl KubernetesWriter {
     pub fn new(spec: KubernetesOutput) -> Result<KubernetesWriter, String> {
-        let http = super::http_client(spec.ca_pem.as_deref())?;
+        let http = super::http_client(spec.ca_pem.as_deref().map(|c| &c.pem[..]))?;
         Ok(KubernetesWriter {
             spec,
             http,

@@ -18,7 +18,7 @@ pub struct VaultOutput {
     pub path: String,
     pub namespace: Option<String>,
     pub auth: VaultAuth,
-    pub ca_pem: Option<Arc<[u8]>>,
+    pub ca_pem: Option<Arc<crate::grant::CaBundle>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -70,7 +70,7 @@ fn vault_errors(body: &[u8]) -> String {
 
 impl VaultWriter {
     pub fn new(spec: VaultOutput) -> Result<VaultWriter, String> {
-        let http = super::http_client(spec.ca_pem.as_deref())?;
+        let http = super::http_client(spec.ca_pem.as_deref().map(|c| &c.pem[..]))?;
         Ok(VaultWriter {
             spec,
             http,
