@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -251,16 +251,8 @@ impl StateStore {
     /// that others can read is tightened to 0700. State left by earlier
     /// versions or by killed processes is migrated or recovered now.
     pub fn open(dir: &Path) -> io::Result<StateStore> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("state_dir {}: cannot create: {e}", dir.display()),
-                )
-            })?;
+        crate::output::file::trusted_dir(dir, 0o700, None)
+            .map_err(|e| io::Error::new(e.kind(), format!("state_dir {}: {e}", dir.display())))?;
         let meta = fs::metadata(dir)?;
         if meta.permissions().mode() & 0o077 != 0 {
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| {

@@ -226,3 +226,76 @@ fn a_read_only_or_full_filesystem_keeps_the_old_token_and_recovers() {
     });
     daemon.stop();
 }
+
+/// Makes `path` (not following a symlink) belong to uid/gid 65534, as if
+/// another user had made it; false (saying so) where this is not root.
+fn give_to_another_user(path: &Path) -> bool {
+    let nobody = Some(nix::unistd::Uid::from_raw(65534));
+    let group = Some(nix::unistd::Gid::from_raw(65534));
+    match nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        nobody,
+        group,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    ) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("skipped: cannot give a file to another user here: {e}");
+            false
+        }
+    }
+}
+
+#[test]
+fn a_symlink_or_directory_another_user_planted_on_the_way_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = FaultServer::start(Some(3600));
+    let sb = Sandbox::new();
+    // a directory like /tmp: anyone may write to it, sticky
+    let public = sb.path("public");
+    fs::create_dir(&public).unwrap();
+    fs::set_permissions(&public, fs::Permissions::from_mode(0o1777)).unwrap();
+    // another user plants a symlink as a missing parent of the output path
+    let victim = sb.path("victim");
+    fs::create_dir(&victim).unwrap();
+    std::os::unix::fs::symlink(&victim, public.join("out")).unwrap();
+    if !give_to_another_user(&public.join("out")) {
+        return;
+    }
+    // and creates a directory in advance, for the next output
+    fs::create_dir(public.join("pre")).unwrap();
+    assert!(give_to_another_user(&public.join("pre")));
+    let config = |path: &str| {
+        client("a", &server.url, "").replace("path = \"a.token\"", &format!("path = \"{path}\""))
+    };
+
+    sb.write_config(&config("public/out/a.token"));
+    let (code, _, stderr) = sb.run(&["once"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("public/out: a symlink owned by uid 65534")
+            && stderr.contains("refusing to follow it"),
+        "{stderr}"
+    );
+    assert_eq!(
+        fs::read_dir(&victim).unwrap().count(),
+        0,
+        "nothing written through it"
+    );
+
+    sb.write_config(&config("public/pre/a.token"));
+    let (code, _, stderr) = sb.run(&["once"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("public/pre: owned by uid 65534"),
+        "{stderr}"
+    );
+    assert!(!public.join("pre/a.token").exists());
+
+    // a directory of our own in the same place is fine
+    sb.write_config(&config("public/mine/a.token"));
+    let (code, _, stderr) = sb.run(&["once"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(token_number(&sb.read("public/mine/a.token").unwrap()).is_some());
+}

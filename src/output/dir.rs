@@ -27,13 +27,10 @@ pub fn write_set(
     files: &[(&str, Vec<u8>)],
     opts: &FileOptions,
 ) -> io::Result<WriteOutcome> {
-    if existing(dir, Existing::Dir)?.is_none() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(dir_mode(opts.mode))
-            .create(dir)
-            .map_err(|e| context(dir, "cannot create directory", e))?;
-    }
+    // a symlink or anything but a directory at the set's path is refused;
+    // the way to it is walked, and made, without trusting other users
+    existing(dir, Existing::Dir)?;
+    super::file::trusted_dir(dir, dir_mode(opts.mode), opts.owner)?;
     let data = dir.join(DATA_LINK);
     let previous = fs::read_link(&data).ok();
     if let Some(prev) = &previous {

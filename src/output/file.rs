@@ -90,6 +90,135 @@ fn unchanged(path: &Path, meta: &fs::Metadata, content: &[u8], opts: &FileOption
     }
 }
 
+/// Walks to `dir` from `/` one component at a time without trusting what
+/// another user could have put on the way, creating what is missing with
+/// `mode` (never following a symlink at the component being created):
+///
+/// * a symlink owned by somebody other than root, this user or `owner` in a
+///   directory others may write to (sticky, like `/tmp`, or not) is refused:
+///   it was planted, and following it would write the token where its owner
+///   chose;
+/// * a directory owned by another user than root, this user or `owner` is
+///   refused: its owner could swap its entries under us;
+/// * a directory anyone may write to without the sticky bit is used, with a
+///   warning once per process (a Kubernetes `emptyDir` is made that way, and
+///   is shared only within its pod).
+///
+/// Symlinks that pass are followed (at most 40).
+pub fn trusted_dir(dir: &Path, mode: u32, owner: Option<u32>) -> io::Result<()> {
+    use std::collections::VecDeque;
+    use std::path::Component;
+    let me = nix::unistd::geteuid().as_raw();
+    let trusted = |uid: u32| uid == 0 || uid == me || Some(uid) == owner;
+    let absolute = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(dir)
+    };
+    let mut rest: VecDeque<std::ffi::OsString> = absolute
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(p) => Some(p.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut current = PathBuf::from("/");
+    let mut current_meta = fs::metadata(&current)?;
+    let mut hops = 0;
+    while let Some(part) = rest.pop_front() {
+        if part == ".." {
+            current.pop();
+            current_meta = fs::metadata(&current)?;
+            continue;
+        }
+        let next = current.join(&part);
+        let meta = match fs::symlink_metadata(&next) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                match fs::DirBuilder::new().mode(mode).create(&next) {
+                    Ok(()) => {}
+                    // somebody made it meanwhile: judged below like any other
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(error(&next, "cannot create directory", e)),
+                }
+                fs::symlink_metadata(&next).map_err(|e| error(&next, "cannot inspect", e))?
+            }
+            Err(e) => return Err(error(&next, "cannot inspect", e)),
+        };
+        let others_may_write = current_meta.mode() & 0o002 != 0;
+        if meta.file_type().is_symlink() {
+            if others_may_write && !trusted(meta.uid()) {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{}: a symlink owned by uid {} in {}, a directory others may write to; refusing to follow it (it may have been planted)",
+                        next.display(),
+                        meta.uid(),
+                        current.display()
+                    ),
+                ));
+            }
+            hops += 1;
+            if hops > 40 {
+                return Err(error(
+                    &next,
+                    "too many symlinks",
+                    io::ErrorKind::Other.into(),
+                ));
+            }
+            let target = fs::read_link(&next).map_err(|e| error(&next, "cannot read link", e))?;
+            if target.is_absolute() {
+                current = PathBuf::from("/");
+                current_meta = fs::metadata(&current)?;
+            }
+            for c in target.components().rev() {
+                match c {
+                    Component::Normal(p) => rest.push_front(p.to_os_string()),
+                    Component::ParentDir => rest.push_front("..".into()),
+                    _ => {}
+                }
+            }
+            continue;
+        }
+        if !meta.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: exists and is not a directory", next.display()),
+            ));
+        }
+        if !trusted(meta.uid()) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{}: owned by uid {}, not by root, this user (uid {me}) or the output's owner; its owner could replace what is written there, so it is not used",
+                    next.display(),
+                    meta.uid()
+                ),
+            ));
+        }
+        if meta.mode() & 0o002 != 0 && meta.mode() & 0o1000 == 0 {
+            warn_once(&next);
+        }
+        current = next;
+        current_meta = meta;
+    }
+    Ok(())
+}
+
+/// Warns once per process about a directory anyone may write to.
+fn warn_once(dir: &Path) {
+    static WARNED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+    if !warned.iter().any(|d| d == dir) {
+        warned.push(dir.to_path_buf());
+        tracing::warn!(
+            dir = %dir.display(),
+            "a directory anyone may write to, without the sticky bit: others can replace what is written there (fine for a pod's emptyDir; elsewhere, chmod o-w or +t)"
+        );
+    }
+}
+
 /// The mode for a directory created to hold a file of `file_mode`: owner rwx,
 /// and traversal for whoever may read the file.
 pub(super) fn dir_mode(file_mode: u32) -> u32 {
@@ -145,13 +274,7 @@ pub fn write_atomic_stamped(
             return Ok((WriteOutcome::Unchanged, Stamp::from_metadata(&meta)));
         }
     }
-    if !dir.exists() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(dir_mode(opts.mode))
-            .create(&dir)
-            .map_err(|e| error(&dir, "cannot create directory", e))?;
-    }
+    trusted_dir(&dir, dir_mode(opts.mode), opts.owner)?;
 
     let mut tmp = temp_file(&dir, &name, opts.mode, TEMP_RANDOM_CHARS)
         .map_err(|e| error(path, "cannot create temp file", e))?;
