@@ -126,7 +126,8 @@ pub fn retry_delay(
     let jitter = jitter.clamp(0.0, 1.0);
     let initial = policy.backoff_initial.min(policy.backoff_max);
     let delay = match class {
-        FailureClass::Permanent => policy.backoff_max.mul_f64(1.0 - 0.1 * jitter),
+        // less up to a tenth, but never below backoff_initial
+        FailureClass::Permanent => policy.backoff_max.mul_f64(1.0 - 0.1 * jitter).max(initial),
         FailureClass::Transient => {
             let exponent = failures.saturating_sub(1).min(32);
             let cap = initial
@@ -178,6 +179,19 @@ mod tests {
                 secs_after_issue(plan)
             );
             assert_eq!(plan.basis, basis, "lifetime {lifetime}s");
+        }
+    }
+
+    #[test]
+    fn permanent_failures_never_retry_sooner_than_backoff_initial() {
+        let policy = Policy {
+            backoff_initial: Duration::from_secs(60),
+            backoff_max: Duration::from_secs(60),
+            ..Policy::default()
+        };
+        for jitter in [0.0, 0.5, 0.999] {
+            let d = retry_delay(1, FailureClass::Permanent, None, &policy, jitter);
+            assert_eq!(d, Duration::from_secs(60), "jitter {jitter}");
         }
     }
 

@@ -19,6 +19,12 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+/// An explicit ask for a new token (SIGUSR1) is honoured at once — a
+/// consumer that was just refused wants a new token now, whatever
+/// `min_interval` says — but never sooner than this (or `min_interval`, if
+/// shorter) after the last success: a storm of asks is one refresh a second.
+pub const EXPLICIT_FLOOR: Duration = Duration::from_secs(1);
+
 /// Longest single sleep; the loop re-reads the clock after it, so a suspended
 /// machine or a wall-clock jump delays a refresh by at most this.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
@@ -163,9 +169,12 @@ impl<S: TokenSource> ClientTask<S> {
                         }
                         changed = self.refresh_now.changed(), if refresh_open => match changed {
                             Ok(()) => {
+                                let now = self.clock.now();
+                                let gap = EXPLICIT_FLOOR.min(self.spec.policy.min_interval);
+                                let floor = current.as_ref().map(|t| t.issued_at + gap);
+                                next = floor.map_or(now, |f| f.max(now)).min(next);
+                                asked_at = Some(now);
                                 tracing::info!(client = %name, "refresh requested");
-                                next = self.clock.now();
-                                asked_at = Some(next);
                             }
                             Err(_) => refresh_open = false,
                         },
@@ -821,6 +830,19 @@ mod tests {
         // call 1 returned rt-1; call 2 none (rt-1 is kept); call 3 sees rt-1 still
         let seen = source.refresh_tokens_seen.lock().unwrap().clone();
         assert_eq!(seen, vec![None, Some("rt-1".into()), Some("rt-1".into())]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_storm_of_refresh_asks_is_one_refresh_a_second() {
+        let source = Scripted::new(Duration::from_secs(1000), vec![]);
+        let h = start(spec(""), source.clone(), 0.0, fresh());
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            h.refresh.send_modify(|n| *n += 1);
+        }
+        advance(1).await;
+        // min_interval (10 s) is for scheduled refreshes; asks get one a second
+        assert_eq!(source.calls(), vec![0, 1, 2, 3]);
     }
 
     #[tokio::test(start_paused = true)]
