@@ -292,14 +292,15 @@ pub fn relative(t: i64, now: i64) -> String {
 }
 
 fn status_command(arg: &ConfigArg) -> ExitCode {
-    let config = match load(arg) {
-        Ok(c) => c,
+    // no secret is needed to show the status, nor read
+    let (state_dir, names) = match config::load_names(&arg.config, &config::process_env) {
+        Ok(found) => found,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(INVALID_CONFIG);
         }
     };
-    let store = StateStore::at(&config.daemon.state_dir);
+    let store = StateStore::at(&state_dir);
     let now = unix_seconds(SystemTime::now());
     let file = status::read_status(&store.status_path()).ok();
     match &file {
@@ -330,7 +331,7 @@ fn status_command(arg: &ConfigArg) -> ExitCode {
         ]
         .map(String::from),
     ];
-    for name in config.clients.keys() {
+    for name in &names {
         let s = file
             .as_ref()
             .and_then(|f| f.clients.get(name))

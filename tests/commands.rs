@@ -387,3 +387,102 @@ fn listen_beyond_loopback_is_warned_about_in_check_and_the_log() {
     assert_eq!(code, 0);
     assert!(!stderr.contains("warning"), "{stderr}");
 }
+
+/// Every shipped example and every README config block with a client, as
+/// the config it is, run through `check` outside systemd: the unit's
+/// directories default as documented, and the only complaints allowed are
+/// secret files that are not on this machine.
+#[test]
+fn every_example_and_readme_config_checks_outside_systemd() {
+    let sb = Sandbox::new();
+    let creds = sb.path("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    let mut configs = Vec::new();
+    let mut paths: Vec<_> = std::fs::read_dir(repo().join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.push(repo().join("packaging/config.example.toml"));
+    paths.sort();
+    for path in paths {
+        configs.push((
+            path.display().to_string(),
+            std::fs::read_to_string(&path).unwrap(),
+        ));
+    }
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    // ```toml blocks, also indented ones in a list (the indent is dropped)
+    let mut block: Option<(usize, String)> = None;
+    for line in readme.lines() {
+        match &mut block {
+            None => {
+                if let Some(indent) = line.strip_suffix("```toml") {
+                    if indent.trim().is_empty() {
+                        block = Some((indent.len(), String::new()));
+                    }
+                }
+            }
+            Some((indent, body)) => {
+                if line.trim() == "```" {
+                    if body.contains("[clients.") {
+                        let n = configs.len() + 1;
+                        configs.push((format!("README.md toml block {n}"), body.clone()));
+                    }
+                    block = None;
+                } else {
+                    body.push_str(line.get(*indent..).unwrap_or(line.trim_start()));
+                    body.push('\n');
+                }
+            }
+        }
+    }
+    assert!(configs.len() > 8, "{} configs", configs.len());
+    for (name, text) in configs {
+        for rest in text.split("$CREDENTIALS_DIRECTORY/").skip(1) {
+            let file = rest.split('"').next().unwrap();
+            std::fs::write(creds.join(file), "a-dummy-secret-value\n").unwrap();
+        }
+        sb.write("config.toml", &text);
+        let mut check = std::process::Command::new(bin());
+        // secrets given in the environment, as the config says
+        for rest in text.split("_env = \"").skip(1) {
+            check.env(rest.split('"').next().unwrap(), "a-dummy-secret-value");
+        }
+        let out = check
+            .args(["check", "--config"])
+            .arg(sb.config())
+            .env("CREDENTIALS_DIRECTORY", &creds)
+            .env_remove("RUNTIME_DIRECTORY")
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("TOKENKEEPER_CONFIG")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // what only the machine it runs on can supply
+        let machine = ["cannot read", "no group named", "no user named"];
+        let unexpected: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !machine.iter().any(|m| l.contains(m)) && !l.contains(": warning: "))
+            .collect();
+        assert!(unexpected.is_empty(), "{name}:\n{stderr}");
+        if !machine.iter().any(|m| stderr.contains(m)) {
+            assert_eq!(out.status.code(), Some(0), "{name}:\n{stderr}");
+        }
+    }
+}
+
+#[test]
+fn status_needs_no_secret() {
+    let sb = Sandbox::new();
+    sb.write_config(&client("a", "https://auth.example.com/token", "").replace(
+        "client_secret = \"a-Secret-Value\"",
+        "client_secret_file = \"not-here.secret\"",
+    ));
+    assert_eq!(sb.run(&["check"]).0, 2);
+    let (code, stdout, stderr) = sb.run(&["status"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("CLIENT") && stdout.contains("\na "),
+        "{stdout}"
+    );
+}

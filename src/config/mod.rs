@@ -138,9 +138,73 @@ impl Config {
     }
 }
 
-/// The process environment, as the loader's view of it.
+/// Parse and validate, without reading anything the config names: the plan
+/// and what is wrong with it (only a syntax error stops it early).
+fn plan(
+    path: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(validate::Plan, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let (raw, mut diagnostics) = raw::parse(text);
+    if diagnostics.iter().any(|d| d.key == "(syntax)") {
+        return Err(diagnostics);
+    }
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+    let (plan, invalid) = validate::validate(&raw, &base, env);
+    diagnostics.extend(invalid);
+    Ok((plan, diagnostics))
+}
+
+/// What `tokenkeeper status` needs — `state_dir` and the clients' names —
+/// from parsing and validation alone: no secret, CA bundle or template is
+/// read, so it works for a user who may not read them.
+pub fn load_names(
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(PathBuf, Vec<String>), ConfigError> {
+    let bytes = crate::fsread::read_limited(path, crate::fsread::MAX_CONFIG_BYTES)
+        .map_err(|e| ConfigError::io(path, format!("cannot read the config file: {e}")))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| ConfigError::io(path, "the config file is not UTF-8".into()))?;
+    let fail = |mut diagnostics: Vec<Diagnostic>| {
+        diagnostics.sort_by_key(|d| d.span.as_ref().map_or(usize::MAX, |s| s.start));
+        ConfigError {
+            path: path.to_path_buf(),
+            text: text.clone(),
+            diagnostics,
+        }
+    };
+    let (plan, diagnostics) = plan(path, &text, env).map_err(fail)?;
+    if !diagnostics.is_empty() {
+        return Err(fail(diagnostics));
+    }
+    let names = plan.clients.into_iter().map(|c| c.name).collect();
+    Ok((plan.daemon.state_dir, names))
+}
+
+/// Where the systemd unit's directories are when tokenkeeper runs outside
+/// it (`check`, `once`, `token`, `status` by hand): the unit's own
+/// `RuntimeDirectory=`, `StateDirectory=`, and the directory its
+/// `LoadCredential=` lines read from.
+pub const UNIT_DIRECTORIES: [(&str, &str); 3] = [
+    ("RUNTIME_DIRECTORY", "/run/tokenkeeper"),
+    ("STATE_DIRECTORY", "/var/lib/tokenkeeper"),
+    ("CREDENTIALS_DIRECTORY", "/etc/tokenkeeper/credentials"),
+];
+
+/// The process environment, as the loader's view of it; outside the unit,
+/// its directories' variables default to [`UNIT_DIRECTORIES`].
 pub fn process_env(name: &str) -> Option<String> {
-    std::env::var(name).ok()
+    std::env::var(name).ok().or_else(|| {
+        UNIT_DIRECTORIES
+            .iter()
+            .find(|(var, _)| *var == name)
+            .map(|(_, dir)| dir.to_string())
+    })
 }
 
 pub fn digest(bytes: &[u8]) -> [u8; 32] {
@@ -162,17 +226,7 @@ pub fn load_str(
             diagnostics,
         }
     };
-    let (raw, mut diagnostics) = raw::parse(text);
-    if diagnostics.iter().any(|d| d.key == "(syntax)") {
-        return Err(fail(diagnostics));
-    }
-    let base = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
-    let (plan, invalid) = validate::validate(&raw, &base, env);
-    diagnostics.extend(invalid);
+    let (plan, mut diagnostics) = plan(path, text, env).map_err(fail)?;
     let clients = match build::build(&plan, env) {
         Ok(clients) if diagnostics.is_empty() => clients,
         Ok(_) => return Err(fail(diagnostics)),
