@@ -20,7 +20,7 @@ fn check_reports_every_error_with_file_line_column_and_key() {
     assert_eq!(code, 2);
     let config = sb.config().display().to_string();
     assert!(
-        stderr.contains(&format!("{config}:12:1: clients.a: unknown field `colour`")),
+        stderr.contains(&format!("{config}:12:1: clients.a: unknown key `colour`")),
         "{stderr}"
     );
 

@@ -188,21 +188,84 @@ pub struct RawConfig {
     pub unreadable_clients: usize,
 }
 
-fn from_toml(e: toml::de::Error, key: &str) -> Diagnostic {
+fn from_toml(e: toml::de::Error, key: &str, text: &str) -> Diagnostic {
+    let message = e.message().trim().to_string();
+    let span = e.span();
+    // the key whose value is wrong, from the text before the value on its line
+    let named = span
+        .as_ref()
+        .and_then(|s| text.get(..s.start))
+        .and_then(|before| before.rsplit('\n').next())
+        .and_then(|line| line.strip_suffix(' ').or(Some(line)))
+        .and_then(|line| line.trim_end().strip_suffix('='))
+        .map(|k| k.trim())
+        .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    let key = match (named, key) {
+        (Some(name), "(syntax)") => name.to_string(),
+        (Some(name), section) => format!("{section}.{name}"),
+        (None, section) => section.to_string(),
+    };
     Diagnostic {
-        span: e.span(),
-        key: key.to_string(),
-        message: e.message().trim().to_string(),
+        span,
+        key,
+        message: explained(&message),
     }
+}
+
+/// serde's and toml's words, with what to do: the nearest expected name
+/// for a typo, and the string form where a number was written.
+fn explained(message: &str) -> String {
+    for kind in ["unknown field", "unknown variant"] {
+        let Some(rest) = message.strip_prefix(&format!("{kind} `")) else {
+            continue;
+        };
+        let Some((given, expected)) = rest.split_once('`') else {
+            continue;
+        };
+        let names: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        let nearest = names
+            .iter()
+            .map(|n| (strsim::jaro_winkler(given, n), *n))
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        let what = if kind == "unknown field" {
+            "key"
+        } else {
+            "value"
+        };
+        return match nearest {
+            Some((score, name)) if score >= 0.85 => {
+                format!("unknown {what} `{given}`; did you mean `{name}`?")
+            }
+            _ => {
+                let listed: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+                format!(
+                    "unknown {what} `{given}`, expected one of {}",
+                    listed.join(", ")
+                )
+            }
+        };
+    }
+    if message.contains("expected a string")
+        && (message.contains("integer") || message.contains("float"))
+    {
+        return format!(
+            "{message}; write it as a string: a duration as \"300s\" or \"5m\", a mode as \"0640\""
+        );
+    }
+    if message.contains("leading zero") {
+        return format!("{message}; a mode is a string: mode = \"0640\"");
+    }
+    message.to_string()
 }
 
 fn section<T: for<'de> Deserialize<'de>>(
     value: Spanned<DeValue<'_>>,
     key: &str,
+    text: &str,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Option<T> {
     T::deserialize(value.into_deserializer())
-        .map_err(|e| diagnostics.push(from_toml(e, key)))
+        .map_err(|e| diagnostics.push(from_toml(e, key, text)))
         .ok()
 }
 
@@ -213,15 +276,18 @@ pub fn parse(text: &str) -> (RawConfig, Vec<Diagnostic>) {
     let root = match DeTable::parse(text) {
         Ok(root) => root,
         Err(e) => {
-            diagnostics.push(from_toml(e, "(syntax)"));
+            diagnostics.push(from_toml(e, "(syntax)", text));
             return (raw, diagnostics);
         }
     };
     for (key, value) in root.into_inner() {
         match key.get_ref().as_ref() {
-            "daemon" => raw.daemon = section(value, "daemon", &mut diagnostics).unwrap_or_default(),
+            "daemon" => {
+                raw.daemon = section(value, "daemon", text, &mut diagnostics).unwrap_or_default()
+            }
             "defaults" => {
-                raw.defaults = section(value, "defaults", &mut diagnostics).unwrap_or_default()
+                raw.defaults =
+                    section(value, "defaults", text, &mut diagnostics).unwrap_or_default()
             }
             "clients" => {
                 let span = value.span();
@@ -239,7 +305,7 @@ pub fn parse(text: &str) -> (RawConfig, Vec<Diagnostic>) {
                                 });
                                 continue;
                             }
-                            match section(client, &key, &mut diagnostics) {
+                            match section(client, &key, text, &mut diagnostics) {
                                 Some(parsed) => {
                                     raw.clients.push((Spanned::new(name_span, name), parsed))
                                 }

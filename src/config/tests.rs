@@ -101,11 +101,11 @@ type = "file"
 path = "/run/tk/b"
 "#,
         r#"
-/etc/tk/config.toml:3:14: daemon: unknown variant `xml`, expected `text` or `json`
+/etc/tk/config.toml:3:14: daemon.log_format: unknown value `xml`, expected one of `text`, `json`
 /etc/tk/config.toml:9:17: clients.a.refresh_ratio: 1.5 must lie strictly between 0 and 1 (a share of the token's lifetime)
 /etc/tk/config.toml:10:18: clients.a.refresh_before: "soon" is not a duration (expected number at 0); write e.g. "90s", "5m", "1h"
 /etc/tk/config.toml:14:8: clients.a.outputs[0].mode: "0999" is not an octal mode; write e.g. "0640"
-/etc/tk/config.toml:20:1: clients.b: unknown field `colour`, expected one of `preset`, `token_url`, `issuer`, `grant_type`, `client_id`, `client_secret_file`, `client_secret_env`, `client_secret`, `auth`, `encoding`, `scope`, `scope_param`, `params`, `headers`, `username`, `password_file`, `password_env`, `password`, `refresh_token_file`, `refresh_token_param`, `token_file`, `token_type`, `response`, `ca_file`, `allow_insecure_http`, `default_lifetime`, `max_lifetime`, `min_valid`, `refresh_ratio`, `refresh_before`, `min_interval`, `timeout`, `backoff_initial`, `backoff_max`, `outputs`
+/etc/tk/config.toml:20:1: clients.b: unknown key `colour`, expected one of `preset`, `token_url`, `issuer`, `grant_type`, `client_id`, `client_secret_file`, `client_secret_env`, `client_secret`, `auth`, `encoding`, `scope`, `scope_param`, `params`, `headers`, `username`, `password_file`, `password_env`, `password`, `refresh_token_file`, `refresh_token_param`, `token_file`, `token_type`, `response`, `ca_file`, `allow_insecure_http`, `default_lifetime`, `max_lifetime`, `min_valid`, `refresh_ratio`, `refresh_before`, `min_interval`, `timeout`, `backoff_initial`, `backoff_max`, `outputs`
 "#,
     );
 }
@@ -247,7 +247,7 @@ fn semantic_errors_table() {
         (
             "client_secret = \"s\"\npreset = \"magento\"",
             "",
-            "/etc/tk/config.toml:5:10: clients.c: unknown variant `magento`, expected one of `plentymarkets`, `jtl-cloud`, `jtl-scx`, `oro`, `shopware`, `floriday`",
+            "/etc/tk/config.toml:5:10: clients.c.preset: unknown value `magento`, expected one of `plentymarkets`, `jtl-cloud`, `jtl-scx`, `oro`, `shopware`, `floriday`",
         ),
         (
             "client_secret = \"s\"\nissuer = \"https://idp.example.com\"",
@@ -515,4 +515,28 @@ fn clients_naming_one_ca_file_share_one_bundle_read_once() {
     assert_eq!(a.pem, TEST_CA.as_bytes());
     use sha2::Digest;
     assert_eq!(a.digest, <[u8; 32]>::from(sha2::Sha256::digest(TEST_CA)));
+}
+
+#[test]
+fn typos_and_numbers_where_strings_belong_are_explained() {
+    let client = |extra: &str| {
+        format!(
+            "[clients.c]\ntoken_url = \"https://a.example/token\"\nclient_id = \"id\"\nclient_secret = \"s\"\n{extra}\n[[clients.c.outputs]]\ntype = \"file\"\npath = \"/run/tk/c\"\n"
+        )
+    };
+    check(
+        &client("min_intervall = \"10s\""),
+        "/etc/tk/config.toml:5:1: clients.c: unknown key `min_intervall`; did you mean `min_interval`?",
+    );
+    check(
+        &format!("[defaults]\nrefresh_before = 300\n{}", client("")),
+        "/etc/tk/config.toml:2:18: defaults.refresh_before: invalid type: integer `300`, expected a string; write it as a string: a duration as \"300s\" or \"5m\", a mode as \"0640\"",
+    );
+    let e = load(&client("").replace("path = \"/run/tk/c\"", "path = \"/run/tk/c\"\nmode = 0640"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("mode: ") && e.contains("a mode is a string: mode = \"0640\""),
+        "{e}"
+    );
 }
