@@ -7,12 +7,13 @@ use super::validate::{
 };
 use super::{ClientSpec, Diagnostic};
 use crate::grant::{CaBundle, GrantSpec, TokenRequestSpec};
+use crate::output::Layout;
 use crate::output::kubernetes::KubernetesOutput;
 use crate::output::render::Template;
 use crate::output::vault::VaultOutput;
 use crate::output::{FileOutput, Format, OutputKind, OutputSpec};
 use crate::secret::Secret;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -281,6 +282,91 @@ impl Builder<'_> {
 }
 
 /// Builds every client of `plan`, or returns every error found.
+/// `path` as the filesystem has it now: its longest existing ancestor with
+/// symlinks resolved, then the rest as written. Resolved ancestors are
+/// cached: thousands of outputs share a few directories.
+fn resolved(path: &std::path::Path, cache: &mut HashMap<PathBuf, PathBuf>) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut at = path;
+    loop {
+        let found = match cache.get(at) {
+            Some(r) => Some(r.clone()),
+            None => std::fs::canonicalize(at).ok().inspect(|r| {
+                cache.insert(at.to_path_buf(), r.clone());
+            }),
+        };
+        if let Some(mut base) = found {
+            base.extend(rest.iter().rev());
+            return base;
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                at = parent;
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}
+
+/// File outputs that meet on disk although their paths differ as written
+/// (validation compares those): two that reach one file through a symlinked
+/// directory, and a file inside an `atomic_dir` set, which replaces its
+/// files.
+fn overlapping_files(plan: &Plan) -> Vec<Diagnostic> {
+    let mut cache = HashMap::new();
+    let mut files: HashMap<PathBuf, (&str, &std::path::Path)> = HashMap::new();
+    let mut sets: HashMap<PathBuf, &str> = HashMap::new();
+    let mut found = Vec::new();
+    let outputs = plan.clients.iter().flat_map(|c| &c.outputs);
+    for o in outputs.clone() {
+        if let OutputKindPlan::File {
+            path,
+            layout: Layout::AtomicDir,
+            ..
+        } = &o.kind
+        {
+            sets.insert(resolved(path, &mut cache), &o.key);
+        }
+    }
+    for o in outputs {
+        let OutputKindPlan::File { path, layout, .. } = &o.kind else {
+            continue;
+        };
+        let real = resolved(path, &mut cache);
+        if *layout == Layout::File {
+            if let Some(set) = real.ancestors().skip(1).find_map(|a| sets.get(a)) {
+                found.push(Diagnostic {
+                    span: None,
+                    key: format!("{}.path", o.key),
+                    message: format!(
+                        "{} lies inside the atomic_dir set of {set}, which replaces the files in it",
+                        path.display()
+                    ),
+                });
+            }
+        }
+        match files.get(&real) {
+            // the same path as written: validation says so already
+            Some((_, first_path)) if *first_path == path.as_path() => {}
+            Some((first, first_path)) => found.push(Diagnostic {
+                span: None,
+                key: format!("{}.path", o.key),
+                message: format!(
+                    "{} is the same file as {} of {first} (both are {} on disk); two outputs cannot share a file",
+                    path.display(),
+                    first_path.display(),
+                    real.display()
+                ),
+            }),
+            None => {
+                files.insert(real, (&o.key, path));
+            }
+        }
+    }
+    found
+}
+
 pub fn build(
     plan: &Plan,
     env: &dyn Fn(&str) -> Option<String>,
@@ -296,6 +382,7 @@ pub fn build(
             clients.insert(spec.name.clone(), Arc::new(spec));
         }
     }
+    b.diagnostics.extend(overlapping_files(plan));
     if b.diagnostics.is_empty() {
         Ok(clients)
     } else {

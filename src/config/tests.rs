@@ -540,3 +540,44 @@ fn typos_and_numbers_where_strings_belong_are_explained() {
         "{e}"
     );
 }
+
+#[test]
+fn outputs_that_meet_on_disk_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("real")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link")).unwrap();
+    let client = |name: &str, outputs: &str| {
+        format!(
+            "[clients.{name}]\ntoken_url = \"https://a.example/token\"\nclient_id = \"id\"\nclient_secret = \"s\"\n{outputs}"
+        )
+    };
+    let file = |name: &str, path: &str| {
+        format!("[[clients.{name}.outputs]]\ntype = \"file\"\npath = \"{path}\"\n")
+    };
+    let input = format!(
+        "{}{}{}",
+        client("a", &file("a", "real/a.token")),
+        client("b", &file("b", "link/a.token")),
+        client(
+            "c",
+            &format!(
+                "[[clients.c.outputs]]\ntype = \"file\"\npath = \"set\"\nlayout = \"atomic_dir\"\n{}",
+                file("c", "set/extra.token")
+            )
+        ),
+    );
+    let e = load_str(&dir.path().join("config.toml"), &input, &env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("clients.b.outputs[0].path: ")
+            && e.contains("link/a.token is the same file as")
+            && e.contains("of clients.a.outputs[0]"),
+        "{e}"
+    );
+    assert!(
+        e.contains("clients.c.outputs[1].path: ")
+            && e.contains("lies inside the atomic_dir set of clients.c.outputs[0]"),
+        "{e}"
+    );
+}

@@ -82,12 +82,15 @@ pub fn write_set(
         .and_then(|d| d.sync_all())
         .map_err(|e| context(&version, "cannot fsync", e))?;
 
-    // one rename switches every file
-    let tmp = dir.join("..data_tmp");
-    let _ = fs::remove_file(&tmp);
+    // one rename switches every file; the new link's name is this write's
+    // own (`..data_tmp.<version>`), so nothing planted in advance is in its way
+    let tmp = dir.join(format!("..data_tmp{}", &version_name[1..]));
     std::os::unix::fs::symlink(&version_name, &tmp)
         .map_err(|e| context(&tmp, "cannot create symlink", e))?;
-    fs::rename(&tmp, &data).map_err(|e| context(&data, "cannot switch", e))?;
+    if let Err(e) = fs::rename(&tmp, &data) {
+        let _ = fs::remove_file(&tmp);
+        return Err(context(&data, "cannot switch", e));
+    }
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| context(dir, "cannot fsync", e))?;
@@ -117,6 +120,9 @@ pub fn write_set(
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
             if is_dir && name.starts_with("..") && name != version_name.as_str() {
                 let _ = fs::remove_dir_all(entry.path());
+            } else if !is_dir && name.starts_with("..data_tmp") {
+                // a link a killed write made and never renamed
+                let _ = fs::remove_file(entry.path());
             }
         }
     }
@@ -133,6 +139,29 @@ mod tests {
             owner: None,
             group: None,
         }
+    }
+
+    #[test]
+    fn nothing_planted_at_a_temp_name_blocks_a_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("set");
+        fs::create_dir(&dir).unwrap();
+        // a directory where the switch's link used to be made, and a link a
+        // killed write left
+        fs::create_dir(dir.join("..data_tmp")).unwrap();
+        std::os::unix::fs::symlink("..nowhere", dir.join("..data_tmp.1.2.3")).unwrap();
+        let v1 = [("token", b"t1".to_vec())];
+        write_set(&dir, &v1, &opts()).unwrap();
+        assert_eq!(fs::read(dir.join("token")).unwrap(), b"t1");
+        write_set(&dir, &[("token", b"t2".to_vec())], &opts()).unwrap();
+        assert_eq!(fs::read(dir.join("token")).unwrap(), b"t2");
+        let left: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("..data_tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]
