@@ -120,16 +120,35 @@ fn refresh_round(pid: u32, dir: &Path, n: usize, count: &AtomicU64, limit: Durat
 }
 
 fn config(dir: &Path, url: &str, n: usize) -> String {
+    config_with(dir, url, n, |_| String::new())
+}
+
+/// `n` clients on `url` with state and outputs in `dir`, each with the
+/// keys `extra(i)` gives.
+fn config_with(dir: &Path, url: &str, n: usize, extra: impl Fn(usize) -> String) -> String {
     let mut text = format!(
         "[daemon]\nstate_dir = \"{}\"\n\n[defaults]\nmin_interval = \"1ms\"\n\n",
         dir.join("state").display()
     );
     for i in 0..n {
         text.push_str(&format!(
-            "[clients.c{i}]\ntoken_url = \"{url}\"\nclient_id = \"c{i}\"\nclient_secret = \"bench-secret\"\n[[clients.c{i}.outputs]]\ntype = \"file\"\npath = \"out/c{i}.token\"\n\n"
+            "[clients.c{i}]\ntoken_url = \"{url}\"\nclient_id = \"c{i}\"\nclient_secret = \"bench-secret\"\n{}[[clients.c{i}.outputs]]\ntype = \"file\"\npath = \"out/c{i}.token\"\n\n",
+            extra(i)
         ));
     }
     text
+}
+
+/// `bin run --config config` at `RUST_LOG=warn`, its log to `log`.
+fn start_daemon(bin: &Path, config: &Path, log: impl Into<Stdio>) -> Child {
+    Command::new(bin)
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
 }
 
 fn files_written(dir: &Path) -> usize {
@@ -170,14 +189,7 @@ fn run_size(n: usize, url: &str, count: &Arc<AtomicU64>) -> SizeResult {
     let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
     let c0 = count.load(Ordering::Relaxed);
     let start = Instant::now();
-    let mut child: Child = Command::new(bin())
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut child = start_daemon(&bin(), &path, log);
     let pid = child.id();
     let limit = Duration::from_secs(300);
     wait("every token written", limit, || {
@@ -275,16 +287,9 @@ fn shell_loop(url: &str, tokens: usize) -> Option<f64> {
 /// A config of `n` password-grant clients (a rotating chain each), with
 /// state and outputs in `dir`.
 fn chain_config(dir: &Path, url: &str, n: usize) -> String {
-    let mut text = format!(
-        "[daemon]\nstate_dir = \"{}\"\n\n[defaults]\nmin_interval = \"1ms\"\n\n",
-        dir.join("state").display()
-    );
-    for i in 0..n {
-        text.push_str(&format!(
-            "[clients.c{i}]\ntoken_url = \"{url}\"\nclient_id = \"c{i}\"\nclient_secret = \"bench-secret\"\ngrant_type = \"password\"\nusername = \"u{i}\"\npassword = \"bench-password\"\n[[clients.c{i}.outputs]]\ntype = \"file\"\npath = \"out/c{i}.token\"\n\n"
-        ));
-    }
-    text
+    config_with(dir, url, n, |i| {
+        format!("grant_type = \"password\"\nusername = \"u{i}\"\npassword = \"bench-password\"\n")
+    })
 }
 
 /// Per-refresh figures of one build on one filesystem at one size.
@@ -322,14 +327,7 @@ fn chain_cost(bin: &Path, base: &Path, url: &str, n: usize, count: &Arc<AtomicU6
     let dir = tempfile::tempdir_in(base).unwrap();
     let path = dir.path().join("config.toml");
     std::fs::write(&path, chain_config(dir.path(), url, n)).unwrap();
-    let mut child: Child = Command::new(bin)
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = start_daemon(bin, &path, Stdio::null());
     let pid = child.id();
     let limit = Duration::from_secs(300);
     wait("every token written", limit, || {

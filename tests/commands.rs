@@ -167,16 +167,21 @@ fn status_shows_a_table_of_clients() {
     assert!(stdout.contains("daemon not running"), "{stdout}");
 }
 
-#[test]
-fn dev_demo_rotates_tokens_within_seconds() {
-    let sb = Sandbox::new();
+/// `tokenkeeper dev` with 3 s tokens in the sandbox's `demo/`.
+fn dev_command(sb: &Sandbox) -> std::process::Command {
     let mut cmd = std::process::Command::new(bin());
     cmd.args(["dev", "--dir"])
         .arg(sb.path("demo"))
         .args(["--lifetime", "3s"])
         .current_dir(sb.dir.path())
         .env_remove("RUST_LOG");
-    let daemon = sb.start_with(cmd);
+    cmd
+}
+
+#[test]
+fn dev_demo_rotates_tokens_within_seconds() {
+    let sb = Sandbox::new();
+    let daemon = sb.start_with(dev_command(&sb));
     let mut seen = Vec::new();
     wait_until("two demo tokens", WAIT, || {
         if let Some(t) = sb.read("demo/demo.token") {
@@ -243,15 +248,7 @@ fn a_secret_file_that_never_ends_is_a_config_error_not_an_out_of_memory_kill() {
 #[test]
 fn dev_keeps_an_edited_config_and_says_so() {
     let sb = Sandbox::new();
-    let dev = || {
-        let mut cmd = std::process::Command::new(bin());
-        cmd.args(["dev", "--dir"])
-            .arg(sb.path("demo"))
-            .args(["--lifetime", "3s"])
-            .current_dir(sb.dir.path())
-            .env_remove("RUST_LOG");
-        sb.start_with(cmd)
-    };
+    let dev = || sb.start_with(dev_command(&sb));
     let daemon = dev();
     wait_until("the demo token", WAIT, || {
         sb.read("demo/demo.token").is_some()

@@ -45,6 +45,16 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// `diagnostics` in file order; problems without a place last.
+    fn new(path: &Path, text: &str, mut diagnostics: Vec<Diagnostic>) -> ConfigError {
+        diagnostics.sort_by_key(|d| d.span.as_ref().map_or(usize::MAX, |s| s.start));
+        ConfigError {
+            path: path.to_path_buf(),
+            text: text.to_string(),
+            diagnostics,
+        }
+    }
+
     fn io(path: &Path, message: String) -> ConfigError {
         ConfigError {
             path: path.to_path_buf(),
@@ -166,18 +176,8 @@ pub fn load_names(
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(PathBuf, Vec<String>), ConfigError> {
-    let bytes = crate::fsread::read_limited(path, crate::fsread::MAX_CONFIG_BYTES)
-        .map_err(|e| ConfigError::io(path, format!("cannot read the config file: {e}")))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| ConfigError::io(path, "the config file is not UTF-8".into()))?;
-    let fail = |mut diagnostics: Vec<Diagnostic>| {
-        diagnostics.sort_by_key(|d| d.span.as_ref().map_or(usize::MAX, |s| s.start));
-        ConfigError {
-            path: path.to_path_buf(),
-            text: text.clone(),
-            diagnostics,
-        }
-    };
+    let text = read_text(path)?;
+    let fail = |diagnostics| ConfigError::new(path, &text, diagnostics);
     let (plan, diagnostics) = plan(path, &text, env).map_err(fail)?;
     if !diagnostics.is_empty() {
         return Err(fail(diagnostics));
@@ -217,15 +217,7 @@ pub fn load_str(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
-    let fail = |mut diagnostics: Vec<Diagnostic>| {
-        // in file order; problems without a place last
-        diagnostics.sort_by_key(|d| d.span.as_ref().map_or(usize::MAX, |s| s.start));
-        ConfigError {
-            path: path.to_path_buf(),
-            text: text.to_string(),
-            diagnostics,
-        }
-    };
+    let fail = |diagnostics| ConfigError::new(path, text, diagnostics);
     let (plan, mut diagnostics) = plan(path, text, env).map_err(fail)?;
     let clients = match build::build(&plan, env) {
         Ok(clients) if diagnostics.is_empty() => clients,
@@ -251,11 +243,15 @@ pub fn load_str(
 
 /// Reads and loads the config file at `path`.
 pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    load_str(path, &read_text(path)?, env)
+}
+
+/// The config file's text (a regular file, bounded, UTF-8).
+fn read_text(path: &Path) -> Result<String, ConfigError> {
     let bytes = crate::fsread::read_limited(path, crate::fsread::MAX_CONFIG_BYTES)
         .map_err(|e| ConfigError::io(path, format!("cannot read the config file: {e}")))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| ConfigError::io(path, "the config file is not UTF-8".into()))?;
-    load_str(path, &text, env)
+    String::from_utf8(bytes)
+        .map_err(|_| ConfigError::io(path, "the config file is not UTF-8".into()))
 }
 
 #[cfg(test)]
