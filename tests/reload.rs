@@ -165,9 +165,9 @@ fn an_invalid_reload_keeps_the_old_config_serving() {
     fs::write(sb.config(), "[clients.a]\ntoken_url = 7\n").unwrap();
     daemon.wait_log("config reload failed; still running the previous config", 1);
     assert!(
-        daemon
-            .logs()
-            .contains("clients.a: invalid type: integer `7`, expected a string"),
+        daemon.logs().contains(
+            "clients.a.token_url: invalid type: integer `7`, expected a string; write it in quotes"
+        ),
         "{}",
         daemon.logs()
     );

@@ -208,13 +208,30 @@ fn from_toml(e: toml::de::Error, key: &str, text: &str) -> Diagnostic {
     Diagnostic {
         span,
         key,
-        message: explained(&message),
+        message: explained(&message, named),
     }
 }
 
+/// Keys whose values are durations.
+const DURATIONS: [&str; 12] = [
+    "refresh_before",
+    "min_interval",
+    "timeout",
+    "backoff_initial",
+    "backoff_max",
+    "default_lifetime",
+    "max_lifetime",
+    "min_valid",
+    "exec_timeout",
+    "ready_timeout",
+    "check_outputs",
+    "lease_ttl",
+];
+
 /// serde's and toml's words, with what to do: the nearest expected name
-/// for a typo, and the string form where a number was written.
-fn explained(message: &str) -> String {
+/// for a typo, and the string form where a number was written (for `key`,
+/// when it is known).
+fn explained(message: &str, key: Option<&str>) -> String {
     for kind in ["unknown field", "unknown variant"] {
         let Some(rest) = message.strip_prefix(&format!("{kind} `")) else {
             continue;
@@ -248,9 +265,12 @@ fn explained(message: &str) -> String {
     if message.contains("expected a string")
         && (message.contains("integer") || message.contains("float"))
     {
-        return format!(
-            "{message}; write it as a string: a duration as \"300s\" or \"5m\", a mode as \"0640\""
-        );
+        let example = match key {
+            Some(k) if DURATIONS.contains(&k) => ", e.g. \"300s\" or \"5m\"",
+            Some("mode") => ", e.g. \"0640\"",
+            _ => "",
+        };
+        return format!("{message}; write it in quotes{example}");
     }
     if message.contains("leading zero") {
         return format!("{message}; a mode is a string: mode = \"0640\"");

@@ -530,7 +530,7 @@ fn typos_and_numbers_where_strings_belong_are_explained() {
     );
     check(
         &format!("[defaults]\nrefresh_before = 300\n{}", client("")),
-        "/etc/tk/config.toml:2:18: defaults.refresh_before: invalid type: integer `300`, expected a string; write it as a string: a duration as \"300s\" or \"5m\", a mode as \"0640\"",
+        "/etc/tk/config.toml:2:18: defaults.refresh_before: invalid type: integer `300`, expected a string; write it in quotes, e.g. \"300s\" or \"5m\"",
     );
     let e = load(&client("").replace("path = \"/run/tk/c\"", "path = \"/run/tk/c\"\nmode = 0640"))
         .unwrap_err()
