@@ -227,6 +227,12 @@ fn read_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(with_path(path, "cannot open", e)),
     };
+    read_whole(&file, path).map(Some)
+}
+
+/// The whole content of `file` (opened from `path`): a regular file of at
+/// most [`MAX_FILE`] bytes, or it is not ours.
+fn read_whole(file: &File, path: &Path) -> io::Result<Vec<u8>> {
     let meta = file
         .metadata()
         .map_err(|e| with_path(path, "cannot inspect", e))?;
@@ -237,8 +243,36 @@ fn read_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
         ));
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
-    io::Read::read_to_end(&mut &file, &mut bytes).map_err(|e| with_path(path, "cannot read", e))?;
-    Ok(Some(bytes))
+    io::Read::read_to_end(&mut &*file, &mut bytes)
+        .map_err(|e| with_path(path, "cannot read", e))?;
+    Ok(bytes)
+}
+
+/// Opens `path` (never through a symlink) for reading and writing — created
+/// 0600 with `create` — or, where this user may not write it (another user's
+/// `state_dir`, a read-only filesystem), for reading only, with why not.
+fn open_writable_or_readable(path: &Path, create: bool) -> io::Result<(File, Option<io::Error>)> {
+    let open = |write: bool| {
+        OpenOptions::new()
+            .read(true)
+            .write(write)
+            .create(write && create)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+    };
+    match open(true) {
+        Ok(file) => Ok((file, None)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+            ) =>
+        {
+            open(false).map(|file| (file, Some(e)))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -405,22 +439,7 @@ impl StateStore {
     /// `state_dir` locks it read-only.
     pub fn try_lock(&self, client: &str) -> io::Result<Option<ChainLock>> {
         let path = self.path(client, ".lock");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .or_else(|e| match e.kind() {
-                io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
-                    OpenOptions::new()
-                        .read(true)
-                        .custom_flags(libc::O_NOFOLLOW)
-                        .open(&path)
-                }
-                _ => Err(e),
-            })
+        let (file, _) = open_writable_or_readable(&path, true)
             .map_err(|e| with_path(&path, "cannot open the lock file", e))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => {
@@ -524,34 +543,12 @@ impl ChainLock {
     fn opened(&mut self) -> io::Result<Option<&mut Opened>> {
         if self.opened.is_none() {
             let path = self.path(".state");
-            let open = |write: bool| {
-                OpenOptions::new()
-                    .read(true)
-                    .write(write)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                    .open(&path)
-            };
-            let (file, read_only) = match open(true) {
-                Ok(f) => (f, None),
+            let (file, read_only) = match open_writable_or_readable(&path, false) {
+                Ok(opened) => opened,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => match open(false) {
-                    Ok(f) => (f, Some(e)),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                    Err(e) => return Err(with_path(&path, "cannot open", e)),
-                },
+                Err(e) => return Err(with_path(&path, "cannot open", e)),
             };
-            let meta = file
-                .metadata()
-                .map_err(|e| with_path(&path, "cannot inspect", e))?;
-            if !meta.is_file() || meta.len() > MAX_FILE {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: not a tokenkeeper state file", path.display()),
-                ));
-            }
-            let mut bytes = Vec::with_capacity(meta.len() as usize);
-            io::Read::read_to_end(&mut &file, &mut bytes)
-                .map_err(|e| with_path(&path, "cannot read", e))?;
+            let bytes = read_whole(&file, &path)?;
             self.opened = Some(Opened {
                 file,
                 read_only,

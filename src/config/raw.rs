@@ -213,7 +213,7 @@ fn from_toml(e: toml::de::Error, key: &str, text: &str) -> Diagnostic {
 }
 
 /// Keys whose values are durations.
-const DURATIONS: [&str; 12] = [
+const DURATIONS: [&str; 11] = [
     "refresh_before",
     "min_interval",
     "timeout",
@@ -225,7 +225,6 @@ const DURATIONS: [&str; 12] = [
     "exec_timeout",
     "ready_timeout",
     "check_outputs",
-    "lease_ttl",
 ];
 
 /// serde's and toml's words, with what to do: the nearest expected name

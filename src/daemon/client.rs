@@ -128,16 +128,11 @@ impl<S: TokenSource> ClientTask<S> {
         let mut next = self.clock.now();
         if let Some(token) = start.resume.token {
             let token = Arc::new(token);
-            if !start.force {
-                next = self.plan(&token).at;
-                tracing::info!(
-                    client = %name,
-                    expires_at = %rfc3339(token.expires_at),
-                    next_refresh_in_s = next.duration_since(self.clock.now()).unwrap_or_default().as_secs(),
-                    "using the cached token"
-                );
+            if start.force {
+                self.published(&token, next);
+            } else {
+                next = self.adopt(&token, "using the cached token");
             }
-            self.published(&token, next);
             current = Some(token);
         }
 
@@ -207,14 +202,10 @@ impl<S: TokenSource> ClientTask<S> {
                             Pass::Cancelled => return,
                             Pass::Adopted(token) => {
                                 let token = Arc::new(token);
-                                next = self.plan(&token).at;
-                                tracing::info!(
-                                    client = %name,
-                                    expires_at = %rfc3339(token.expires_at),
-                                    next_refresh_in_s = next.duration_since(self.clock.now()).unwrap_or_default().as_secs(),
-                                    "using the token another tokenkeeper has just written"
+                                next = self.adopt(
+                                    &token,
+                                    "using the token another tokenkeeper has just written",
                                 );
-                                self.published(&token, next);
                                 failures = 0;
                                 current = Some(token);
                                 continue;
@@ -337,8 +328,22 @@ impl<S: TokenSource> ClientTask<S> {
         )
     }
 
-    /// Publishes a token this task did not fetch (cached, or written by
-    /// another process), due again at `next`.
+    /// Uses a token this task did not fetch (cached, or written by another
+    /// process): plans its refresh, says `why`, publishes it; returns when
+    /// it is due.
+    fn adopt(&self, token: &Arc<Token>, why: &str) -> SystemTime {
+        let next = self.plan(token).at;
+        tracing::info!(
+            client = %self.spec.name,
+            expires_at = %rfc3339(token.expires_at),
+            next_refresh_in_s = next.duration_since(self.clock.now()).unwrap_or_default().as_secs(),
+            "{why}"
+        );
+        self.published(token, next);
+        next
+    }
+
+    /// Publishes a token this task did not fetch, due again at `next`.
     fn published(&self, token: &Arc<Token>, next: SystemTime) {
         self.record_token(token);
         let _ = self.publish.send(Some(token.clone()));

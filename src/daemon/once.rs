@@ -70,7 +70,7 @@ impl Got {
 /// not sent unless its answer can be saved.
 pub async fn get<S: TokenSource>(
     source: &S,
-    spec: &ClientSpec,
+    spec: &Arc<ClientSpec>,
     state: Option<&StateStore>,
     clock: &dyn Clock,
     reuse: impl Fn(&Token) -> bool,
@@ -79,7 +79,7 @@ pub async fn get<S: TokenSource>(
     let unsaveable = |e: &dyn std::fmt::Display| {
         format!("{e}; not fetching, since the rotated refresh token could not be kept")
     };
-    let (owned, now) = (Arc::new(spec.clone()), clock.now());
+    let (owned, now) = (spec.clone(), clock.now());
     let first = move |lock: &mut ChainLock| {
         let resume = resume_from(lock.load()?, &owned.request, now);
         if chain {
@@ -117,7 +117,7 @@ pub async fn get<S: TokenSource>(
         .await
         .map_err(|e| e.to_string())?;
     if let Some(mut lock) = lock {
-        let (owned, copy) = (Arc::new(spec.clone()), token.clone());
+        let (owned, copy) = (spec.clone(), token.clone());
         let saved = tokio::task::spawn_blocking(move || save(&mut lock, &owned, &copy))
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
