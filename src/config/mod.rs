@@ -156,7 +156,7 @@ fn plan(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(validate::Plan, Vec<Diagnostic>), Vec<Diagnostic>> {
     let (raw, mut diagnostics) = raw::parse(text);
-    if diagnostics.iter().any(|d| d.key == "(syntax)") {
+    if raw.not_toml {
         return Err(diagnostics);
     }
     let base = path

@@ -186,6 +186,8 @@ pub struct RawConfig {
     pub clients: Vec<(Spanned<String>, RawClient)>,
     /// Client tables that could not be read (their errors are already reported).
     pub unreadable_clients: usize,
+    /// The text is not TOML: nothing was read, and the one error says where.
+    pub not_toml: bool,
 }
 
 fn from_toml(e: toml::de::Error, key: &str, text: &str) -> Diagnostic {
@@ -288,6 +290,29 @@ fn section<T: for<'de> Deserialize<'de>>(
         .ok()
 }
 
+/// Where each `[[clients.NAME.outputs]]` table of a client is in the text.
+fn output_spans(client: &DeValue<'_>) -> Vec<std::ops::Range<usize>> {
+    let DeValue::Table(table) = client else {
+        return Vec::new();
+    };
+    // an element's own span is its `[[...]]` header; its keys follow it
+    let extent = |o: &Spanned<DeValue<'_>>| {
+        let start = o.span().start;
+        let end = match o.get_ref() {
+            DeValue::Table(t) => t
+                .iter()
+                .map(|(k, v)| k.span().end.max(v.span().end))
+                .fold(o.span().end, usize::max),
+            _ => o.span().end,
+        };
+        start..end
+    };
+    match table.get("outputs").map(|o| o.get_ref()) {
+        Some(DeValue::Array(list)) => list.iter().map(extent).collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Parses `text`; returns what could be read and every error found on the way.
 pub fn parse(text: &str) -> (RawConfig, Vec<Diagnostic>) {
     let mut diagnostics = Vec::new();
@@ -296,6 +321,7 @@ pub fn parse(text: &str) -> (RawConfig, Vec<Diagnostic>) {
         Ok(root) => root,
         Err(e) => {
             diagnostics.push(from_toml(e, "(syntax)", text));
+            raw.not_toml = true;
             return (raw, diagnostics);
         }
     };
@@ -324,7 +350,21 @@ pub fn parse(text: &str) -> (RawConfig, Vec<Diagnostic>) {
                                 });
                                 continue;
                             }
-                            match section(client, &key, text, &mut diagnostics) {
+                            // an error inside an output is named by the output's place
+                            let outputs = output_spans(client.get_ref());
+                            let within = |at: &std::ops::Range<usize>| {
+                                outputs
+                                    .iter()
+                                    .position(|o| o.start <= at.start && at.end <= o.end)
+                                    .map_or(key.clone(), |i| format!("{key}.outputs[{i}]"))
+                            };
+                            let parsed = RawClient::deserialize(client.into_deserializer())
+                                .map_err(|e| {
+                                    let key = e.span().map_or(key.clone(), |at| within(&at));
+                                    diagnostics.push(from_toml(e, &key, text))
+                                })
+                                .ok();
+                            match parsed {
                                 Some(parsed) => {
                                     raw.clients.push((Spanned::new(name_span, name), parsed))
                                 }

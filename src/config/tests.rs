@@ -111,6 +111,52 @@ path = "/run/tk/b"
 }
 
 #[test]
+fn errors_in_one_output_come_at_once_each_named_by_the_outputs_place() {
+    // an invalid mode and an unknown group: both in the first round
+    check(
+        r#"
+[clients.a]
+token_url = "https://auth.example.com/token"
+client_id = "id"
+client_secret = "s"
+[[clients.a.outputs]]
+type = "file"
+path = "/run/tk/a"
+mode = "0999"
+group = "no-such-group-here"
+"#,
+        r#"
+/etc/tk/config.toml:9:8: clients.a.outputs[0].mode: "0999" is not an octal mode; write e.g. "0640"
+/etc/tk/config.toml:10:9: clients.a.outputs[0].group: no group named "no-such-group-here"
+"#,
+    );
+    // what serde refuses inside an output names the output, not the client
+    check(
+        r#"
+[clients.a]
+token_url = "https://auth.example.com/token"
+client_id = "id"
+client_secret = "s"
+[[clients.a.outputs]]
+type = "file"
+path = "/run/tk/a"
+[[clients.a.outputs]]
+type = "file"
+path = "/run/tk/b"
+format = "headers"
+"#,
+        r#"
+/etc/tk/config.toml:12:10: clients.a.outputs[1].format: unknown value `headers`; did you mean `header`?
+"#,
+    );
+    // a file that is not TOML is that one error, not also "no client"
+    check(
+        "[clients.a]\nmode = 0640\n",
+        r#"/etc/tk/config.toml:2:8: mode: unexpected leading zero, expected nothing; a mode is a string: mode = "0640""#,
+    );
+}
+
+#[test]
 fn semantic_errors_table() {
     let base = |extra: &str, output: &str| {
         format!(

@@ -556,7 +556,6 @@ fn validate_client(
     c: &RawClient,
     d: ClientDefaults,
 ) -> Option<ClientPlan> {
-    let before_errors = v.diagnostics.len();
     let key = |k: &str| format!("{ck}.{k}");
 
     let preset = c.preset.as_ref().map(|p| *p.get_ref());
@@ -1102,9 +1101,10 @@ fn validate_client(
         }),
     }
 
-    if v.diagnostics.len() > before_errors {
-        return None;
-    }
+    // (a client with errors still has a plan, built from what is valid and
+    // defaults for the rest: `build` then checks what it can — groups,
+    // secret files — so every error shows at once. Such a plan never runs:
+    // the diagnostics refuse the config.)
     Some(ClientPlan {
         name: name.to_string(),
         endpoint: endpoint?,
@@ -1130,7 +1130,6 @@ fn validate_client(
 }
 
 fn validate_output(v: &mut Validator<'_>, ok: &str, o: &Spanned<RawOutput>) -> Option<OutputPlan> {
-    let before_errors = v.diagnostics.len();
     let span = o.span();
     let o = o.get_ref();
     let key = |k: &str| format!("{ok}.{k}");
@@ -1585,9 +1584,7 @@ fn validate_output(v: &mut Validator<'_>, ok: &str, o: &Spanned<RawOutput>) -> O
             )
         }
     };
-    if v.diagnostics.len() > before_errors {
-        return None;
-    }
+    // (with errors, a plan all the same: see validate_client)
     Some(OutputPlan {
         key: ok.to_string(),
         identity,
