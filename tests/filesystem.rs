@@ -62,6 +62,46 @@ fn a_removed_or_tampered_output_is_written_again_without_a_new_request() {
 }
 
 #[test]
+fn an_atomic_dir_edited_in_place_or_relinked_is_written_whole_again() {
+    let server = FaultServer::start(Some(3600));
+    let sb = Sandbox::new();
+    sb.write_config_with(
+        CHECK,
+        &client("a", &server.url, "").replace(
+            "path = \"a.token\"",
+            "path = \"a.d\"\nlayout = \"atomic_dir\"",
+        ),
+    );
+    let daemon = sb.start();
+    daemon.wait_until("the set", || sb.read("a.d/token").is_some());
+    let token = sb.read("a.d/token").unwrap();
+    let expires = sb.read("a.d/expires_at").unwrap();
+
+    // written through the link, in place: the set's directory does not change
+    fs::write(sb.path("a.d/token"), "edited").unwrap();
+    daemon.wait_until("the token repaired", || {
+        sb.read("a.d/token").as_ref() == Some(&token)
+    });
+    // an editor that saves by renaming a file over the link
+    fs::write(sb.path("a.d/.expires_at.swp"), "1999-01-01T00:00:00Z").unwrap();
+    fs::rename(sb.path("a.d/.expires_at.swp"), sb.path("a.d/expires_at")).unwrap();
+    daemon.wait_until("the link restored", || {
+        fs::read_link(sb.path("a.d/expires_at")).is_ok()
+    });
+    assert_eq!(sb.read("a.d/expires_at").unwrap(), expires);
+    assert_eq!(
+        server.count(),
+        1,
+        "repaired from the token in memory, no request"
+    );
+    daemon.wait_log(
+        "the output was removed or changed on disk; written again",
+        2,
+    );
+    daemon.stop();
+}
+
+#[test]
 fn a_symlink_planted_at_the_target_while_running_is_never_written_through() {
     let server = FaultServer::start(Some(3600));
     let sb = Sandbox::new();

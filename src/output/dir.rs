@@ -15,10 +15,54 @@ use std::path::Path;
 
 pub const DATA_LINK: &str = "..data";
 
+/// The files of a set, as [`super::FileOutput::set_files`] makes them.
+pub const SET_FILES: [&str; 7] = [
+    "token",
+    "token_type",
+    "expires_at",
+    "issued_at",
+    "header",
+    "token.json",
+    "token.env",
+];
+
 fn same_content(version: &Path, files: &[(&str, Vec<u8>)]) -> bool {
     files
         .iter()
         .all(|(name, content)| fs::read(version.join(name)).is_ok_and(|c| &c == content))
+}
+
+/// Whether `dir/name` is the set's own link, `..data/name`.
+fn is_own_link(dir: &Path, name: &str) -> bool {
+    fs::read_link(dir.join(name)).is_ok_and(|target| target == Path::new(DATA_LINK).join(name))
+}
+
+/// Makes `dir/name` the set's own link again: a link of the set's is left
+/// alone; a file or another link someone put there (an editor saving by
+/// rename replaces the link with a file) is replaced in one rename; a
+/// directory is refused.
+fn relink(dir: &Path, name: &str, version_name: &str) -> io::Result<()> {
+    if is_own_link(dir, name) {
+        return Ok(());
+    }
+    let link = dir.join(name);
+    if fs::symlink_metadata(&link).is_ok_and(|m| m.is_dir()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{}: a directory where the set's link belongs",
+                link.display()
+            ),
+        ));
+    }
+    // a name of this write's own, as for the switch
+    let tmp = dir.join(format!("..link_tmp{}.{name}", &version_name[1..]));
+    std::os::unix::fs::symlink(Path::new(DATA_LINK).join(name), &tmp)
+        .map_err(|e| context(&tmp, "cannot create symlink", e))?;
+    fs::rename(&tmp, &link).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        context(&link, "cannot replace with the set's link", e)
+    })
 }
 
 /// Writes `files` (name, content) as one new version of the set in `dir`.
@@ -34,7 +78,8 @@ pub fn write_set(
     let data = dir.join(DATA_LINK);
     let previous = fs::read_link(&data).ok();
     if let Some(prev) = &previous {
-        if same_content(&dir.join(prev), files) {
+        let linked = files.iter().all(|(name, _)| is_own_link(dir, name));
+        if linked && same_content(&dir.join(prev), files) {
             return Ok(WriteOutcome::Unchanged);
         }
     }
@@ -96,21 +141,7 @@ pub fn write_set(
         .map_err(|e| context(dir, "cannot fsync", e))?;
 
     for (name, _) in files {
-        let link = dir.join(name);
-        match fs::symlink_metadata(&link) {
-            Ok(m) if m.file_type().is_symlink() => {}
-            Ok(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "{}: exists and is not tokenkeeper's symlink",
-                        link.display()
-                    ),
-                ));
-            }
-            Err(_) => std::os::unix::fs::symlink(Path::new(DATA_LINK).join(name), &link)
-                .map_err(|e| context(&link, "cannot create symlink", e))?,
-        }
+        relink(dir, name, &version_name)?;
     }
     // the previous version, and any a killed or failed write left behind
     if let Ok(entries) = fs::read_dir(dir) {
@@ -120,7 +151,8 @@ pub fn write_set(
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
             if is_dir && name.starts_with("..") && name != version_name.as_str() {
                 let _ = fs::remove_dir_all(entry.path());
-            } else if !is_dir && name.starts_with("..data_tmp") {
+            } else if !is_dir && (name.starts_with("..data_tmp") || name.starts_with("..link_tmp"))
+            {
                 // a link a killed write made and never renamed
                 let _ = fs::remove_file(entry.path());
             }
@@ -162,6 +194,43 @@ mod tests {
             .filter(|n| n.starts_with("..data_tmp"))
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn a_set_edited_in_place_or_relinked_is_written_whole_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("set");
+        let v1 = [("token", b"t1".to_vec()), ("expires_at", b"e1".to_vec())];
+        write_set(&dir, &v1, &opts()).unwrap();
+        // edited through the link, in place
+        fs::write(dir.join("token"), b"edited").unwrap();
+        assert_eq!(
+            write_set(&dir, &v1, &opts()).unwrap(),
+            WriteOutcome::Written
+        );
+        assert_eq!(fs::read(dir.join("token")).unwrap(), b"t1");
+        // saved by an editor that renames a file over the link
+        fs::write(dir.join("edit.tmp"), b"e1").unwrap();
+        fs::rename(dir.join("edit.tmp"), dir.join("expires_at")).unwrap();
+        assert_eq!(
+            write_set(&dir, &v1, &opts()).unwrap(),
+            WriteOutcome::Written
+        );
+        assert!(is_own_link(&dir, "expires_at"));
+        // another link in its place
+        fs::remove_file(dir.join("token")).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", dir.join("token")).unwrap();
+        write_set(&dir, &v1, &opts()).unwrap();
+        assert_eq!(fs::read(dir.join("token")).unwrap(), b"t1");
+        // a directory is not replaced
+        fs::remove_file(dir.join("token")).unwrap();
+        fs::create_dir(dir.join("token")).unwrap();
+        let e = write_set(&dir, &v1, &opts()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("a directory where the set's link belongs"),
+            "{e}"
+        );
     }
 
     #[test]

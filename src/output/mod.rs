@@ -97,33 +97,23 @@ impl FileOutput {
             Format::Header { extra_headers } => extra_headers.clone(),
             _ => Vec::new(),
         };
-        vec![
-            (
-                "token",
-                Format::Raw.render(token).expose().as_bytes().to_vec(),
-            ),
-            ("token_type", token.token_type.as_bytes().to_vec()),
-            ("expires_at", rfc3339(token.expires_at).into_bytes()),
-            ("issued_at", rfc3339(token.issued_at).into_bytes()),
-            (
-                "header",
-                Format::Header {
-                    extra_headers: extra,
-                }
-                .render(token)
-                .expose()
-                .as_bytes()
-                .to_vec(),
-            ),
-            (
-                "token.json",
-                Format::Json.render(token).expose().as_bytes().to_vec(),
-            ),
-            (
-                "token.env",
-                Format::Env.render(token).expose().as_bytes().to_vec(),
-            ),
-        ]
+        // in the order of dir::SET_FILES, which names them
+        let contents = [
+            Format::Raw.render(token).expose().as_bytes().to_vec(),
+            token.token_type.as_bytes().to_vec(),
+            rfc3339(token.expires_at).into_bytes(),
+            rfc3339(token.issued_at).into_bytes(),
+            Format::Header {
+                extra_headers: extra,
+            }
+            .render(token)
+            .expose()
+            .as_bytes()
+            .to_vec(),
+            Format::Json.render(token).expose().as_bytes().to_vec(),
+            Format::Env.render(token).expose().as_bytes().to_vec(),
+        ];
+        dir::SET_FILES.into_iter().zip(contents).collect()
     }
 
     /// Writes `token` (blocking I/O: run it off the async threads), and
@@ -138,7 +128,7 @@ impl FileOutput {
             .map(|(outcome, stamp)| (outcome, Some(stamp))),
             Layout::AtomicDir => {
                 let outcome = dir::write_set(&self.path, &self.set_files(token), &self.options())?;
-                Ok((outcome, Stamp::of(&self.path)))
+                Ok((outcome, Stamp::of_set(&self.path)))
             }
         }
     }
@@ -147,7 +137,7 @@ impl FileOutput {
 /// A file output's identity on disk after the daemon's last write: when a
 /// later [`Stamp::of`] differs, somebody removed, replaced, touched or
 /// re-moded it, and the daemon writes it again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Stamp {
     dev: u64,
     ino: u64,
@@ -155,6 +145,8 @@ pub struct Stamp {
     mtime: (i64, i64),
     mode: u32,
     owner: (u32, u32),
+    /// For an `atomic_dir` set, a digest of its files' stamps.
+    files: u64,
 }
 
 impl Stamp {
@@ -176,7 +168,28 @@ impl Stamp {
             mtime: (meta.mtime(), meta.mtime_nsec()),
             mode: meta.mode(),
             owner: (meta.uid(), meta.gid()),
+            files: 0,
         }
+    }
+
+    /// An `atomic_dir` set at `dir`: its directory, whose mtime moves when
+    /// a link is removed or replaced, and each file of the version `..data`
+    /// points to, which an edit in place changes without touching the
+    /// directory (one `lstat` per file).
+    pub fn of_set(dir: &std::path::Path) -> Option<Stamp> {
+        use std::hash::{Hash, Hasher};
+        let mut stamp = Stamp::of(dir)?;
+        let mut digest = std::hash::DefaultHasher::new();
+        let version = std::fs::read_link(dir.join(dir::DATA_LINK)).ok();
+        version.hash(&mut digest);
+        if let Some(version) = version {
+            let version = dir.join(version);
+            for name in dir::SET_FILES {
+                Stamp::of(&version.join(name)).hash(&mut digest);
+            }
+        }
+        stamp.files = digest.finish();
+        Some(stamp)
     }
 }
 
@@ -251,10 +264,13 @@ impl Writer {
     /// missing and for outputs that are not checked.
     pub async fn stamp(&self) -> Option<Stamp> {
         let Writer::File(f) = self else { return None };
-        let path = f.path.clone();
-        tokio::task::spawn_blocking(move || Stamp::of(&path))
-            .await
-            .ok()
-            .flatten()
+        let (path, layout) = (f.path.clone(), f.layout);
+        tokio::task::spawn_blocking(move || match layout {
+            Layout::File => Stamp::of(&path),
+            Layout::AtomicDir => Stamp::of_set(&path),
+        })
+        .await
+        .ok()
+        .flatten()
     }
 }
