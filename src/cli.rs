@@ -53,6 +53,21 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Ask the running daemon for a new token for one client now, wait until
+    /// every output of the client holds it, and print it.
+    ///
+    /// For a consumer the endpoint just refused (HTTP 401): a hundred callers
+    /// asking at once cause one request. Without a running daemon it fetches
+    /// a new token itself, as `token` would (outputs are left alone).
+    Refresh {
+        /// The client's name, as in [clients.NAME].
+        name: String,
+        /// How long to wait for the new token.
+        #[arg(long, default_value = "60s")]
+        timeout: humantime::Duration,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Show every client's last refresh, expiry, next refresh and last error.
     Status(ConfigArg),
     /// Run a demo: a local token issuer and the daemon writing to ./tokenkeeper-dev/.
@@ -188,6 +203,11 @@ pub fn main() -> ExitCode {
             ExitCode::from(if ok { OK } else { FAILED })
         }
         Command::Token { name, config } => rt.block_on(token(&name, &config)),
+        Command::Refresh {
+            name,
+            timeout,
+            config,
+        } => rt.block_on(refresh(&name, timeout.into(), &config)),
         Command::Status(arg) => status_command(&arg),
         Command::Dev(args) => rt.block_on(crate::dev::run(args)),
         Command::Completions { shell } => {
@@ -225,38 +245,119 @@ fn reusable(
     token.remaining(now) > left
 }
 
-async fn token(name: &str, arg: &ConfigArg) -> ExitCode {
-    let config = match load(arg) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(FAILED);
-        }
-    };
+/// "no client named …" for `name`, which is not among `names`.
+fn no_such_client<'a>(
+    name: &str,
+    arg: &ConfigArg,
+    names: impl Iterator<Item = &'a str>,
+) -> ExitCode {
+    let names: Vec<&str> = names.collect();
+    eprintln!(
+        "tokenkeeper: no client named {name:?} in {} (clients: {})",
+        arg.config.display(),
+        names.join(", ")
+    );
+    ExitCode::from(FAILED)
+}
+
+/// The config and `name`'s spec in it, for `token` and `refresh`.
+fn load_client(name: &str, arg: &ConfigArg) -> Result<(Config, Arc<config::ClientSpec>), ExitCode> {
+    let config = load(arg).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(FAILED)
+    })?;
     if std::env::var_os("RUST_LOG").is_some() {
         logging::init(LogFormat::Text);
     }
-    let Some(spec) = config.clients.get(name) else {
-        let names: Vec<&str> = config.clients.keys().map(String::as_str).collect();
-        eprintln!(
-            "tokenkeeper: no client named {name:?} in {} (clients: {})",
-            arg.config.display(),
-            names.join(", ")
-        );
-        return ExitCode::from(FAILED);
+    match config.clients.get(name).cloned() {
+        Some(spec) => Ok((config, spec)),
+        None => Err(no_such_client(
+            name,
+            arg,
+            config.clients.keys().map(String::as_str),
+        )),
+    }
+}
+
+async fn token(name: &str, arg: &ConfigArg) -> ExitCode {
+    let (config, spec) = match load_client(name, arg) {
+        Ok(found) => found,
+        Err(code) => return code,
     };
     // without the lock first: a reader needs no more, and may not be the daemon's user
     let now = SystemTime::now();
     let resume = StateStore::at(&config.daemon.state_dir)
         .resume(&spec.request, name, now)
         .unwrap_or_default();
-    if let Some(token) = resume.token.filter(|t| reusable(spec, t, now)) {
+    if let Some(token) = resume.token.filter(|t| reusable(&spec, t, now)) {
         println!("{}", token.access_token.expose());
         return ExitCode::from(OK);
     }
+    let reuse = |t: &crate::token::Token| reusable(&spec, t, SystemTime::now());
+    fetch_here(&config, &spec, reuse).await
+}
+
+/// `tokenkeeper refresh NAME`: asks the daemon; without one, fetches here a
+/// token issued after the command started.
+async fn refresh(name: &str, wait: Duration, arg: &ConfigArg) -> ExitCode {
+    use daemon::control::{Reply, Unreachable, ask};
+    let since = SystemTime::now();
+    // no secret is needed to ask the daemon
+    let (state_dir, names) = match config::load_names(&arg.config, &config::process_env) {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(FAILED);
+        }
+    };
+    if !names.iter().any(|n| n == name) {
+        return no_such_client(name, arg, names.iter().map(String::as_str));
+    }
+    match tokio::time::timeout(wait, ask(&state_dir, name, since)).await {
+        Ok(Ok(Reply::Token { access_token, .. })) => {
+            println!("{access_token}");
+            ExitCode::from(OK)
+        }
+        Ok(Ok(Reply::Error { error })) => {
+            eprintln!("tokenkeeper: {name}: {error}");
+            ExitCode::from(FAILED)
+        }
+        Ok(Err(Unreachable::NoDaemon)) => {
+            let (config, spec) = match load_client(name, arg) {
+                Ok(found) => found,
+                Err(code) => return code,
+            };
+            tracing::info!(client = %name, "no daemon answers for this state_dir; fetching here");
+            let min_valid = spec.policy.min_valid;
+            let reuse = |t: &crate::token::Token| {
+                t.issued_at >= since && t.remaining(SystemTime::now()) > min_valid
+            };
+            fetch_here(&config, &spec, reuse).await
+        }
+        Ok(Err(Unreachable::Other(e))) => {
+            eprintln!("tokenkeeper: {name}: cannot ask the daemon: {e}");
+            ExitCode::from(FAILED)
+        }
+        Err(_) => {
+            eprintln!(
+                "tokenkeeper: {name}: no new token within {}",
+                humantime::format_duration(wait)
+            );
+            ExitCode::from(FAILED)
+        }
+    }
+}
+
+/// A token for `spec` fetched by this process under the chain's lock (or
+/// one in state_dir that `reuse` accepts), printed.
+async fn fetch_here(
+    config: &Config,
+    spec: &Arc<config::ClientSpec>,
+    reuse: impl Fn(&crate::token::Token) -> bool,
+) -> ExitCode {
+    let name = &spec.name;
     let store = StateStore::open(&config.daemon.state_dir);
     let source = HttpTokenSource::new();
-    let reuse = |t: &crate::token::Token| reusable(spec, t, SystemTime::now());
     match daemon::once::get(&source, spec, store.as_ref().ok(), &SystemClock, reuse).await {
         Ok(got) => {
             println!("{}", got.token().access_token.expose());

@@ -364,7 +364,8 @@ fn hammer(
                 while !stop.load(Ordering::Relaxed) {
                     let (code, out, err) = sb.run(args);
                     runs += 1;
-                    if code != 0 || (args[0] == "token" && token_number(out.trim()).is_none()) {
+                    let prints = args[0] == "token" || args[0] == "refresh";
+                    if code != 0 || (prints && token_number(out.trim()).is_none()) {
                         failed.push(format!("exit {code}: {err}"));
                     }
                     std::thread::sleep(Duration::from_millis(50));
@@ -375,11 +376,11 @@ fn hammer(
         .collect()
 }
 
-#[test]
-fn token_and_once_beside_the_daemon_with_a_slow_endpoint_never_break_the_chain() {
-    // 2 s tokens from an endpoint that answers in 300 ms: the daemon
-    // refreshes every 1.5 s and `token` finds the token nearly expired
-    // (under 1 s left) a third of the time, while `once` always refreshes
+/// Runs the daemon on a chain of 2 s tokens from an endpoint that answers
+/// in 300 ms, with each of `commands` run by its number of threads beside
+/// it for `secs`; asserts that no command failed and no chain was lost, and
+/// returns the daemon's log.
+fn beside_the_daemon(commands: &[(&'static [&'static str], usize)], secs: u64) -> String {
     let server = StrictServer::start(2, Duration::from_millis(300));
     let sb = Arc::new(Sandbox::new());
     sb.write_config(&chain_client(
@@ -391,9 +392,11 @@ fn token_and_once_beside_the_daemon_with_a_slow_endpoint_never_break_the_chain()
     let daemon = sb.start();
     daemon.wait_until("the first token", || sb.read("rt.token").is_some());
     let stop = Arc::new(AtomicBool::new(false));
-    let mut runners = hammer(&sb, &["token", "rt"], 2, &stop);
-    runners.extend(hammer(&sb, &["once"], 1, &stop));
-    std::thread::sleep(Duration::from_secs(8));
+    let runners: Vec<_> = commands
+        .iter()
+        .flat_map(|(args, threads)| hammer(&sb, args, *threads, &stop))
+        .collect();
+    std::thread::sleep(Duration::from_secs(secs));
     stop.store(true, Ordering::Relaxed);
     let (mut runs, mut failed) = (0, Vec::new());
     for r in runners {
@@ -404,8 +407,10 @@ fn token_and_once_beside_the_daemon_with_a_slow_endpoint_never_break_the_chain()
     let logs = daemon.logs();
     daemon.stop();
     let s = server.s();
+    let names: Vec<&str> = commands.iter().map(|(args, _)| args[0]).collect();
     eprintln!(
-        "token/once beside the daemon: {runs} runs, {} requests, {} rotations, {} chains lost",
+        "{} beside the daemon: {runs} runs, {} requests, {} rotations, {} chains lost",
+        names.join("/"),
         s.requests,
         s.rotations,
         s.losses.len()
@@ -415,12 +420,29 @@ fn token_and_once_beside_the_daemon_with_a_slow_endpoint_never_break_the_chain()
     assert_eq!(s.losses, vec![], "not one chain lost");
     assert!(s.violations.is_empty(), "{:?}", s.violations);
     assert_eq!(s.families, 1, "one chain from the first password grant on");
+    assert_eq!(leftovers(&sb), Vec::<String>::new());
+    sb.assert_no_secret_in_logs();
+    logs
+}
+
+#[test]
+fn token_and_once_beside_the_daemon_with_a_slow_endpoint_never_break_the_chain() {
+    // the daemon refreshes every 1.5 s and `token` finds the token nearly
+    // expired (under 1 s left) a third of the time, while `once` always
+    // refreshes
+    let logs = beside_the_daemon(&[(&["token", "rt"], 2), (&["once"], 1)], 8);
     assert!(
         logs.contains("using the token another tokenkeeper has just written"),
         "the daemon used a token `once` or `token` wrote instead of refreshing again"
     );
-    assert_eq!(leftovers(&sb), Vec::<String>::new());
-    sb.assert_no_secret_in_logs();
+}
+
+#[test]
+fn refresh_and_once_beside_the_daemon_never_break_the_chain() {
+    // `refresh` makes the daemon rotate on demand, up to once a second,
+    // while `once` rotates the same chain from outside
+    let logs = beside_the_daemon(&[(&["refresh", "rt"], 3), (&["once"], 1)], 5);
+    assert!(logs.contains("refresh requested"));
 }
 
 #[test]

@@ -15,6 +15,7 @@ mod grants;
 mod oidc;
 mod outputs;
 mod platforms;
+mod refresh;
 mod reload;
 mod rotation;
 mod secrets;

@@ -19,10 +19,11 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// An explicit ask for a new token (SIGUSR1) is honoured at once — a
-/// consumer that was just refused wants a new token now, whatever
-/// `min_interval` says — but never sooner than this (or `min_interval`, if
-/// shorter) after the last success: a storm of asks is one refresh a second.
+/// An explicit ask for a new token (SIGUSR1, `tokenkeeper refresh`) is
+/// honoured at once — a consumer that was just refused wants a new token
+/// now, whatever `min_interval` says — but never sooner than this (or
+/// `min_interval`, if shorter) after the last attempt: a storm of asks is
+/// one request a second, whether the endpoint answers or fails.
 pub const EXPLICIT_FLOOR: Duration = Duration::from_secs(1);
 
 /// Longest single sleep; the loop re-reads the clock after it, so a suspended
@@ -49,6 +50,9 @@ pub struct ClientTask<S: TokenSource> {
     pub publish: watch::Sender<Option<Arc<Token>>>,
     /// Bumped to refresh every client now (SIGUSR1).
     pub refresh_now: watch::Receiver<u64>,
+    /// Notified when someone asks this client alone for a new token
+    /// (`tokenkeeper refresh`; the ask itself is `Asks::pending` on the board).
+    pub ask: Arc<tokio::sync::Notify>,
     pub cancel: CancellationToken,
     /// Refreshes in flight across all clients: a client waits for a slot
     /// before it builds its (large) request, so thousands of clients due at
@@ -136,9 +140,20 @@ impl<S: TokenSource> ClientTask<S> {
             current = Some(token);
         }
 
-        // asked for a fresh token at this time (SIGUSR1, a changed config):
-        // a token another process wrote before it does not answer the ask
-        let mut asked_at = start.force.then(|| self.clock.now());
+        // asked for a fresh token at this time (SIGUSR1, `refresh`, a
+        // changed config): a token another process wrote before it does not
+        // answer the ask. (An ask the task this one replaces had not answered
+        // yet is this one's to answer.)
+        let asked = self
+            .board
+            .read(|c| c.get(&*name).is_some_and(|s| s.asks.pending));
+        let mut asked_at = (start.force || asked).then(|| self.clock.now());
+        if asked {
+            next = self.clock.now();
+        }
+        // when the last request was sent: an ask is answered no sooner than
+        // EXPLICIT_FLOOR after it
+        let mut last_attempt = current.as_ref().map(|t| t.issued_at);
         // a token whose state could not be saved: saved before anything else
         let mut unsaved: Option<Token> = None;
         let mut failures: u32 = 0;
@@ -164,15 +179,18 @@ impl<S: TokenSource> ClientTask<S> {
                         }
                         changed = self.refresh_now.changed(), if refresh_open => match changed {
                             Ok(()) => {
-                                let now = self.clock.now();
-                                let gap = EXPLICIT_FLOOR.min(self.spec.policy.min_interval);
-                                let floor = current.as_ref().map(|t| t.issued_at + gap);
-                                next = floor.map_or(now, |f| f.max(now)).min(next);
-                                asked_at = Some(now);
-                                tracing::info!(client = %name, "refresh requested");
+                                next = self.asked(last_attempt, next);
+                                asked_at = Some(self.clock.now());
                             }
                             Err(_) => refresh_open = false,
                         },
+                        _ = self.ask.notified() => {
+                            // (a wake left over from an ask an earlier pass answered is not one)
+                            if self.board.read(|c| c.get(&*name).is_some_and(|s| s.asks.pending)) {
+                                next = self.asked(last_attempt, next);
+                                asked_at = Some(self.clock.now());
+                            }
+                        }
                         _ = tokio::time::sleep(wait.min(MAX_SLEEP)) => {}
                     }
                 }
@@ -189,6 +207,7 @@ impl<S: TokenSource> ClientTask<S> {
                 // end of this pass): the disk is slower than a fast endpoint,
                 // and a burst must not pile up thousands of unsaved tokens
                 let started = self.clock.now();
+                last_attempt = Some(started);
                 let result = match &self.state {
                     // boxed, like every large await here: an idle task should be small
                     Some(state) if self.spec.request.grant.uses_refresh_tokens() => {
@@ -206,6 +225,8 @@ impl<S: TokenSource> ClientTask<S> {
                                     &token,
                                     "using the token another tokenkeeper has just written",
                                 );
+                                let now = self.clock.now();
+                                self.board.update(&name, |s| s.asks.ended(Some(now)));
                                 failures = 0;
                                 current = Some(token);
                                 continue;
@@ -240,6 +261,7 @@ impl<S: TokenSource> ClientTask<S> {
                         // refresh token from the state once it is saved)
                         refresh_token = token.refresh_token.clone();
                         known_issue = Some(token.issued_at);
+                        let received = self.clock.now();
                         let token = Arc::new(token);
                         self.record_token(&token);
                         self.metrics.success(token.issued_at);
@@ -275,6 +297,7 @@ impl<S: TokenSource> ClientTask<S> {
                             s.consecutive_failures = 0;
                             s.last_error = unsaved.is_some().then(|| UNSAVED.to_string());
                             s.needs_attention = unsaved.is_some();
+                            s.asks.ended(Some(received));
                         });
                         current = Some(token);
                     }
@@ -296,11 +319,23 @@ impl<S: TokenSource> ClientTask<S> {
                             s.last_error = Some(error.message.clone());
                             s.needs_attention = error.needs_attention();
                             s.next_refresh = Some(unix_seconds(next));
+                            s.asks.ended(None);
                         });
                     }
                 }
             }
         }
+    }
+
+    /// When to refresh after an explicit ask, given the refresh due at
+    /// `next`: now, but no sooner than [`EXPLICIT_FLOOR`] after the last
+    /// attempt.
+    fn asked(&self, last_attempt: Option<SystemTime>, next: SystemTime) -> SystemTime {
+        let now = self.clock.now();
+        let gap = EXPLICIT_FLOOR.min(self.spec.policy.min_interval);
+        let floor = last_attempt.map(|t| t + gap);
+        tracing::info!(client = %self.spec.name, "refresh requested");
+        floor.map_or(now, |f| f.max(now)).min(next)
     }
 
     /// A token already expired, or with no more than `min_valid` left, is a
@@ -597,13 +632,36 @@ mod tests {
         refresh: watch::Sender<u64>,
         cancel: CancellationToken,
         board: Arc<StatusBoard>,
+        ask: Arc<tokio::sync::Notify>,
+    }
+
+    impl Harness {
+        /// What `tokenkeeper refresh` does to the task.
+        fn ask(&self) {
+            self.board.modify("c", |s| s.asks.pending = true);
+            self.ask.notify_one();
+        }
+
+        fn asks(&self) -> crate::telemetry::status::Asks {
+            self.board.snapshot()["c"].asks.clone()
+        }
     }
 
     fn start(spec: Arc<ClientSpec>, source: Arc<Scripted>, jitter: f64, start: Start) -> Harness {
+        start_on(Arc::default(), spec, source, jitter, start)
+    }
+
+    fn start_on(
+        board: Arc<StatusBoard>,
+        spec: Arc<ClientSpec>,
+        source: Arc<Scripted>,
+        jitter: f64,
+        start: Start,
+    ) -> Harness {
         let (publish, tokens) = watch::channel(None);
         let (refresh, refresh_now) = watch::channel(0);
         let cancel = CancellationToken::new();
-        let board = Arc::new(StatusBoard::default());
+        let ask = Arc::new(tokio::sync::Notify::new());
         let task = ClientTask {
             spec,
             source,
@@ -618,6 +676,7 @@ mod tests {
             )),
             publish,
             refresh_now,
+            ask: ask.clone(),
             cancel: cancel.clone(),
         };
         tokio::spawn(task.run(start));
@@ -626,6 +685,7 @@ mod tests {
             refresh,
             cancel,
             board,
+            ask,
         }
     }
 
@@ -848,6 +908,86 @@ mod tests {
         advance(1).await;
         // min_interval (10 s) is for scheduled refreshes; asks get one a second
         assert_eq!(source.calls(), vec![0, 1, 2, 3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn many_asks_before_a_pass_are_answered_by_that_one_pass() {
+        let source = Scripted::new(Duration::from_secs(1000), vec![]);
+        let h = start(spec(""), source.clone(), 0.0, fresh());
+        advance(5).await;
+        assert_eq!(h.asks().passes, 1);
+        for _ in 0..100 {
+            h.ask();
+        }
+        advance(5).await;
+        assert_eq!(source.calls(), vec![0, 5]);
+        let asks = h.asks();
+        assert_eq!(
+            (asks.passes, asks.last_success, asks.pending),
+            (2, 2, false)
+        );
+        assert_eq!(asks.received, Some(epoch() + Duration::from_secs(5)));
+        // a wake left over from the answered asks is not a new ask
+        h.ask.notify_one();
+        advance(5).await;
+        assert_eq!(source.calls(), vec![0, 5]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ask_after_a_failure_waits_a_second_after_that_attempt_and_reports_it() {
+        let source = Scripted::new(
+            Duration::from_secs(1000),
+            vec![Ok(Duration::from_secs(1000)), transient()],
+        );
+        let h = start(spec(""), source.clone(), 0.0, fresh());
+        advance(5).await;
+        h.ask();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let asks = h.asks();
+        assert_eq!(
+            (asks.passes, asks.last_success),
+            (2, 1),
+            "the failure answers the ask"
+        );
+        assert_eq!(
+            h.board.snapshot()["c"].last_error.as_deref(),
+            Some("HTTP 503")
+        );
+        // asked again at once: no sooner than a second after the failed attempt
+        h.ask();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(source.calls().len(), 2);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(source.calls(), vec![0, 5, 6]);
+        assert_eq!(h.asks().last_success, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ask_left_by_a_replaced_task_is_answered_by_the_new_one() {
+        let source = Scripted::new(Duration::from_secs(1000), vec![]);
+        let first = start(spec(""), source.clone(), 0.0, fresh());
+        advance(5).await;
+        first.cancel.cancel();
+        first.ask();
+        let token = first.tokens.borrow().as_ref().map(|t| (**t).clone());
+        let _second = start_on(
+            first.board.clone(),
+            spec(""),
+            source.clone(),
+            0.0,
+            Start {
+                resume: Resume {
+                    token,
+                    ..Resume::default()
+                },
+                force: false,
+            },
+        );
+        advance(1).await;
+        // the cached token is good for 995 s more: only the ask fetches now
+        // (at the new task's start: its clock begins at the epoch again)
+        assert_eq!(source.calls(), vec![0, 0]);
+        assert!(!first.asks().pending);
     }
 
     #[tokio::test(start_paused = true)]

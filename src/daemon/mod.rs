@@ -6,9 +6,11 @@
 //! * [`reload`]: the config diff, and the file watcher.
 //! * [`supervisor`]: signals, reload, shutdown; shared by `run` and `dev`.
 //! * [`once`]: a single pass for `once` and `token`.
+//! * [`control`]: the control socket behind `tokenkeeper refresh NAME`.
 //! * [`trim`]: memory given back to the kernel after a burst of refreshes.
 
 pub mod client;
+pub mod control;
 pub mod once;
 pub mod outputs;
 pub mod reload;

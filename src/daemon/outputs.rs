@@ -103,12 +103,21 @@ pub fn run_output(
             Ok(w) => w,
             Err(e) => {
                 tracing::error!(client = %client, output = %label, "cannot set up the output: {e}");
-                board.update(client, |s| {
-                    let o = s.outputs.entry(label.clone()).or_default();
-                    o.ok = false;
-                    o.last_error = Some(e.clone());
-                });
-                return;
+                // every token that comes is one this output failed to hold
+                tokens.mark_changed();
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        r = tokens.changed() => if r.is_err() { return },
+                    }
+                    let tried = tokens.borrow_and_update().as_ref().map(|t| t.issued_at);
+                    board.update(client, |s| {
+                        let o = s.outputs.entry(label.clone()).or_default();
+                        o.ok = false;
+                        o.last_error = Some(e.clone());
+                        o.tried = tried;
+                    });
+                }
             }
         };
 
@@ -147,6 +156,13 @@ pub fn run_output(
             };
             if !ctx.min_valid.is_zero() && token.remaining(SystemTime::now()) < ctx.min_valid {
                 tracing::warn!(client = %client, output = %label, "not writing a token with less than min_valid left; waiting for a fresher one");
+                board.update(client, |s| {
+                    let o = s.outputs.entry(label.clone()).or_default();
+                    o.tried = Some(token.issued_at);
+                    o.ok = false;
+                    o.last_error =
+                        Some("not written: the token has less than min_valid left".into());
+                });
                 retry = None;
                 stamp = None;
                 continue;
@@ -170,6 +186,7 @@ pub fn run_output(
                         let o = s.outputs.entry(label.clone()).or_default();
                         o.ok = true;
                         o.last_error = None;
+                        o.tried = Some(token.issued_at);
                         o.last_write = Some(crate::token::unix_seconds(SystemTime::now()));
                         if !problems.is_empty() {
                             o.hook_failures += problems.len() as u64;
@@ -195,6 +212,7 @@ pub fn run_output(
                         let o = s.outputs.entry(label.clone()).or_default();
                         o.ok = false;
                         o.last_error = Some(e.clone());
+                        o.tried = Some(token.issued_at);
                     });
                     retry = Some(delay);
                 }

@@ -5,6 +5,7 @@
 //! from "no clients" to the first config.
 
 use super::client::{ClientTask, Jitter, REFRESH_SLOTS, Start, random_jitter, resume};
+use super::control::{self, Handle};
 use super::outputs::{OutputContext, run_output};
 use super::reload::{ConfigEvent, diff, watch_config};
 use crate::clock::{Clock, SystemClock};
@@ -19,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +41,8 @@ struct Running {
     outputs: Vec<JoinHandle<()>>,
     /// The client task's token channel, for output workers started later.
     tokens: watch::Receiver<Option<Arc<Token>>>,
+    /// Wakes the client task for `tokenkeeper refresh`.
+    ask: Arc<Notify>,
 }
 
 impl Running {
@@ -134,6 +137,7 @@ impl<S: TokenSource> Supervisor<S> {
         let resume = resume(self.state.as_ref(), &spec, self.clock.now());
         let (publish, tokens) = watch::channel(None);
         let (metrics, outputs) = self.start_outputs(&spec, &tokens, &outputs_cancel);
+        let ask = Arc::new(Notify::new());
         let task = ClientTask {
             spec: spec.clone(),
             source: self.source.clone(),
@@ -145,6 +149,7 @@ impl<S: TokenSource> Supervisor<S> {
             slots: self.slots.clone(),
             publish,
             refresh_now: self.refresh_tx.subscribe(),
+            ask: ask.clone(),
             cancel: cancel.clone(),
         };
         let client = tokio::spawn(task.run(Start { resume, force }));
@@ -157,6 +162,7 @@ impl<S: TokenSource> Supervisor<S> {
                 outputs_cancel,
                 outputs,
                 tokens,
+                ask,
             },
         );
     }
@@ -231,6 +237,14 @@ impl<S: TokenSource> Supervisor<S> {
                 "config applied"
             );
         }
+    }
+
+    /// What `tokenkeeper refresh` needs of the client `name`.
+    pub fn handle(&self, name: &str) -> Option<Handle> {
+        self.running.get(name).map(|r| Handle {
+            ask: r.ask.clone(),
+            tokens: r.tokens.clone(),
+        })
     }
 
     /// Asks every client to refresh now.
@@ -319,6 +333,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tracing::info!(listen = %bound, "serving /metrics, /healthz, /readyz, /status");
     }
 
+    let (lookup_tx, mut lookups) = mpsc::channel::<control::Lookup>(64);
+    match control::bind(state.dir()) {
+        Ok(Some(bound)) => {
+            tokio::spawn(control::serve(
+                bound,
+                lookup_tx,
+                board.clone(),
+                telemetry_cancel.clone(),
+            ));
+        }
+        Ok(None) => tracing::warn!(
+            "another tokenkeeper answers `tokenkeeper refresh` for this state_dir; this one does not"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "cannot open the control socket; `tokenkeeper refresh` fetches without the daemon"
+        ),
+    }
+
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let mut usr1 = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -372,6 +405,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             _ = shutdown.cancelled() => break,
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break }
+            Some(lookup) = lookups.recv() => {
+                let _ = lookup.reply.send(supervisor.handle(&lookup.name));
+            }
             _ = usr1.recv() => {
                 tracing::info!("SIGUSR1: refreshing every client");
                 supervisor.refresh_all();

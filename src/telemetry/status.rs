@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +22,11 @@ pub struct OutputStatus {
     pub hook_failures: u64,
     #[serde(default)]
     pub last_hook_error: Option<String>,
+    /// The issue time of the token this output was last written with
+    /// (`ok` says whether that worked): how `tokenkeeper refresh` knows that
+    /// every output holds the new token. Not in the status file.
+    #[serde(skip)]
+    pub tried: Option<SystemTime>,
 }
 
 /// Times are Unix seconds.
@@ -40,6 +45,38 @@ pub struct ClientStatus {
     /// By output label. A sorted `Vec` (a client has one to a few outputs,
     /// and a `BTreeMap` node is ~1 KiB), a JSON object like a map.
     pub outputs: LiteMap<String, OutputStatus>,
+    /// What `tokenkeeper refresh` and the client task share (not in the
+    /// status file).
+    #[serde(skip)]
+    pub asks: Asks,
+}
+
+/// Asks for a new token now (`tokenkeeper refresh`), and the refresh
+/// passes that answer them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Asks {
+    /// Someone waits for a refresh pass (cleared when one ends).
+    pub pending: bool,
+    /// Refresh passes ended (success or failure) since the client started.
+    pub passes: u64,
+    /// The last of them that ended with a new token.
+    pub last_success: u64,
+    /// When the current token arrived: a caller who asked before that has
+    /// its answer.
+    pub received: Option<SystemTime>,
+}
+
+impl Asks {
+    /// A refresh pass ended: with a token that arrived at `received`, or
+    /// failed. Either way it answers every ask made before it ended.
+    pub fn ended(&mut self, received: Option<SystemTime>) {
+        self.passes += 1;
+        self.pending = false;
+        if received.is_some() {
+            self.last_success = self.passes;
+            self.received = received;
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -64,22 +101,44 @@ impl<C> StatusFile<C> {
 pub struct StatusBoard {
     clients: Mutex<BTreeMap<String, ClientStatus>>,
     changed: Notify,
+    /// Wakes everyone in [`StatusBoard::until`] on every change.
+    settled: Notify,
     /// Bumped on every change (for [`crate::daemon::trim`]).
     generation: AtomicU64,
 }
 
 impl StatusBoard {
-    pub fn update(&self, client: &str, f: impl FnOnce(&mut ClientStatus)) {
-        {
+    pub fn update<R>(&self, client: &str, f: impl FnOnce(&mut ClientStatus) -> R) -> R {
+        let r = {
             let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-            f(clients.entry(client.to_string()).or_default());
-        }
+            f(clients.entry(client.to_string()).or_default())
+        };
         self.changed();
+        r
     }
 
     fn changed(&self) {
         self.generation.fetch_add(1, Ordering::Relaxed);
         self.changed.notify_one();
+        self.settled.notify_waiters();
+    }
+
+    /// Waits until `f` of the board says something: it is asked again after
+    /// every change.
+    pub async fn until<R>(
+        &self,
+        mut f: impl FnMut(&BTreeMap<String, ClientStatus>) -> Option<R>,
+    ) -> R {
+        loop {
+            let notified = self.settled.notified();
+            let mut notified = std::pin::pin!(notified);
+            // registered before the look, so a change in between wakes it
+            notified.as_mut().enable();
+            if let Some(r) = self.read(&mut f) {
+                return r;
+            }
+            notified.await;
+        }
     }
 
     /// How many changes the board has seen.
@@ -99,6 +158,16 @@ impl StatusBoard {
             s.outputs.retain(|label, _| labels.contains(label));
             s.expected_outputs = labels.len();
         });
+    }
+
+    /// Like [`StatusBoard::update`], for a client already on the board.
+    pub fn modify<R>(&self, client: &str, f: impl FnOnce(&mut ClientStatus) -> R) -> Option<R> {
+        let r = {
+            let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            clients.get_mut(client).map(f)
+        };
+        self.changed();
+        r
     }
 
     pub fn remove(&self, client: &str) {
