@@ -11,9 +11,21 @@ pub trait Clock: Send + Sync + 'static {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemClock;
 
+impl SystemClock {
+    /// The system's wall time, where nothing is injected (commands,
+    /// telemetry, the remote outputs' signatures).
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the one reader of the system's wall clock"
+    )]
+    pub fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
 impl Clock for SystemClock {
     fn now(&self) -> SystemTime {
-        SystemTime::now()
+        SystemClock::now(self)
     }
 }
 

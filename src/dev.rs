@@ -3,7 +3,7 @@
 //! them fresh under `./tokenkeeper-dev/`, from a config file written there
 //! that can be edited while it runs.
 
-use crate::cli::DevArgs;
+use crate::exit::Exit;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -14,10 +14,9 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub const DEMO_CLIENT_ID: &str = "demo";
@@ -77,7 +76,7 @@ async fn token(
         }
     }
     let n = issuer.issued.fetch_add(1, Ordering::Relaxed) + 1;
-    let now = crate::token::unix_seconds(SystemTime::now());
+    let now = crate::token::unix_seconds(crate::clock::SystemClock.now());
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
     let claims = serde_json::json!({
         "iss": "tokenkeeper-dev",
@@ -109,6 +108,7 @@ pub async fn start_issuer(
 ) -> std::io::Result<SocketAddr> {
     let issuer = Arc::new(Issuer {
         lifetime,
+        #[allow(clippy::disallowed_methods, reason = "a key, not timing")]
         key: rand::random(),
         issued: AtomicU64::new(0),
     });
@@ -185,7 +185,18 @@ fn issuer_address(config: &str) -> Option<SocketAddr> {
     rest.split('/').next()?.parse().ok()
 }
 
-pub async fn run(args: DevArgs) -> ExitCode {
+/// `tokenkeeper dev`'s options.
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Where the demo's config, state and token files go.
+    #[arg(long, default_value = "tokenkeeper-dev")]
+    pub dir: std::path::PathBuf,
+    /// Lifetime of the demo tokens.
+    #[arg(long, default_value = "30s")]
+    pub lifetime: humantime::Duration,
+}
+
+pub async fn run(args: DevArgs) -> Result<(), Exit> {
     crate::telemetry::logging::init(crate::config::LogFormat::Text);
     let lifetime: Duration = args.lifetime.into();
     let cancel = CancellationToken::new();
@@ -193,13 +204,13 @@ pub async fn run(args: DevArgs) -> ExitCode {
     let existing = std::fs::read_to_string(&path).ok();
     let previous = existing.as_deref().and_then(issuer_address);
     let port = previous.map_or(0, |a| a.port());
-    let addr = match start_issuer(lifetime, port, cancel.clone()).await {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("tokenkeeper dev: cannot start the demo issuer: {e}");
-            return ExitCode::from(1);
-        }
-    };
+    let addr = start_issuer(lifetime, port, cancel.clone())
+        .await
+        .map_err(|e| {
+            Exit::failed(format!(
+                "tokenkeeper dev: cannot start the demo issuer: {e}"
+            ))
+        })?;
     let text = match (&existing, previous) {
         // as `dev` wrote it: written anew (the lifetime may have changed)
         (Some(text), Some(prev)) if *text == demo_config(prev, lifetime) => {
@@ -228,17 +239,14 @@ pub async fn run(args: DevArgs) -> ExitCode {
     } else {
         std::fs::create_dir_all(&args.dir).and_then(|()| std::fs::write(&path, &text))
     };
-    if let Err(e) = written {
-        eprintln!("tokenkeeper dev: cannot write {}: {e}", path.display());
-        return ExitCode::from(1);
-    }
-    let config = match crate::config::load(&path, &crate::config::process_env) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
+    written.map_err(|e| {
+        Exit::failed(format!(
+            "tokenkeeper dev: cannot write {}: {e}",
+            path.display()
+        ))
+    })?;
+    let config = crate::config::load(&path, &crate::config::process_env)
+        .map_err(|e| Exit::Config(e.to_string()))?;
     let dir = args.dir.display();
     eprintln!(
         "\ntokenkeeper dev: demo issuer on http://{addr}/token, {} tokens\n\
@@ -249,11 +257,5 @@ pub async fn run(args: DevArgs) -> ExitCode {
     );
     let result = crate::daemon::run(config, CancellationToken::new()).await;
     cancel.cancel();
-    match result {
-        Ok(()) => ExitCode::from(0),
-        Err(e) => {
-            eprintln!("tokenkeeper dev: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    result.map_err(|e| Exit::failed(format!("tokenkeeper dev: {e:#}")))
 }

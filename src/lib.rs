@@ -6,6 +6,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod dev;
+pub mod exit;
 pub mod fsread;
 pub mod grant;
 pub mod limiter;

@@ -834,14 +834,7 @@ fn validate_client(
         });
     }
     let token_type = match &c.token_type {
-        Some(t)
-            if !t.get_ref().is_empty()
-                && t.get_ref()
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b)) =>
-        {
-            Some(t.get_ref().clone())
-        }
+        Some(t) if crate::grant::response::is_token68(t.get_ref()) => Some(t.get_ref().clone()),
         Some(t) => {
             v.error(
                 t.span(),

@@ -33,8 +33,14 @@ const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// A source of jitter samples in [0, 1).
 pub type Jitter = Arc<dyn Fn() -> f64 + Send + Sync>;
 
+/// A jitter sample in [0, 1): the one source of randomness for timing.
+#[allow(clippy::disallowed_methods, reason = "the one source of timing jitter")]
+pub fn jitter_sample() -> f64 {
+    rand::random::<f64>()
+}
+
 pub fn random_jitter() -> Jitter {
-    Arc::new(rand::random::<f64>)
+    Arc::new(jitter_sample)
 }
 
 pub struct ClientTask<S: TokenSource> {

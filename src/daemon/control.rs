@@ -298,13 +298,9 @@ pub async fn ask(state_dir: &Path, name: &str, since: SystemTime) -> Result<Repl
             io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => Unreachable::NoDaemon,
             _ => Unreachable::Other(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
         })?;
-    let since = since
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64;
     let request = Request {
         refresh: name.to_string(),
-        since,
+        since: crate::token::unix_millis(since).max(0) as u64,
     };
     let mut line = serde_json::to_vec(&request).map_err(|e| Unreachable::Other(e.into()))?;
     line.push(b'\n');

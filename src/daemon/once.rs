@@ -37,7 +37,7 @@ pub async fn fetch_with_retries<S: TokenSource>(
                     e.class,
                     e.retry_after,
                     &spec.policy,
-                    rand::random(),
+                    super::client::jitter_sample(),
                 )
                 .min(Duration::from_secs(10));
                 tracing::warn!(client = %spec.name, retry_in_s = delay.as_secs_f64(), "token request failed: {e}");

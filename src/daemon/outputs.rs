@@ -6,6 +6,8 @@
 //! `[daemon] check_outputs` by one `lstat`: one that was removed, replaced or
 //! re-moded behind the daemon's back is written again.
 
+use super::client::Jitter;
+use crate::clock::Clock;
 use crate::config::ClientSpec;
 use crate::output::{Layout, OutputKind, OutputSpec, Stamp, WriteOutcome, Writer};
 use crate::schedule::{FailureClass, Policy, retry_delay};
@@ -13,7 +15,7 @@ use crate::telemetry::metrics::ClientMetrics;
 use crate::telemetry::status::StatusBoard;
 use crate::token::Token;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -59,12 +61,13 @@ pub async fn run_hooks(client: &str, spec: &OutputSpec, token: &Token) -> Vec<St
     problems
 }
 
-/// What an output worker is given besides its spec and token channel.
+/// What every output worker of a daemon shares.
 pub struct OutputContext {
-    pub min_valid: Duration,
     /// How often a file output is checked on disk (zero: never); ±10 % so
     /// that thousands of outputs spread out.
     pub check_every: Duration,
+    pub clock: Arc<dyn Clock>,
+    pub jitter: Jitter,
 }
 
 /// The worker of `client.outputs[index]`. It shares the client's spec rather
@@ -78,7 +81,7 @@ pub struct OutputContext {
 pub fn run_output(
     client: Arc<ClientSpec>,
     index: usize,
-    ctx: OutputContext,
+    ctx: Arc<OutputContext>,
     mut tokens: watch::Receiver<Option<Arc<Token>>>,
     board: Arc<StatusBoard>,
     metrics: Arc<ClientMetrics>,
@@ -88,6 +91,7 @@ pub fn run_output(
         let Some(spec) = client.outputs.get(index) else {
             return;
         };
+        let client_spec = &client;
         let client = &client.name;
         let label = spec.label();
         if let OutputKind::File(file) = &spec.kind {
@@ -128,7 +132,7 @@ pub fn run_output(
         // missing already); `None` when it is not checked or nothing was written
         let mut stamp: Option<Option<Stamp>> = None;
         loop {
-            let check_in = ctx.check_every.mul_f64(0.9 + rand::random::<f64>() * 0.2);
+            let check_in = ctx.check_every.mul_f64(0.9 + (ctx.jitter)() * 0.2);
             let wake = match (retry, stamp.is_some() && !check_in.is_zero()) {
                 (Some(delay), _) => tokio::select! {
                     _ = cancel.cancelled() => return,
@@ -154,7 +158,8 @@ pub fn run_output(
             let Some(token) = tokens.borrow_and_update().clone() else {
                 continue;
             };
-            if !ctx.min_valid.is_zero() && token.remaining(SystemTime::now()) < ctx.min_valid {
+            let min_valid = client_spec.policy.min_valid;
+            if !min_valid.is_zero() && token.remaining(ctx.clock.now()) < min_valid {
                 tracing::warn!(client = %client, output = %label, "not writing a token with less than min_valid left; waiting for a fresher one");
                 board.update(client, |s| {
                     let o = s.outputs.entry(label.clone()).or_default();
@@ -187,7 +192,7 @@ pub fn run_output(
                         o.ok = true;
                         o.last_error = None;
                         o.tried = Some(token.issued_at);
-                        o.last_write = Some(crate::token::unix_seconds(SystemTime::now()));
+                        o.last_write = Some(crate::token::unix_seconds(ctx.clock.now()));
                         if !problems.is_empty() {
                             o.hook_failures += problems.len() as u64;
                             o.last_hook_error = problems.last().cloned();
@@ -202,7 +207,7 @@ pub fn run_output(
                         FailureClass::Transient,
                         None,
                         &output_retry_policy(),
-                        rand::random(),
+                        (ctx.jitter)(),
                     );
                     tracing::warn!(
                         client = %client, output = %label, failures, retry_in_s = delay.as_secs_f64(),

@@ -64,8 +64,8 @@ pub struct Supervisor<S: TokenSource> {
     running: BTreeMap<String, Running>,
     /// Tasks of stopped clients, joined at shutdown.
     retired: Vec<JoinHandle<()>>,
-    /// `[daemon] check_outputs`.
-    check_outputs: Duration,
+    /// What the output workers share (`[daemon] check_outputs` among it).
+    outputs_ctx: Arc<OutputContext>,
 }
 
 impl<S: TokenSource> Supervisor<S> {
@@ -77,6 +77,11 @@ impl<S: TokenSource> Supervisor<S> {
         board: Arc<StatusBoard>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let outputs_ctx = Arc::new(OutputContext {
+            check_every: Duration::ZERO,
+            clock: clock.clone(),
+            jitter: jitter.clone(),
+        });
         Supervisor {
             source,
             clock,
@@ -92,13 +97,17 @@ impl<S: TokenSource> Supervisor<S> {
             root: CancellationToken::new(),
             running: BTreeMap::new(),
             retired: Vec::new(),
-            check_outputs: Duration::ZERO,
+            outputs_ctx,
         }
     }
 
     /// Checks file outputs on disk this often (zero, the default: never).
     pub fn check_outputs(mut self, every: Duration) -> Self {
-        self.check_outputs = every;
+        self.outputs_ctx = Arc::new(OutputContext {
+            check_every: every,
+            clock: self.clock.clone(),
+            jitter: self.jitter.clone(),
+        });
         self
     }
 
@@ -117,10 +126,7 @@ impl<S: TokenSource> Supervisor<S> {
                 tokio::spawn(run_output(
                     spec.clone(),
                     index,
-                    OutputContext {
-                        min_valid: spec.policy.min_valid,
-                        check_every: self.check_outputs,
-                    },
+                    self.outputs_ctx.clone(),
                     tokens.clone(),
                     self.board.clone(),
                     metrics.clone(),

@@ -2,7 +2,8 @@
 //! start, SIGUSR1, clients that share a lifetime) allocates connections,
 //! requests and write buffers at once; glibc's malloc keeps what they freed
 //! in its arenas, so an idle daemon's RSS would stay at the burst's peak
-//! (at 100 clients, ~40 % of its private memory). Once the status board has
+//! (a large share of its private memory: docs/benchmarks.md, "Where the
+//! memory went"). Once the status board has
 //! been quiet for a while — the HTTP pool has closed its idle connections by
 //! then — one `malloc_trim(0)` returns the free pages. An idle daemon does
 //! nothing here but read an atomic now and then.
@@ -57,12 +58,12 @@ pub async fn run(
 /// raises it after the first large block is freed (a 10,000-client config
 /// has one), and the trim threshold with it, up to 64 MiB: from then on the
 /// threads' arenas keep everything a burst freed, and `malloc_trim` does
-/// not reach their tops. Measured at 10,000 clients, idle after a refresh
-/// burst: 110 MiB without, 80 MiB with (docs/benchmarks.md).
+/// not reach their tops (the figures at 10,000 clients, idle after a
+/// refresh burst, are in docs/benchmarks.md, "Where the memory went").
 ///
 /// And one malloc arena per core instead of glibc's eight: the runtime has
 /// one worker thread per core, and the blocking threads that write files
-/// share theirs (each arena of its own kept ~3 MiB of a burst).
+/// share theirs (an arena of its own keeps what a burst freed).
 pub fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

@@ -61,6 +61,22 @@ pub fn is_loopback(url: &url::Url) -> bool {
     }
 }
 
+/// `response`'s body, or `None` when it is longer than [`MAX_BODY_BYTES`]
+/// (said in advance or found while reading).
+async fn body_capped(response: &mut reqwest::Response) -> reqwest::Result<Option<Vec<u8>>> {
+    if response.content_length().unwrap_or(0) > MAX_BODY_BYTES as u64 {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
 /// GETs `url` with the cap and timeout of a token request: (status, body).
 async fn get_capped(
     client: &reqwest::Client,
@@ -74,14 +90,10 @@ async fn get_capped(
             .await
             .map_err(|e| describe(&e))?;
         let status = response.status().as_u16();
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| describe(&e))? {
-            if body.len() + chunk.len() > MAX_BODY_BYTES {
-                return Err(format!("body over {} KiB", MAX_BODY_BYTES / 1024));
-            }
-            body.extend_from_slice(&chunk);
+        match body_capped(&mut response).await.map_err(|e| describe(&e))? {
+            Some(body) => Ok((status, body)),
+            None => Err(format!("body over {} KiB", MAX_BODY_BYTES / 1024)),
         }
-        Ok((status, body))
     };
     tokio::time::timeout(timeout, exchange)
         .await
@@ -384,16 +396,9 @@ impl HttpTokenSource {
             let content_type = header(reqwest::header::CONTENT_TYPE);
             let retry_after = header(reqwest::header::RETRY_AFTER);
             let location = header(reqwest::header::LOCATION);
-            if response.content_length().unwrap_or(0) > MAX_BODY_BYTES as u64 {
+            let Some(body) = body_capped(&mut response).await? else {
                 return Ok(Err(status));
-            }
-            let mut body = Vec::new();
-            while let Some(chunk) = response.chunk().await? {
-                if body.len() + chunk.len() > MAX_BODY_BYTES {
-                    return Ok(Err(status));
-                }
-                body.extend_from_slice(&chunk);
-            }
+            };
             Ok::<_, reqwest::Error>(Ok((status, content_type, retry_after, location, body)))
         };
 

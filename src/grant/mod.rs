@@ -196,8 +196,7 @@ impl TokenRequestSpec {
             "scope_param": self.scope_param,
             "params": self.params,
         });
-        let digest = Sha256::digest(identity.to_string().as_bytes());
-        digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+        short_digest(identity.to_string().as_bytes())
     }
 
     /// The secrets this request carries, for scrubbing foreign text.
@@ -220,13 +219,20 @@ impl TokenRequestSpec {
     /// puts a new one in `refresh_token_file`, the persisted chain is dropped.
     pub fn refresh_seed(&self) -> Option<String> {
         match &self.grant {
-            GrantSpec::RefreshToken { initial } => {
-                let digest = Sha256::digest(initial.expose().as_bytes());
-                Some(digest.iter().take(16).map(|b| format!("{b:02x}")).collect())
-            }
+            GrantSpec::RefreshToken { initial } => Some(short_digest(initial.expose().as_bytes())),
             _ => None,
         }
     }
+}
+
+/// The first 16 bytes of a SHA-256, in hex: enough to tell two requests or
+/// two seeds apart, and nothing of a secret.
+fn short_digest(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Something that sends one token request: the HTTP implementation in

@@ -311,7 +311,9 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-fn is_token68(s: &str) -> bool {
+/// RFC 7235's token68: what an access token or an authorization scheme may
+/// be made of in an HTTP header.
+pub fn is_token68(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))

@@ -96,7 +96,7 @@ impl AwsWriter {
         if let Some(found) = cached.as_ref() {
             if found
                 .expires
-                .is_none_or(|e| e > SystemTime::now() + Duration::from_secs(300))
+                .is_none_or(|e| e > crate::clock::SystemClock.now() + Duration::from_secs(300))
             {
                 return Ok(found.clone());
             }
@@ -193,7 +193,9 @@ impl AwsWriter {
             access_key: field("AccessKeyId")?,
             secret_key: Secret::new(field("SecretAccessKey")?),
             session_token: Some(Secret::new(field("SessionToken")?)),
-            expires: expires.or(Some(SystemTime::now() + Duration::from_secs(900))),
+            expires: expires.or(Some(
+                crate::clock::SystemClock.now() + Duration::from_secs(900),
+            )),
             source: "web identity",
         })
     }
@@ -235,7 +237,7 @@ impl AwsWriter {
             .identity(&identity)
             .region(&self.spec.region)
             .name("secretsmanager")
-            .time(SystemTime::now())
+            .time(crate::clock::SystemClock.now())
             .settings(SigningSettings::default())
             .build()
             .map_err(|e| format!("cannot sign: {e}"))?

@@ -84,7 +84,8 @@ pub fn write_set(
         }
     }
 
-    let stamp = std::time::SystemTime::now()
+    let stamp = crate::clock::SystemClock
+        .now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let version_name = format!(

@@ -4,13 +4,25 @@ use crate::secret::Secret;
 use crate::token::{Token, rfc3339, unix_seconds};
 
 /// The fields a template may use, as `{{ name }}`.
-pub const TEMPLATE_FIELDS: &[&str] = &[
-    "access_token",
-    "token_type",
-    "expires_at",
-    "issued_at",
-    "expires_at_unix",
-    "issued_at_unix",
+/// What a `{{ field }}` of a template stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Field {
+    AccessToken,
+    TokenType,
+    ExpiresAt,
+    IssuedAt,
+    ExpiresAtUnix,
+    IssuedAtUnix,
+}
+
+/// Every field by its name in a template.
+const FIELDS: [(&str, Field); 6] = [
+    ("access_token", Field::AccessToken),
+    ("token_type", Field::TokenType),
+    ("expires_at", Field::ExpiresAt),
+    ("issued_at", Field::IssuedAt),
+    ("expires_at_unix", Field::ExpiresAtUnix),
+    ("issued_at_unix", Field::IssuedAtUnix),
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,7 +85,7 @@ pub fn shell_quote(s: &str) -> String {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Piece {
     Text(String),
-    Field(String),
+    Field(Field),
 }
 
 /// `{{ field }}` placeholders in literal text; nothing else is special.
@@ -96,13 +108,14 @@ impl Template {
                 .find("}}")
                 .ok_or_else(|| "a `{{` is never closed with `}}`".to_string())?;
             let name = after[..end].trim();
-            if !TEMPLATE_FIELDS.contains(&name) {
+            let Some(&(_, field)) = FIELDS.iter().find(|(n, _)| *n == name) else {
+                let known: Vec<&str> = FIELDS.iter().map(|(n, _)| *n).collect();
                 return Err(format!(
                     "unknown template field `{name}` (known: {})",
-                    TEMPLATE_FIELDS.join(", ")
+                    known.join(", ")
                 ));
-            }
-            pieces.push(Piece::Field(name.to_string()));
+            };
+            pieces.push(Piece::Field(field));
             rest = &after[end + 2..];
         }
         if !rest.is_empty() {
@@ -116,14 +129,15 @@ impl Template {
         for piece in &self.pieces {
             match piece {
                 Piece::Text(t) => out.push_str(t),
-                Piece::Field(f) => match f.as_str() {
-                    "access_token" => out.push_str(token.access_token.expose()),
-                    "token_type" => out.push_str(&token.token_type),
-                    "expires_at" => out.push_str(&rfc3339(token.expires_at)),
-                    "issued_at" => out.push_str(&rfc3339(token.issued_at)),
-                    "expires_at_unix" => out.push_str(&unix_seconds(token.expires_at).to_string()),
-                    "issued_at_unix" => out.push_str(&unix_seconds(token.issued_at).to_string()),
-                    _ => {}
+                Piece::Field(f) => match f {
+                    Field::AccessToken => out.push_str(token.access_token.expose()),
+                    Field::TokenType => out.push_str(&token.token_type),
+                    Field::ExpiresAt => out.push_str(&rfc3339(token.expires_at)),
+                    Field::IssuedAt => out.push_str(&rfc3339(token.issued_at)),
+                    Field::ExpiresAtUnix => {
+                        out.push_str(&unix_seconds(token.expires_at).to_string())
+                    }
+                    Field::IssuedAtUnix => out.push_str(&unix_seconds(token.issued_at).to_string()),
                 },
             }
         }

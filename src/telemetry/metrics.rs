@@ -6,8 +6,9 @@
 //! A client's series live in one small [`ClientMetrics`] that its tasks update
 //! without hashing a label or taking a shared lock, and that a collector reads
 //! at scrape time. (prometheus-client's `Family` keeps a hash-map entry, a
-//! label string and a lock per series: eight families and a 14-bucket
-//! histogram were ~1.3 KiB per client, 13 MiB at 10,000 clients.)
+//! label string and a lock per series: with eight families and a
+//! histogram, most of an idle client's memory; docs/benchmarks.md, "Where
+//! the memory went".)
 
 use crate::grant::Reason;
 use prometheus_client::collector::Collector;
@@ -382,7 +383,7 @@ mod tests {
     fn a_changed_client_keeps_its_counts_and_a_removed_one_goes() {
         let m = Metrics::default();
         let c = m.client("shop", &["a".into(), "b".into()]);
-        c.success(SystemTime::now());
+        c.success(crate::clock::SystemClock.now());
         c.output_written(0, 0);
         c.output_written(1, 0);
         let c = m.client("shop", &["b".into(), "c".into()]);

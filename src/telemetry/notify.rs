@@ -36,7 +36,7 @@ pub async fn run(board: Arc<StatusBoard>, ready_timeout: Duration, cancel: Cance
     let mut sent_ready = false;
     let mut last_status = String::new();
     loop {
-        let now = crate::token::unix_seconds(std::time::SystemTime::now());
+        let now = crate::token::unix_seconds(crate::clock::SystemClock.now());
         let (ready, status) = status_line(&board, now);
         let mut states = Vec::new();
         if !sent_ready && (ready || start.elapsed() >= ready_timeout) {

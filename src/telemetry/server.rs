@@ -97,7 +97,7 @@ async fn healthz(State(s): State<Shared>) -> axum::response::Response {
 }
 
 async fn readyz(State(s): State<Shared>) -> axum::response::Response {
-    let now = crate::token::unix_seconds(std::time::SystemTime::now());
+    let now = crate::token::unix_seconds(crate::clock::SystemClock.now());
     verdict(s.board.read(|clients| readiness(clients, now)))
 }
 

@@ -91,7 +91,7 @@ impl<C> StatusFile<C> {
     pub fn now(clients: C) -> StatusFile<C> {
         StatusFile {
             pid: std::process::id(),
-            written_at: crate::token::unix_seconds(std::time::SystemTime::now()),
+            written_at: crate::token::unix_seconds(crate::clock::SystemClock.now()),
             clients,
         }
     }
@@ -228,6 +228,90 @@ impl StatusBoard {
     }
 }
 
+/// "3m ago", "in 12m", "now".
+pub fn relative(t: i64, now: i64) -> String {
+    let delta = t - now;
+    let abs = delta.unsigned_abs();
+    let amount = match abs {
+        0..=1 => return "now".into(),
+        2..=119 => format!("{abs}s"),
+        120..=7199 => format!("{}m", abs / 60),
+        7200..=172_799 => format!("{}h", abs / 3600),
+        _ => format!("{}d", abs / 86_400),
+    };
+    if delta < 0 {
+        format!("{amount} ago")
+    } else {
+        format!("in {amount}")
+    }
+}
+
+/// The table `tokenkeeper status` prints, a line per client as of `now`
+/// (Unix seconds); with `colour`, each line is red (needs attention, or no
+/// valid token), yellow (failing) or green.
+pub fn table(clients: &[(String, ClientStatus)], now: i64, colour: bool) -> String {
+    let mut rows = vec![
+        [
+            "CLIENT",
+            "LAST REFRESH",
+            "EXPIRES",
+            "NEXT REFRESH",
+            "FAILURES",
+            "LAST ERROR",
+        ]
+        .map(String::from),
+    ];
+    for (name, s) in clients {
+        let show = |t: Option<i64>| t.map(|t| relative(t, now)).unwrap_or_else(|| "-".into());
+        let mut error = s.last_error.clone().unwrap_or_default();
+        if let Some((label, o)) = s.outputs.iter().find(|(_, o)| !o.ok) {
+            error = format!("{label}: {}", o.last_error.clone().unwrap_or_default());
+        }
+        if s.needs_attention {
+            error = format!("NEEDS ATTENTION: {error}");
+        }
+        rows.push([
+            name.clone(),
+            show(s.last_refresh),
+            show(s.expires_at),
+            show(s.next_refresh),
+            s.consecutive_failures.to_string(),
+            error,
+        ]);
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for (i, row) in rows.into_iter().enumerate() {
+        let paint = match (colour, i) {
+            (false, _) | (_, 0) => "",
+            _ if row[5].starts_with("NEEDS ATTENTION")
+                || row[2] == "-"
+                || row[2].ends_with(" ago") =>
+            {
+                "\x1b[31m"
+            }
+            _ if row[4] != "0" || !row[5].is_empty() => "\x1b[33m",
+            _ => "\x1b[32m",
+        };
+        let mut line = String::from(paint);
+        for (i, cell) in row.iter().enumerate() {
+            if i < 5 {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            } else {
+                line.push_str(cell);
+            }
+        }
+        if !paint.is_empty() {
+            line = format!("{}\x1b[0m", line.trim_end());
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 pub fn write_status(path: &Path, json: &[u8]) -> std::io::Result<()> {
     write_atomic(
         path,
@@ -250,6 +334,42 @@ pub fn read_status(path: &Path) -> std::io::Result<StatusFile> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_times() {
+        assert_eq!(relative(100, 100), "now");
+        assert_eq!(relative(130, 100), "in 30s");
+        assert_eq!(relative(100, 400), "5m ago");
+        assert_eq!(relative(100 + 3 * 3600, 100), "in 3h");
+        assert_eq!(relative(0, 3 * 86_400), "3d ago");
+    }
+
+    #[test]
+    fn the_table_lines_up_and_colours_by_state_only_when_asked() {
+        let fine = ClientStatus {
+            last_refresh: Some(40),
+            expires_at: Some(3700),
+            next_refresh: Some(2800),
+            ..ClientStatus::default()
+        };
+        let mut refused = fine.clone();
+        refused.needs_attention = true;
+        refused.consecutive_failures = 3;
+        refused.last_error = Some("HTTP 401 invalid_client".into());
+        let clients = [("shop".to_string(), fine), ("erp".to_string(), refused)];
+        let plain = table(&clients, 100, false);
+        assert_eq!(
+            plain,
+            "CLIENT  LAST REFRESH  EXPIRES  NEXT REFRESH  FAILURES  LAST ERROR\n\
+             shop    60s ago       in 60m   in 45m        0\n\
+             erp     60s ago       in 60m   in 45m        3         NEEDS ATTENTION: HTTP 401 invalid_client\n"
+        );
+        let coloured = table(&clients, 100, true);
+        let lines: Vec<&str> = coloured.lines().collect();
+        assert!(!lines[0].contains('\x1b'));
+        assert!(lines[1].starts_with("\x1b[32mshop") && lines[1].ends_with("\x1b[0m"));
+        assert!(lines[2].starts_with("\x1b[31merp"));
+    }
 
     #[test]
     fn a_restarted_client_keeps_only_the_outputs_it_still_has() {
