@@ -86,8 +86,7 @@ fn status_mib(pid: u32, key: &str) -> f64 {
 /// How long after its last change the daemon is idle as between refreshes:
 /// its pooled connections closed and the freed memory given back
 /// (daemon::trim trims between one and two quiet periods after it).
-const IDLE_AFTER: Duration =
-    Duration::from_secs(2 * tokenkeeper::daemon::trim::QUIET.as_secs() + 1);
+const IDLE_AFTER: Duration = Duration::from_secs(2 * tokenkeeper::internals::QUIET.as_secs() + 1);
 
 fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();

@@ -117,7 +117,10 @@ fn load(arg: &ConfigArg) -> Result<Config, Exit> {
     config::load(&arg.config, &config::process_env).map_err(|e| Exit::Config(e.to_string()))
 }
 
+/// The process: malloc and TLS set up, then one command.
 pub fn main() -> ExitCode {
+    crate::daemon::trim::tune_malloc();
+    crate::install_crypto_provider();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(exit) => {

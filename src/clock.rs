@@ -30,12 +30,14 @@ impl Clock for SystemClock {
 }
 
 /// Wall time derived from tokio's clock: `start_wall + (tokio_now - start)`.
+#[cfg(test)]
 #[derive(Clone, Copy, Debug)]
 pub struct TokioClock {
     start_wall: SystemTime,
     start: tokio::time::Instant,
 }
 
+#[cfg(test)]
 impl TokioClock {
     pub fn starting_at(start_wall: SystemTime) -> TokioClock {
         TokioClock {
@@ -45,6 +47,7 @@ impl TokioClock {
     }
 }
 
+#[cfg(test)]
 impl Clock for TokioClock {
     fn now(&self) -> SystemTime {
         self.start_wall + (tokio::time::Instant::now() - self.start)

@@ -596,8 +596,8 @@ impl Drop for MockServer {
 
 /// The token kept in a sandbox's state for `client`, read as tokenkeeper
 /// reads it (the newest whole record of the state file).
-pub fn state_token(sb: &Sandbox, client: &str) -> Option<tokenkeeper::token::Token> {
-    let store = tokenkeeper::state::StateStore::at(&sb.path("state"));
+pub fn state_token(sb: &Sandbox, client: &str) -> Option<tokenkeeper::internals::Token> {
+    let store = tokenkeeper::internals::StateStore::at(&sb.path("state"));
     Some(store.load(client).ok()??.token)
 }
 

@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;
-use tokenkeeper::config::{ConfigError, raw, validate};
+use tokenkeeper::internals::{ConfigError, raw, validate};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

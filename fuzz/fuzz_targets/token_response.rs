@@ -9,9 +9,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::time::{Duration, UNIX_EPOCH};
-use tokenkeeper::grant::ResponseMapping;
-use tokenkeeper::grant::response::{HttpAnswer, ParseContext, parse_answer};
-use tokenkeeper::secret::Redactor;
+use tokenkeeper::internals::ResponseMapping;
+use tokenkeeper::internals::{HttpAnswer, ParseContext, parse_answer};
+use tokenkeeper::internals::Redactor;
 
 fuzz_target!(|data: &[u8]| {
     let [a, b, flags, body @ ..] = data else {

@@ -16,6 +16,7 @@ pub struct Diff {
 }
 
 impl Diff {
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
     }

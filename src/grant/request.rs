@@ -46,6 +46,7 @@ pub struct WireRequest {
 }
 
 impl WireRequest {
+    #[cfg(test)]
     pub fn field(&self, name: &str) -> Option<&str> {
         self.fields
             .iter()
@@ -53,6 +54,7 @@ impl WireRequest {
             .map(|(_, v)| v.expose())
     }
 
+    #[cfg(test)]
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
