@@ -9,7 +9,7 @@
 use super::client::Jitter;
 use crate::clock::Clock;
 use crate::config::ClientSpec;
-use crate::output::{Layout, OutputKind, OutputSpec, Stamp, WriteOutcome, Writer};
+use crate::output::{Layout, OutputKind, OutputReason, OutputSpec, Stamp, WriteOutcome, Writer};
 use crate::schedule::{FailureClass, Policy, retry_delay};
 use crate::telemetry::metrics::ClientMetrics;
 use crate::telemetry::status::StatusBoard;
@@ -118,7 +118,8 @@ pub fn run_output(
                     board.update(client, |s| {
                         let o = s.outputs.entry(label.clone()).or_default();
                         o.ok = false;
-                        o.last_error = Some(e.clone());
+                        o.last_error = Some(e.message.clone());
+                        o.reason = Some(e.reason);
                         o.tried = tried;
                     });
                 }
@@ -167,6 +168,7 @@ pub fn run_output(
                     o.ok = false;
                     o.last_error =
                         Some("not written: the token has less than min_valid left".into());
+                    o.reason = Some(OutputReason::Stale);
                 });
                 retry = None;
                 stamp = None;
@@ -191,6 +193,7 @@ pub fn run_output(
                         let o = s.outputs.entry(label.clone()).or_default();
                         o.ok = true;
                         o.last_error = None;
+                        o.reason = None;
                         o.tried = Some(token.issued_at);
                         o.last_write = Some(crate::token::unix_seconds(ctx.clock.now()));
                         if !problems.is_empty() {
@@ -200,7 +203,7 @@ pub fn run_output(
                     });
                 }
                 Err(e) => {
-                    metrics.output_failed(index);
+                    metrics.output_failed(index, e.reason);
                     failures = failures.saturating_add(1);
                     let delay = retry_delay(
                         failures,
@@ -216,7 +219,8 @@ pub fn run_output(
                     board.update(client, |s| {
                         let o = s.outputs.entry(label.clone()).or_default();
                         o.ok = false;
-                        o.last_error = Some(e.clone());
+                        o.last_error = Some(e.message.clone());
+                        o.reason = Some(e.reason);
                         o.tried = Some(token.issued_at);
                     });
                     retry = Some(delay);

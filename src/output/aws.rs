@@ -4,8 +4,8 @@
 //! credentials come from the usual chain: environment, shared credentials
 //! file (profile), web identity (EKS/IRSA) through STS.
 
-use super::WriteOutcome;
 use super::render::Format;
+use super::{OutputError, OutputReason as R, WriteOutcome};
 use crate::secret::Secret;
 use crate::token::Token;
 use aws_credential_types::Credentials;
@@ -81,7 +81,7 @@ fn xml_tag<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
 }
 
 impl AwsWriter {
-    pub fn new(spec: AwsOutput) -> Result<AwsWriter, String> {
+    pub fn new(spec: AwsOutput) -> Result<AwsWriter, OutputError> {
         let http = super::http_client(spec.ca_pem.as_deref().map(|c| &c.pem[..]))?;
         Ok(AwsWriter {
             spec,
@@ -91,7 +91,7 @@ impl AwsWriter {
         })
     }
 
-    async fn credentials(&self) -> Result<Found, String> {
+    async fn credentials(&self) -> Result<Found, OutputError> {
         let mut cached = self.cached.lock().await;
         if let Some(found) = cached.as_ref() {
             if found
@@ -107,7 +107,7 @@ impl AwsWriter {
         Ok(found)
     }
 
-    async fn find_credentials(&self) -> Result<Found, String> {
+    async fn find_credentials(&self) -> Result<Found, OutputError> {
         if let (Some(ak), Some(sk)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
             return Ok(Found {
                 access_key: ak,
@@ -140,20 +140,23 @@ impl AwsWriter {
         {
             return self.assume_role_with_web_identity(&token_file, &role).await;
         }
-        Err(format!(
+        Err(R::Credentials.because(format!(
             "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile in {} ({profile}), or AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN",
             file.map(|f| f.display().to_string())
                 .unwrap_or_else(|| "~/.aws/credentials".into())
-        ))
+        )))
     }
 
     async fn assume_role_with_web_identity(
         &self,
         token_file: &str,
         role: &str,
-    ) -> Result<Found, String> {
-        let web_token = crate::fsread::read_to_string(token_file)
-            .map_err(|e| format!("cannot read AWS_WEB_IDENTITY_TOKEN_FILE {token_file}: {e}"))?;
+    ) -> Result<Found, OutputError> {
+        let web_token = crate::fsread::read_to_string(token_file).map_err(|e| {
+            R::Credentials.because(format!(
+                "cannot read AWS_WEB_IDENTITY_TOKEN_FILE {token_file}: {e}"
+            ))
+        })?;
         let sts = env("AWS_ENDPOINT_URL_STS")
             .unwrap_or_else(|| format!("https://sts.{}.amazonaws.com", self.spec.region));
         let session = env("AWS_ROLE_SESSION_NAME").unwrap_or_else(|| "tokenkeeper".into());
@@ -170,19 +173,19 @@ impl AwsWriter {
             .form(&form)
             .send()
             .await
-            .map_err(|e| format!("cannot reach STS at {sts}: {e}"))?;
+            .map_err(|e| R::Unreachable.because(format!("cannot reach STS at {sts}: {e}")))?;
         let status = resp.status().as_u16();
         let xml = resp.text().await.unwrap_or_default();
         if status != 200 {
             let message = xml_tag(&xml, "Message").unwrap_or("no message");
-            return Err(format!(
+            return Err(R::Credentials.because(format!(
                 "STS refused AssumeRoleWithWebIdentity for {role}: HTTP {status}: {message}"
-            ));
+            )));
         }
         let field = |t: &str| {
             xml_tag(&xml, t)
                 .map(str::to_string)
-                .ok_or_else(|| format!("STS answer has no {t}"))
+                .ok_or_else(|| R::BadAnswer.because(format!("STS answer has no {t}")))
         };
         let expires = xml_tag(&xml, "Expiration")
             .and_then(|e| {
@@ -205,7 +208,7 @@ impl AwsWriter {
         &self,
         target: &str,
         body: &serde_json::Value,
-    ) -> Result<(u16, serde_json::Value), String> {
+    ) -> Result<(u16, serde_json::Value), OutputError> {
         let creds = self.credentials().await?;
         let body = body.to_string();
         let url = self.spec.endpoint.as_str().to_string();
@@ -240,7 +243,7 @@ impl AwsWriter {
             .time(crate::clock::SystemClock.now())
             .settings(SigningSettings::default())
             .build()
-            .map_err(|e| format!("cannot sign: {e}"))?
+            .map_err(|e| R::Credentials.because(format!("cannot sign: {e}")))?
             .into();
         let signable = SignableRequest::new(
             "POST",
@@ -248,9 +251,9 @@ impl AwsWriter {
             headers.iter().copied(),
             SignableBody::Bytes(body.as_bytes()),
         )
-        .map_err(|e| format!("cannot sign: {e}"))?;
+        .map_err(|e| R::Credentials.because(format!("cannot sign: {e}")))?;
         let (instructions, _) = sign(signable, &params)
-            .map_err(|e| format!("cannot sign: {e}"))?
+            .map_err(|e| R::Credentials.because(format!("cannot sign: {e}")))?
             .into_parts();
         let mut request = self
             .http
@@ -259,7 +262,7 @@ impl AwsWriter {
             .header("x-amz-target", &amz_target);
         for (name, value) in instructions.headers() {
             let mut v = reqwest::header::HeaderValue::from_str(value)
-                .map_err(|_| "bad signature header".to_string())?;
+                .map_err(|_| R::Credentials.because("bad signature header"))?;
             v.set_sensitive(
                 name.eq_ignore_ascii_case("authorization")
                     || name.eq_ignore_ascii_case("x-amz-security-token"),
@@ -267,10 +270,10 @@ impl AwsWriter {
             request = request.header(name, v);
         }
         let resp = request.body(body).send().await.map_err(|e| {
-            format!(
+            R::Unreachable.because(format!(
                 "cannot reach Secrets Manager at {}: {e}",
                 self.spec.endpoint
-            )
+            ))
         })?;
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.unwrap_or_default();
@@ -299,7 +302,7 @@ impl AwsWriter {
         format!("{kind}: {message}")
     }
 
-    pub async fn write(&self, token: &Token) -> Result<WriteOutcome, String> {
+    pub async fn write(&self, token: &Token) -> Result<WriteOutcome, OutputError> {
         let content = Format::Json.render(token).expose().trim_end().to_string();
         let mut last = self.last.lock().await;
         if last.as_deref() == Some(content.as_str()) {
@@ -324,10 +327,10 @@ impl AwsWriter {
             *last = Some(content);
             return Ok(WriteOutcome::Written);
         }
-        Err(format!(
+        Err(R::Refused.because(format!(
             "Secrets Manager refused writing {id}: HTTP {status}: {}",
             Self::describe(&answer)
-        ))
+        )))
     }
 }
 

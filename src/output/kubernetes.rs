@@ -4,8 +4,8 @@
 //! KUBERNETES_SERVICE_HOST/PORT); `api_server`, `token_file` and `ca_file`
 //! override them (out of cluster, or for tests).
 
-use super::WriteOutcome;
 use super::render::Format;
+use super::{OutputError, OutputReason as R, WriteOutcome};
 use crate::token::Token;
 use base64::Engine;
 use std::path::PathBuf;
@@ -33,7 +33,7 @@ pub struct KubernetesWriter {
 }
 
 impl KubernetesWriter {
-    pub fn new(spec: KubernetesOutput) -> Result<KubernetesWriter, String> {
+    pub fn new(spec: KubernetesOutput) -> Result<KubernetesWriter, OutputError> {
         let http = super::http_client(spec.ca_pem.as_deref().map(|c| &c.pem[..]))?;
         Ok(KubernetesWriter {
             spec,
@@ -57,21 +57,23 @@ impl KubernetesWriter {
         })
     }
 
-    pub async fn write(&self, token: &Token) -> Result<WriteOutcome, String> {
+    pub async fn write(&self, token: &Token) -> Result<WriteOutcome, OutputError> {
         let content = self.spec.format.render(token);
         let mut last = self.last.lock().await;
         if last.as_deref() == Some(content.expose()) {
             return Ok(WriteOutcome::Unchanged);
         }
         let sa_token = crate::fsread::read_to_string(&self.spec.token_file).map_err(|e| {
-            format!(
+            R::Credentials.because(format!(
                 "cannot read the service account token {}: {e}",
                 self.spec.token_file.display()
-            )
+            ))
         })?;
         let mut auth =
             reqwest::header::HeaderValue::from_str(&format!("Bearer {}", sa_token.trim()))
-                .map_err(|_| "the service account token is not a valid header value".to_string())?;
+                .map_err(|_| {
+                    R::Credentials.because("the service account token is not a valid header value")
+                })?;
         auth.set_sensitive(true);
         let url = format!(
             "{}/api/v1/namespaces/{}/secrets/{}?fieldManager={FIELD_MANAGER}&force=true",
@@ -90,10 +92,10 @@ impl KubernetesWriter {
             .send()
             .await
             .map_err(|e| {
-                format!(
+                R::Unreachable.because(format!(
                     "cannot reach the Kubernetes API at {}: {e}",
                     self.spec.api_server
-                )
+                ))
             })?;
         let status = resp.status().as_u16();
         if (200..300).contains(&status) {
@@ -109,9 +111,14 @@ impl KubernetesWriter {
                     .map(str::to_string)
             })
             .unwrap_or_else(|| format!("{} bytes", body.len()));
-        Err(format!(
+        let reason = if matches!(status, 401 | 403) {
+            R::Credentials
+        } else {
+            R::Refused
+        };
+        Err(reason.because(format!(
             "the Kubernetes API refused applying secret {}/{}: HTTP {status}: {message}",
             self.spec.namespace, self.spec.name
-        ))
+        )))
     }
 }

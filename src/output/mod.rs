@@ -8,11 +8,14 @@
 
 pub mod aws;
 pub mod dir;
+mod error;
 pub mod file;
 pub mod hooks;
 pub mod kubernetes;
 pub mod render;
 pub mod vault;
+
+pub use error::{OutputError, OutputReason};
 
 use crate::token::{Token, rfc3339};
 use std::path::PathBuf;
@@ -195,12 +198,12 @@ impl Stamp {
 
 /// The HTTP client of a remote output (Vault, Kubernetes, AWS): Mozilla's
 /// roots plus the output's `ca_file`, no redirects, 30 s per request.
-pub fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
-    let tls = crate::grant::http::tls_config(ca_pem)?;
+pub fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, OutputError> {
+    let tls = crate::grant::http::tls_config(ca_pem).map_err(|e| OutputReason::Setup.because(e))?;
     crate::grant::http::client_builder(tls)
         .timeout(std::time::Duration::from_secs(30))
         .build()
-        .map_err(|e| format!("cannot set up HTTP client: {e}"))
+        .map_err(|e| OutputReason::Setup.because(format!("cannot set up HTTP client: {e}")))
 }
 
 /// The runtime of one output.
@@ -214,7 +217,7 @@ pub enum Writer {
 }
 
 impl Writer {
-    pub fn new(spec: &OutputSpec) -> Result<Writer, String> {
+    pub fn new(spec: &OutputSpec) -> Result<Writer, OutputError> {
         Ok(match &spec.kind {
             OutputKind::File(f) => Writer::File(f.clone()),
             OutputKind::VaultKv(v) => {
@@ -230,7 +233,7 @@ impl Writer {
     }
 
     /// Writes one token; the error is safe to log.
-    pub async fn write(&self, token: &Arc<Token>) -> Result<WriteOutcome, String> {
+    pub async fn write(&self, token: &Arc<Token>) -> Result<WriteOutcome, OutputError> {
         self.write_stamped(token).await.map(|(outcome, _)| outcome)
     }
 
@@ -239,13 +242,15 @@ impl Writer {
     pub async fn write_stamped(
         &self,
         token: &Arc<Token>,
-    ) -> Result<(WriteOutcome, Option<Stamp>), String> {
+    ) -> Result<(WriteOutcome, Option<Stamp>), OutputError> {
         match self {
             Writer::File(f) => {
                 let (f, token) = (f.clone(), token.clone());
                 match tokio::task::spawn_blocking(move || f.write(&token)).await {
-                    Ok(result) => result.map_err(|e| e.to_string()),
-                    Err(e) => Err(format!("write task failed: {e}")),
+                    Ok(result) => result.map_err(OutputError::from),
+                    Err(e) => {
+                        Err(OutputReason::Filesystem.because(format!("write task failed: {e}")))
+                    }
                 }
             }
             // boxed: the remote writes' futures are large, a file write's is not

@@ -3,7 +3,7 @@
 //! version just read, and a version holding a token that expires later is
 //! left alone, so two daemons never overwrite a newer token with an older one.
 
-use super::WriteOutcome;
+use super::{OutputError, OutputReason as R, WriteOutcome};
 use crate::secret::Secret;
 use crate::token::{Token, rfc3339};
 use serde_json::json;
@@ -41,12 +41,12 @@ pub struct VaultWriter {
     login: tokio::sync::Mutex<Option<Secret>>,
 }
 
-fn read_secret_file(path: &PathBuf) -> Result<Secret, String> {
+fn read_secret_file(path: &PathBuf) -> Result<Secret, OutputError> {
     let text = crate::fsread::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        .map_err(|e| R::Credentials.because(format!("cannot read {}: {e}", path.display())))?;
     let value = text.trim();
     if value.is_empty() {
-        return Err(format!("{} is empty", path.display()));
+        return Err(R::Credentials.because(format!("{} is empty", path.display())));
     }
     Ok(Secret::new(value))
 }
@@ -69,7 +69,7 @@ fn vault_errors(body: &[u8]) -> String {
 }
 
 impl VaultWriter {
-    pub fn new(spec: VaultOutput) -> Result<VaultWriter, String> {
+    pub fn new(spec: VaultOutput) -> Result<VaultWriter, OutputError> {
         let http = super::http_client(spec.ca_pem.as_deref().map(|c| &c.pem[..]))?;
         Ok(VaultWriter {
             spec,
@@ -91,41 +91,43 @@ impl VaultWriter {
         method: reqwest::Method,
         api_path: &str,
         token: Option<&Secret>,
-    ) -> Result<reqwest::RequestBuilder, String> {
+    ) -> Result<reqwest::RequestBuilder, OutputError> {
         let mut r = self.http.request(method, self.url(api_path));
         if let Some(ns) = &self.spec.namespace {
             r = r.header("X-Vault-Namespace", ns);
         }
         if let Some(t) = token {
-            let mut value = reqwest::header::HeaderValue::from_str(t.expose())
-                .map_err(|_| "the Vault token is not a valid header value".to_string())?;
+            let mut value = reqwest::header::HeaderValue::from_str(t.expose()).map_err(|_| {
+                R::Credentials.because("the Vault token is not a valid header value")
+            })?;
             value.set_sensitive(true);
             r = r.header("X-Vault-Token", value);
         }
         Ok(r)
     }
 
-    async fn send(&self, r: reqwest::RequestBuilder) -> Result<(u16, Vec<u8>), String> {
-        let resp = r
-            .send()
-            .await
-            .map_err(|e| format!("cannot reach Vault at {}: {e}", self.spec.address))?;
+    async fn send(&self, r: reqwest::RequestBuilder) -> Result<(u16, Vec<u8>), OutputError> {
+        let resp = r.send().await.map_err(|e| {
+            R::Unreachable.because(format!("cannot reach Vault at {}: {e}", self.spec.address))
+        })?;
         let status = resp.status().as_u16();
         let body = resp
             .bytes()
             .await
-            .map_err(|e| format!("reading Vault's answer: {e}"))?;
+            .map_err(|e| R::Unreachable.because(format!("reading Vault's answer: {e}")))?;
         Ok((status, body.to_vec()))
     }
 
-    async fn token(&self) -> Result<Secret, String> {
+    async fn token(&self) -> Result<Secret, OutputError> {
         match &self.spec.auth {
             VaultAuth::TokenFile(path) => read_secret_file(path),
             VaultAuth::TokenEnv(var) => std::env::var(var)
                 .ok()
                 .filter(|v| !v.is_empty())
                 .map(Secret::new)
-                .ok_or_else(|| format!("environment variable {var} is not set")),
+                .ok_or_else(|| {
+                    R::Credentials.because(format!("environment variable {var} is not set"))
+                }),
             VaultAuth::AppRole {
                 mount,
                 role_id_file,
@@ -145,17 +147,19 @@ impl VaultWriter {
                     )
                     .await?;
                 if status != 200 {
-                    return Err(format!(
+                    return Err(R::Credentials.because(format!(
                         "AppRole login at auth/{mount} refused: HTTP {status}: {}",
                         vault_errors(&body)
-                    ));
+                    )));
                 }
                 let v: serde_json::Value = serde_json::from_slice(&body)
-                    .map_err(|_| "AppRole login answer is not JSON".to_string())?;
+                    .map_err(|_| R::BadAnswer.because("AppRole login answer is not JSON"))?;
                 let token = v
                     .pointer("/auth/client_token")
                     .and_then(|t| t.as_str())
-                    .ok_or("AppRole login answer has no auth.client_token")?;
+                    .ok_or_else(|| {
+                        R::BadAnswer.because("AppRole login answer has no auth.client_token")
+                    })?;
                 let token = Secret::new(token);
                 *login = Some(token.clone());
                 Ok(token)
@@ -164,7 +168,7 @@ impl VaultWriter {
     }
 
     /// Writes `token` with check-and-set.
-    pub async fn write(&self, token: &Token) -> Result<WriteOutcome, String> {
+    pub async fn write(&self, token: &Token) -> Result<WriteOutcome, OutputError> {
         let data_path = format!(
             "{}/data/{}",
             self.spec.mount,
@@ -179,7 +183,7 @@ impl VaultWriter {
             let (version, current) = match status {
                 200 => {
                     let v: serde_json::Value = serde_json::from_slice(&body)
-                        .map_err(|_| "Vault's answer is not JSON".to_string())?;
+                        .map_err(|_| R::BadAnswer.because("Vault's answer is not JSON"))?;
                     let version = v
                         .pointer("/data/metadata/version")
                         .and_then(|x| x.as_u64())
@@ -192,10 +196,10 @@ impl VaultWriter {
                     continue;
                 }
                 _ => {
-                    return Err(format!(
+                    return Err(R::Refused.because(format!(
                         "Vault refused reading {shown}: HTTP {status}: {}",
                         vault_errors(&body)
-                    ));
+                    )));
                 }
             };
             if let Some(current) = &current {
@@ -233,15 +237,15 @@ impl VaultWriter {
                 200 | 204 => return Ok(WriteOutcome::Written),
                 400 if vault_errors(&body).contains("check-and-set") => continue,
                 _ => {
-                    return Err(format!(
+                    return Err(R::Refused.because(format!(
                         "Vault refused writing {shown}: HTTP {status}: {}",
                         vault_errors(&body)
-                    ));
+                    )));
                 }
             }
         }
-        Err(format!(
+        Err(R::Conflict.because(format!(
             "Vault kept changing {shown} under us (check-and-set lost 4 times)"
-        ))
+        )))
     }
 }

@@ -11,6 +11,7 @@
 //! the memory went".)
 
 use crate::grant::Reason;
+use crate::output::OutputReason;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -62,6 +63,8 @@ struct OutputValues {
     label: Box<str>,
     writes: u64,
     failures: u64,
+    /// `failures` by [`OutputReason`].
+    by_reason: [u32; OutputReason::ALL.len()],
     hook_failures: u64,
 }
 
@@ -129,10 +132,11 @@ impl ClientMetrics {
         }
     }
 
-    /// A write of output `index` failed.
-    pub fn output_failed(&self, index: usize) {
+    /// A write of output `index` failed, for `reason`.
+    pub fn output_failed(&self, index: usize, reason: OutputReason) {
         if let Some(o) = self.values().outputs.get_mut(index) {
             o.failures += 1;
+            o.by_reason[reason as usize] += 1;
         }
     }
 }
@@ -242,6 +246,26 @@ impl Collector for Clients {
                 Ok(())
             })?;
         }
+        let by_reason = (
+            "output_failures",
+            "Failed output writes, by reason",
+            COUNTER,
+        );
+        family(e, by_reason, c, |client, v, m| {
+            for o in &v.outputs {
+                for (reason, &n) in OutputReason::ALL.iter().zip(&o.by_reason) {
+                    if n > 0 {
+                        let labels = [
+                            ("client", client),
+                            ("output", &o.label),
+                            ("reason", reason.as_str()),
+                        ];
+                        counter(m, &labels, n.into())?;
+                    }
+                }
+            }
+            Ok(())
+        })?;
         Ok(())
     }
 }
@@ -355,8 +379,8 @@ mod tests {
         c.request(Duration::from_secs(100));
         c.success(at(1_800_000_000));
         c.output_written(0, 1);
-        c.output_failed(0);
-        c.output_failed(7); // an index the client no longer has: ignored
+        c.output_failed(0, OutputReason::Unreachable);
+        c.output_failed(7, OutputReason::Refused); // an index the client no longer has: ignored
         let text = m.encode();
         for line in [
             "tokenkeeper_token_expiry_timestamp_seconds{client=\"shop\"} 1800000600.0",
@@ -374,6 +398,7 @@ mod tests {
             "tokenkeeper_output_writes_total{client=\"shop\",output=\"file:/run/a\"} 1",
             "tokenkeeper_output_write_failures_total{client=\"shop\",output=\"file:/run/a\"} 1",
             "tokenkeeper_hook_failures_total{client=\"shop\",output=\"file:/run/a\"} 1",
+            "tokenkeeper_output_failures_total{client=\"shop\",output=\"file:/run/a\",reason=\"unreachable\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }

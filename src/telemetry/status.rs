@@ -18,6 +18,9 @@ pub struct OutputStatus {
     pub ok: bool,
     pub last_write: Option<i64>,
     pub last_error: Option<String>,
+    /// Why the last write failed (with `last_error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<crate::output::OutputReason>,
     #[serde(default)]
     pub hook_failures: u64,
     #[serde(default)]
