@@ -3,7 +3,7 @@
 //! resolved; every failure is collected, with the key that caused it.
 
 use super::validate::{
-    ClientPlan, FormatPlan, GrantPlan, Located, OutputKindPlan, OutputPlan, Plan, SecretSource,
+    ClientPlan, FormatPlan, GrantPlan, Located, OutputKindPlan, OutputPlan, SecretSource,
 };
 use super::{ClientSpec, Diagnostic};
 use crate::grant::{CaBundle, GrantSpec, TokenRequestSpec};
@@ -112,8 +112,8 @@ impl Builder<'_> {
         }
     }
 
-    fn output(&mut self, plan: &OutputPlan) -> Option<OutputSpec> {
-        let kind = match &plan.kind {
+    fn output(&mut self, plan: OutputPlan) -> Option<OutputSpec> {
+        let kind = match plan.kind {
             OutputKindPlan::File {
                 path,
                 format,
@@ -123,19 +123,19 @@ impl Builder<'_> {
                 layout,
             } => {
                 let format = match format {
-                    FormatPlan::Ready(f) => Some(f.clone()),
+                    FormatPlan::Ready(f) => Some(f),
                     FormatPlan::TemplateFile(file) => {
                         match crate::fsread::read_to_string(&file.value) {
                             Ok(text) => match Template::parse(&text) {
                                 Ok(t) => Some(Format::Template(t)),
                                 Err(e) => {
-                                    self.error(file, format!("{}: {e}", file.value.display()));
+                                    self.error(&file, format!("{}: {e}", file.value.display()));
                                     None
                                 }
                             },
                             Err(e) => {
                                 self.error(
-                                    file,
+                                    &file,
                                     format!("cannot read {}: {e}", file.value.display()),
                                 );
                                 None
@@ -146,12 +146,12 @@ impl Builder<'_> {
                 let owner = owner.as_ref().map(|o| self.user(o));
                 let group = group.as_ref().map(|g| self.group(g));
                 OutputKind::File(FileOutput {
-                    path: path.clone(),
+                    path,
                     format: format?,
-                    mode: *mode,
+                    mode,
                     owner: owner.map(|o| o.ok_or(())).transpose().ok()?,
                     group: group.map(|g| g.ok_or(())).transpose().ok()?,
-                    layout: *layout,
+                    layout,
                 })
             }
             OutputKindPlan::Vault {
@@ -162,12 +162,12 @@ impl Builder<'_> {
                 auth,
                 ca_file,
             } => OutputKind::VaultKv(Box::new(VaultOutput {
-                address: address.clone(),
-                mount: mount.clone(),
-                path: path.clone(),
-                namespace: namespace.clone(),
-                auth: auth.clone(),
-                ca_pem: self.ca(ca_file)?,
+                address,
+                mount,
+                path,
+                namespace,
+                auth,
+                ca_pem: self.ca(&ca_file)?,
             })),
             OutputKindPlan::Aws {
                 secret_id,
@@ -175,10 +175,10 @@ impl Builder<'_> {
                 endpoint,
                 ca_file,
             } => OutputKind::AwsSecretsManager(Box::new(crate::output::aws::AwsOutput {
-                secret_id: secret_id.clone(),
-                region: region.clone(),
-                endpoint: endpoint.clone(),
-                ca_pem: self.ca(ca_file)?,
+                secret_id,
+                region,
+                endpoint,
+                ca_pem: self.ca(&ca_file)?,
             })),
             OutputKindPlan::Kubernetes {
                 api_server,
@@ -190,7 +190,7 @@ impl Builder<'_> {
                 ca_file,
             } => {
                 let namespace = match namespace {
-                    Some(ns) => Some(ns.clone()),
+                    Some(ns) => Some(ns),
                     None => {
                         let file = PathBuf::from(crate::output::kubernetes::SERVICE_ACCOUNT)
                             .join("namespace");
@@ -211,23 +211,23 @@ impl Builder<'_> {
                     }
                 };
                 OutputKind::KubernetesSecret(Box::new(KubernetesOutput {
-                    api_server: api_server.clone(),
+                    api_server,
                     namespace: namespace?,
-                    name: name.clone(),
-                    key: key.clone(),
-                    format: format.clone(),
-                    token_file: token_file.clone(),
-                    ca_pem: self.ca(ca_file)?,
+                    name,
+                    key,
+                    format,
+                    token_file,
+                    ca_pem: self.ca(&ca_file)?,
                 }))
             }
         };
         Some(OutputSpec {
             kind,
-            hooks: plan.hooks.clone(),
+            hooks: plan.hooks,
         })
     }
 
-    fn client(&mut self, plan: &ClientPlan) -> Option<ClientSpec> {
+    fn client(&mut self, plan: ClientPlan) -> Option<ClientSpec> {
         let client_secret = plan.client_secret.as_ref().map(|s| self.secret(s));
         let grant = match &plan.grant {
             GrantPlan::ClientCredentials => Some(GrantSpec::ClientCredentials),
@@ -253,29 +253,29 @@ impl Builder<'_> {
             }
         }
         let outputs: Vec<Option<OutputSpec>> =
-            plan.outputs.iter().map(|o| self.output(o)).collect();
+            plan.outputs.into_iter().map(|o| self.output(o)).collect();
         Some(ClientSpec {
-            name: plan.name.clone(),
+            name: plan.name,
             request: TokenRequestSpec {
-                endpoint: plan.endpoint.clone(),
+                endpoint: plan.endpoint,
                 allow_insecure_http: plan.allow_insecure_http,
-                token_type: plan.token_type.clone(),
+                token_type: plan.token_type,
                 grant: grant?,
-                client_id: plan.client_id.clone(),
+                client_id: plan.client_id,
                 client_secret: client_secret.map(|s| s.ok_or(())).transpose().ok()?,
                 auth: plan.auth,
                 encoding: plan.encoding,
-                scope: plan.scope.clone(),
-                scope_param: plan.scope_param.clone(),
-                refresh_token_param: plan.refresh_token_param.clone(),
-                params: plan.params.clone(),
-                headers: plan.headers.clone(),
-                response: plan.response.clone(),
+                scope: plan.scope,
+                scope_param: plan.scope_param,
+                refresh_token_param: plan.refresh_token_param,
+                params: plan.params,
+                headers: plan.headers,
+                response: plan.response,
                 timeout: plan.timeout,
                 ca_pem: ca_pem?,
                 default_lifetime: plan.default_lifetime,
             },
-            policy: plan.policy.clone(),
+            policy: plan.policy,
             outputs: outputs.into_iter().collect::<Option<Vec<_>>>()?,
         })
     }
@@ -313,12 +313,12 @@ fn resolved(path: &std::path::Path, cache: &mut HashMap<PathBuf, PathBuf>) -> Pa
 /// (validation compares those): two that reach one file through a symlinked
 /// directory, and a file inside an `atomic_dir` set, which replaces its
 /// files.
-fn overlapping_files(plan: &Plan) -> Vec<Diagnostic> {
+fn overlapping_files(plans: &[ClientPlan]) -> Vec<Diagnostic> {
     let mut cache = HashMap::new();
     let mut files: HashMap<PathBuf, (&str, &std::path::Path)> = HashMap::new();
     let mut sets: HashMap<PathBuf, &str> = HashMap::new();
     let mut found = Vec::new();
-    let outputs = plan.clients.iter().flat_map(|c| &c.outputs);
+    let outputs = plans.iter().flat_map(|c| &c.outputs);
     for o in outputs.clone() {
         if let OutputKindPlan::File {
             path,
@@ -367,22 +367,22 @@ fn overlapping_files(plan: &Plan) -> Vec<Diagnostic> {
     found
 }
 
+/// The plan is consumed: what validation made is moved into the specs.
 pub fn build(
-    plan: &Plan,
+    plans: Vec<ClientPlan>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<BTreeMap<String, Arc<ClientSpec>>, Vec<Diagnostic>> {
     let mut b = Builder {
-        diagnostics: Vec::new(),
+        diagnostics: overlapping_files(&plans),
         env,
         cas: std::collections::HashMap::new(),
     };
     let mut clients = BTreeMap::new();
-    for c in &plan.clients {
+    for c in plans {
         if let Some(spec) = b.client(c) {
             clients.insert(spec.name.clone(), Arc::new(spec));
         }
     }
-    b.diagnostics.extend(overlapping_files(plan));
     if b.diagnostics.is_empty() {
         Ok(clients)
     } else {

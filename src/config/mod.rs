@@ -218,8 +218,9 @@ pub fn load_str(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
     let fail = |diagnostics| ConfigError::new(path, text, diagnostics);
-    let (plan, mut diagnostics) = plan(path, text, env).map_err(fail)?;
-    let clients = match build::build(&plan, env) {
+    let (validate::Plan { daemon, clients }, mut diagnostics) =
+        plan(path, text, env).map_err(fail)?;
+    let clients = match build::build(clients, env) {
         Ok(clients) if diagnostics.is_empty() => clients,
         Ok(_) => return Err(fail(diagnostics)),
         Err(unbuildable) => {
@@ -230,11 +231,11 @@ pub fn load_str(
     Ok(Config {
         path: path.to_path_buf(),
         daemon: DaemonSettings {
-            state_dir: plan.daemon.state_dir,
-            log_format: plan.daemon.log_format,
-            listen: plan.daemon.listen,
-            ready_timeout: plan.daemon.ready_timeout,
-            check_outputs: plan.daemon.check_outputs,
+            state_dir: daemon.state_dir,
+            log_format: daemon.log_format,
+            listen: daemon.listen,
+            ready_timeout: daemon.ready_timeout,
+            check_outputs: daemon.check_outputs,
         },
         clients,
         digest: digest(text.as_bytes()),
