@@ -1,0 +1,569 @@
+//! One client's table: its endpoint, authentication, grant, request and
+//! refresh policy, and its outputs.
+
+use crate::config::presets::Preset;
+use crate::config::raw::{GrantKind, RawClient, S};
+use crate::grant::http::acceptable_scheme;
+use crate::grant::{ClientAuth, Encoding, Endpoint, ResponseMapping};
+use crate::schedule::Policy;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::time::Duration;
+use url::Url;
+
+use super::*;
+
+pub(super) struct ClientDefaults {
+    pub(super) ratio: Option<(f64, Range<usize>, String)>,
+    pub(super) before: Duration,
+    pub(super) min: Duration,
+    pub(super) timeout: Duration,
+    pub(super) binit: Duration,
+    pub(super) bmax: Duration,
+    pub(super) lifetime: Duration,
+    pub(super) max_lifetime: Duration,
+}
+
+pub(super) fn validate_client(
+    v: &mut Validator<'_>,
+    name: &str,
+    ck: &str,
+    c: &RawClient,
+    d: ClientDefaults,
+) -> Option<ClientPlan> {
+    let key = |k: &str| format!("{ck}.{k}");
+
+    let preset = c.preset.as_ref().map(|p| *p.get_ref());
+    let grant_kind = c
+        .grant_type
+        .as_ref()
+        .map(|g| *g.get_ref())
+        .or(preset.map(Preset::default_grant))
+        .unwrap_or(GrantKind::ClientCredentials);
+    let pd = preset.map(|p| p.defaults(grant_kind)).unwrap_or_default();
+    // "is required" messages name the preset's reason when there is one
+    let required = |k: &str, generic: String| match preset.and_then(|p| p.explain(grant_kind, k)) {
+        Some(why) => format!("is required: {why}"),
+        None => generic,
+    };
+    let grant_span = c
+        .grant_type
+        .as_ref()
+        .map(|g| g.span())
+        .or(c.preset.as_ref().map(|p| p.span()));
+
+    let allow_http = c.allow_insecure_http.as_ref().is_some_and(|a| *a.get_ref());
+    let check_url = |v: &mut Validator<'_>,
+                     value: &str,
+                     span: Option<Range<usize>>,
+                     k: &str|
+     -> Option<Url> {
+        let complain = |v: &mut Validator<'_>, message: String| {
+            v.error(span.clone(), &key(k), message);
+        };
+        match Url::parse(value) {
+            Ok(url) if acceptable_scheme(&url, allow_http) => Some(url),
+            Ok(url) if url.scheme() == "http" => {
+                complain(v, "plain http:// would send credentials in the clear; use https://, or set allow_insecure_http = true (loopback hosts are always allowed)".into());
+                None
+            }
+            Ok(url) => {
+                complain(
+                    v,
+                    format!("scheme {:?} is not supported; use https://", url.scheme()),
+                );
+                None
+            }
+            Err(e) => {
+                complain(v, format!("not a URL: {e}"));
+                None
+            }
+        }
+    };
+    let endpoint = if grant_kind == GrantKind::Static {
+        for (field, k) in [(&c.token_url, "token_url"), (&c.issuer, "issuer")] {
+            if let Some(f) = field {
+                v.error(
+                    f.span(),
+                    &key(k),
+                    "a static token is read from token_file; it has no endpoint",
+                );
+            }
+        }
+        match &c.token_file {
+            Some(f) => v.path(f, &key("token_file")).map(Endpoint::StaticFile),
+            None => {
+                v.error(
+                    grant_span.clone(),
+                    &key("token_file"),
+                    "is required with grant_type = \"static\" (the file holding the key)",
+                );
+                None
+            }
+        }
+    } else {
+        if let Some(f) = &c.token_file {
+            v.error(
+                f.span(),
+                &key("token_file"),
+                "applies only to grant_type = \"static\"",
+            );
+        }
+        match (&c.token_url, &c.issuer) {
+            (Some(_), Some(i)) => {
+                v.error(
+                    i.span(),
+                    &key("issuer"),
+                    "set only one of token_url, issuer",
+                );
+                None
+            }
+            (Some(u), None) => {
+                check_url(v, u.get_ref(), Some(u.span()), "token_url").map(Endpoint::TokenUrl)
+            }
+            (None, Some(i)) => {
+                check_url(v, i.get_ref(), Some(i.span()), "issuer").map(Endpoint::Issuer)
+            }
+            (None, None) => match pd.token_url {
+                Some(default) => check_url(v, default, None, "token_url").map(Endpoint::TokenUrl),
+                None => {
+                    let message = required("token_url", "token_url (or issuer) is required".into());
+                    v.error(
+                        c.preset.as_ref().map(|p| p.span()),
+                        &key("token_url"),
+                        message,
+                    );
+                    None
+                }
+            },
+        }
+    };
+
+    let auth = c
+        .auth
+        .as_ref()
+        .map(|a| *a.get_ref())
+        .or(pd.auth)
+        .unwrap_or(ClientAuth::Body);
+    let encoding = c
+        .encoding
+        .as_ref()
+        .map(|e| *e.get_ref())
+        .or(pd.encoding)
+        .unwrap_or(Encoding::Form);
+    let client_secret = v.secret_source(
+        &c.client_secret_file,
+        &c.client_secret_env,
+        &c.client_secret,
+        "client_secret",
+        ck,
+    );
+    let client_id = c
+        .client_id
+        .as_ref()
+        .map(|s| s.get_ref().clone())
+        .or(pd.client_id.map(str::to_string));
+    match (auth, grant_kind) {
+        (_, GrantKind::Static) => {}
+        (ClientAuth::Body | ClientAuth::Basic, _) => {
+            let auth_name = if auth == ClientAuth::Basic {
+                "basic"
+            } else {
+                "body"
+            };
+            if client_id.is_none() {
+                let message = required(
+                    "client_id",
+                    format!("is required with auth = \"{auth_name}\""),
+                );
+                v.error(
+                    c.auth.as_ref().map(|a| a.span()).or(grant_span.clone()),
+                    &key("client_id"),
+                    message,
+                );
+            }
+            if c.client_secret_file.is_none()
+                && c.client_secret_env.is_none()
+                && c.client_secret.is_none()
+            {
+                let message = required("client_secret", "one of client_secret_file, client_secret_env or client_secret is required (or auth = \"none\" for a public client)".into());
+                v.error(
+                    c.client_id
+                        .as_ref()
+                        .map(|s| s.span())
+                        .or(grant_span.clone()),
+                    &key("client_secret"),
+                    message,
+                );
+            }
+        }
+        (ClientAuth::None, _) => {
+            if let Some(s) = &client_secret {
+                v.error(s.span.clone(), &s.key, "auth = \"none\" never sends a client secret; remove it or choose auth = \"body\" or \"basic\"");
+            }
+        }
+    }
+
+    let password = v.secret_source(
+        &c.password_file,
+        &c.password_env,
+        &c.password,
+        "password",
+        ck,
+    );
+    let grant = match grant_kind {
+        GrantKind::ClientCredentials => Some(GrantPlan::ClientCredentials),
+        GrantKind::Static => Some(GrantPlan::Static),
+        GrantKind::Password => match (&c.username, password.clone()) {
+            (Some(u), Some(p)) => Some(GrantPlan::Password {
+                username: u.get_ref().clone(),
+                password: p,
+            }),
+            (u, p) => {
+                if u.is_none() {
+                    let message = required(
+                        "username",
+                        "is required with grant_type = \"password\"".into(),
+                    );
+                    v.error(grant_span.clone(), &key("username"), message);
+                }
+                if p.is_none()
+                    && c.password_file.is_none()
+                    && c.password_env.is_none()
+                    && c.password.is_none()
+                {
+                    let message = required("password", "one of password_file, password_env or password is required with grant_type = \"password\"".into());
+                    v.error(grant_span.clone(), &key("password"), message);
+                }
+                None
+            }
+        },
+        GrantKind::RefreshToken => {
+            match &c.refresh_token_file {
+                Some(f) => v
+                    .path(f, &key("refresh_token_file"))
+                    .map(|p| GrantPlan::RefreshToken {
+                        initial: Located {
+                            value: SecretSource::File(p),
+                            span: f.span(),
+                            key: key("refresh_token_file"),
+                        },
+                    }),
+                None => {
+                    let message = required("refresh_token_file", "is required with grant_type = \"refresh_token\" (the initial refresh token)".into());
+                    v.error(grant_span.clone(), &key("refresh_token_file"), message);
+                    None
+                }
+            }
+        }
+    };
+    if grant_kind != GrantKind::Password {
+        for (field, k) in [
+            (&c.username, "username"),
+            (&c.password_file, "password_file"),
+            (&c.password_env, "password_env"),
+            (&c.password, "password"),
+        ] {
+            if let Some(f) = field {
+                v.error(
+                    f.span(),
+                    &key(k),
+                    "applies only to grant_type = \"password\"",
+                );
+            }
+        }
+    }
+    if grant_kind != GrantKind::RefreshToken {
+        if let Some(f) = &c.refresh_token_file {
+            v.error(
+                f.span(),
+                &key("refresh_token_file"),
+                "applies only to grant_type = \"refresh_token\"",
+            );
+        }
+    }
+    if pd.scope_required && c.scope.is_none() {
+        let message = required("scope", "is required".into());
+        v.error(c.preset.as_ref().map(|p| p.span()), &key("scope"), message);
+    }
+    let token_type = match &c.token_type {
+        Some(t) if crate::grant::response::is_token68(t.get_ref()) => Some(t.get_ref().clone()),
+        Some(t) => {
+            v.error(
+                t.span(),
+                &key("token_type"),
+                format!(
+                    "{:?} is not an HTTP authorization scheme (letters, digits, -._~+/)",
+                    t.get_ref()
+                ),
+            );
+            None
+        }
+        None => None,
+    };
+
+    let nonempty = |v: &mut Validator<'_>,
+                    s: &S<String>,
+                    k: &str,
+                    default: &'static str|
+     -> Cow<'static, str> {
+        match s {
+            Some(x) if x.get_ref().trim().is_empty() => {
+                v.error(x.span(), &key(k), "must not be empty");
+                default.into()
+            }
+            Some(x) => x.get_ref().clone().into(),
+            None => default.into(),
+        }
+    };
+    let scope_param = nonempty(
+        v,
+        &c.scope_param,
+        "scope_param",
+        pd.scope_param.unwrap_or("scope"),
+    );
+    let refresh_token_param = nonempty(
+        v,
+        &c.refresh_token_param,
+        "refresh_token_param",
+        pd.refresh_token_param.unwrap_or("refresh_token"),
+    );
+    let params = c
+        .params
+        .as_ref()
+        .map(|p| p.get_ref().clone())
+        .unwrap_or_default();
+    if let Some(p) = &c.params {
+        if p.get_ref().keys().any(|k| k.is_empty()) {
+            v.error(
+                p.span(),
+                &key("params"),
+                "parameter names must not be empty",
+            );
+        }
+    }
+    let mut headers: BTreeMap<String, String> = pd
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    if let Some(h) = &c.headers {
+        for (name, value) in h.get_ref() {
+            headers.retain(|k, _| !k.eq_ignore_ascii_case(name));
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+    if let Some(h) = &c.headers {
+        for (n, val) in h.get_ref() {
+            if !header_name_ok(n) {
+                v.error(
+                    h.span(),
+                    &key("headers"),
+                    format!("{n:?} is not a valid HTTP header name"),
+                );
+            } else if !header_value_ok(val) {
+                v.error(h.span(), &key("headers"), format!("the value of {n} is not a valid HTTP header value (no line breaks or control characters)"));
+            }
+        }
+    }
+
+    let mut response = ResponseMapping::default();
+    for (field, pointer) in pd.response {
+        let target = match *field {
+            "access_token" => &mut response.access_token,
+            "expires_in" => &mut response.expires_in,
+            "expires_at" => &mut response.expires_at,
+            "refresh_token" => &mut response.refresh_token,
+            _ => &mut response.token_type,
+        };
+        *target = Cow::Borrowed(pointer);
+    }
+    if let Some(r) = &c.response {
+        let r = r.get_ref();
+        for (field, target, k) in [
+            (&r.access_token, &mut response.access_token, "access_token"),
+            (&r.expires_in, &mut response.expires_in, "expires_in"),
+            (&r.expires_at, &mut response.expires_at, "expires_at"),
+            (
+                &r.refresh_token,
+                &mut response.refresh_token,
+                "refresh_token",
+            ),
+            (&r.token_type, &mut response.token_type, "token_type"),
+        ] {
+            if let Some(p) = field {
+                if !p.get_ref().starts_with('/') {
+                    v.error(
+                        p.span(),
+                        &key(&format!("response.{k}")),
+                        format!(
+                            "{:?} is not a JSON Pointer; write e.g. \"/{}\"",
+                            p.get_ref(),
+                            p.get_ref().trim_start_matches('/')
+                        ),
+                    );
+                }
+                *target = p.get_ref().clone().into();
+            }
+        }
+    }
+
+    let policy_base = Policy::default();
+    let refresh_ratio = match (&c.refresh_ratio, &d.ratio) {
+        (Some(r), _) => Some((*r.get_ref(), r.span(), key("refresh_ratio"))),
+        (None, Some(dr)) => Some(dr.clone()),
+        (None, None) => None,
+    };
+    let refresh_ratio = match refresh_ratio {
+        Some((r, span, k)) => {
+            if !(r > 0.0 && r < 1.0) {
+                v.error(
+                    span,
+                    &k,
+                    format!(
+                        "{r} must lie strictly between 0 and 1 (a share of the token's lifetime)"
+                    ),
+                );
+            }
+            r
+        }
+        None => policy_base.refresh_ratio,
+    };
+    let policy = Policy {
+        refresh_ratio,
+        refresh_before: v.duration(
+            &c.refresh_before,
+            Some(d.before),
+            &key("refresh_before"),
+            d.before,
+        ),
+        min_interval: v.duration(&c.min_interval, Some(d.min), &key("min_interval"), d.min),
+        backoff_initial: v.duration(
+            &c.backoff_initial,
+            Some(d.binit),
+            &key("backoff_initial"),
+            d.binit,
+        ),
+        backoff_max: v.duration(&c.backoff_max, Some(d.bmax), &key("backoff_max"), d.bmax),
+        min_valid: v.duration(&c.min_valid, None, &key("min_valid"), Duration::ZERO),
+        max_lifetime: v.duration(
+            &c.max_lifetime,
+            Some(d.max_lifetime),
+            &key("max_lifetime"),
+            d.max_lifetime,
+        ),
+    };
+    let timeout = v.duration(&c.timeout, Some(d.timeout), &key("timeout"), d.timeout);
+    let default_lifetime = v.duration(
+        &c.default_lifetime,
+        Some(d.lifetime),
+        &key("default_lifetime"),
+        d.lifetime,
+    );
+    let span_of = |own: &S<String>| own.as_ref().map(|s| s.span());
+    if !policy.min_valid.is_zero() && policy.min_valid >= default_lifetime {
+        v.error(span_of(&c.min_valid), &key("min_valid"), format!(
+                "{} is not shorter than default_lifetime {}: no token of that lifetime could ever be written",
+                humantime::format_duration(policy.min_valid),
+                humantime::format_duration(default_lifetime)
+            ));
+    }
+    if policy.min_interval.is_zero() {
+        v.error(span_of(&c.min_interval), &key("min_interval"), "must be more than zero: it is what keeps a short-lived token from turning into a tight loop");
+    }
+    if policy.backoff_initial.is_zero() {
+        v.error(
+            span_of(&c.backoff_initial),
+            &key("backoff_initial"),
+            "must be more than zero",
+        );
+    }
+    if policy.backoff_max < policy.backoff_initial {
+        v.error(
+            span_of(&c.backoff_max),
+            &key("backoff_max"),
+            format!(
+                "{} is less than backoff_initial {}",
+                humantime::format_duration(policy.backoff_max),
+                humantime::format_duration(policy.backoff_initial)
+            ),
+        );
+    }
+    if timeout.is_zero() {
+        v.error(
+            span_of(&c.timeout),
+            &key("timeout"),
+            "must be more than zero",
+        );
+    }
+    if default_lifetime.is_zero() {
+        v.error(
+            span_of(&c.default_lifetime),
+            &key("default_lifetime"),
+            "must be more than zero",
+        );
+    } else if policy.min_interval >= default_lifetime {
+        v.error(span_of(&c.min_interval).or(span_of(&c.default_lifetime)), &key("min_interval"), format!(
+                "{} is not shorter than default_lifetime {}: a token of that lifetime would always expire before its refresh",
+                humantime::format_duration(policy.min_interval),
+                humantime::format_duration(default_lifetime)
+            ));
+    }
+
+    let ca_file = c.ca_file.as_ref().and_then(|f| {
+        v.path(f, &key("ca_file")).map(|p| Located {
+            value: p,
+            span: f.span(),
+            key: key("ca_file"),
+        })
+    });
+
+    let mut outputs = Vec::new();
+    match &c.outputs {
+        Some(list) if !list.get_ref().is_empty() => {
+            for (i, o) in list.get_ref().iter().enumerate() {
+                if let Some(plan) = validate_output(v, &format!("{ck}.outputs[{i}]"), o) {
+                    outputs.push(plan);
+                }
+            }
+        }
+        Some(list) => v.error(
+            list.span(),
+            &key("outputs"),
+            "at least one output is required",
+        ),
+        None => v.error(
+            None,
+            &key("outputs"),
+            "at least one [[clients.NAME.outputs]] table is required",
+        ),
+    }
+
+    // (a client with errors still has a plan, built from what is valid and
+    // defaults for the rest: `build` then checks what it can — groups,
+    // secret files — so every error shows at once. Such a plan never runs:
+    // the diagnostics refuse the config.)
+    Some(ClientPlan {
+        name: name.to_string(),
+        endpoint: endpoint?,
+        allow_insecure_http: allow_http,
+        token_type,
+        grant: grant?,
+        client_id,
+        client_secret,
+        auth,
+        encoding,
+        scope: c.scope.as_ref().map(|s| s.get_ref().clone()),
+        scope_param,
+        refresh_token_param,
+        params,
+        headers,
+        response,
+        timeout,
+        ca_file,
+        default_lifetime,
+        policy,
+        outputs,
+    })
+}

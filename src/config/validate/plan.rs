@@ -1,0 +1,145 @@
+//! What validation makes: the plan `build` turns into the running specs.
+
+use crate::config::raw::LogFormat;
+use crate::grant::{ClientAuth, Encoding, Endpoint, ResponseMapping};
+use crate::output::Layout;
+use crate::output::hooks::Hooks;
+use crate::output::render::Format;
+use crate::output::vault::VaultAuth;
+use crate::schedule::Policy;
+use crate::secret::Secret;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+use url::Url;
+
+/// Where a value came from in the file, for errors found while building.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Located<T> {
+    pub value: T,
+    pub span: Range<usize>,
+    pub key: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum SecretSource {
+    Inline(Secret),
+    File(PathBuf),
+    Env(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum GrantPlan {
+    ClientCredentials,
+    Password {
+        username: String,
+        password: Located<SecretSource>,
+    },
+    RefreshToken {
+        initial: Located<SecretSource>,
+    },
+    Static,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum FormatPlan {
+    Ready(Format),
+    TemplateFile(Located<PathBuf>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutputPlan {
+    pub key: String,
+    /// What the output writes to, to catch two outputs writing the same thing.
+    pub identity: String,
+    pub kind: OutputKindPlan,
+    pub hooks: Hooks,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum OutputKindPlan {
+    File {
+        path: PathBuf,
+        format: FormatPlan,
+        mode: u32,
+        owner: Option<Located<String>>,
+        group: Option<Located<String>>,
+        layout: Layout,
+    },
+    Vault {
+        address: Url,
+        mount: String,
+        path: String,
+        namespace: Option<String>,
+        auth: VaultAuth,
+        ca_file: Option<Located<PathBuf>>,
+    },
+    Aws {
+        secret_id: String,
+        region: String,
+        endpoint: Url,
+        ca_file: Option<Located<PathBuf>>,
+    },
+    Kubernetes {
+        api_server: Url,
+        /// `None`: the pod's, read from the service account at build.
+        namespace: Option<String>,
+        name: String,
+        key: String,
+        format: Format,
+        token_file: PathBuf,
+        ca_file: Option<Located<PathBuf>>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientPlan {
+    pub name: String,
+    pub endpoint: Endpoint,
+    pub allow_insecure_http: bool,
+    pub token_type: Option<String>,
+    pub grant: GrantPlan,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Located<SecretSource>>,
+    pub auth: ClientAuth,
+    pub encoding: Encoding,
+    pub scope: Option<String>,
+    pub scope_param: Cow<'static, str>,
+    pub refresh_token_param: Cow<'static, str>,
+    pub params: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, String>,
+    pub response: ResponseMapping,
+    pub timeout: Duration,
+    pub ca_file: Option<Located<PathBuf>>,
+    pub default_lifetime: Duration,
+    pub policy: Policy,
+    pub outputs: Vec<OutputPlan>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DaemonPlan {
+    pub state_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub listen: Option<SocketAddr>,
+    pub ready_timeout: Duration,
+    pub check_outputs: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub daemon: DaemonPlan,
+    pub clients: Vec<ClientPlan>,
+}
+
+/// Variables that may appear in paths, as `$NAME` or `${NAME}`; systemd sets
+/// them for `LoadCredential=`, `RuntimeDirectory=` and `StateDirectory=`.
+pub const PATH_VARIABLES: &[&str] = &[
+    "CREDENTIALS_DIRECTORY",
+    "RUNTIME_DIRECTORY",
+    "STATE_DIRECTORY",
+];
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/tokenkeeper";
