@@ -1,7 +1,7 @@
 //! One client's table: its endpoint, authentication, grant, request and
 //! refresh policy, and its outputs.
 
-use crate::config::presets::Preset;
+use crate::config::presets::{Preset, PresetDefaults};
 use crate::config::raw::{GrantKind, RawClient, S};
 use crate::grant::http::acceptable_scheme;
 use crate::grant::{ClientAuth, Encoding, Endpoint, ResponseMapping};
@@ -32,71 +32,156 @@ pub(super) fn validate_client(
     c: &RawClient,
     d: ClientDefaults,
 ) -> Option<ClientPlan> {
-    let key = |k: &str| format!("{ck}.{k}");
+    let cx = Cx::new(ck, c);
+    let endpoint = check_endpoint(v, &cx);
+    let (auth, encoding, client_id, client_secret) = check_auth(v, &cx);
+    let grant = check_grant(v, &cx);
+    let request = check_request(v, &cx);
+    let (policy, timeout, default_lifetime) = check_policy(v, &cx, &d);
+    let ca_file = c.ca_file.as_ref().and_then(|f| {
+        v.path(f, &cx.key("ca_file")).map(|p| Located {
+            value: p,
+            span: f.span(),
+            key: cx.key("ca_file"),
+        })
+    });
+    let outputs = check_outputs(v, &cx);
 
-    let preset = c.preset.as_ref().map(|p| *p.get_ref());
-    let grant_kind = c
-        .grant_type
-        .as_ref()
-        .map(|g| *g.get_ref())
-        .or(preset.map(Preset::default_grant))
-        .unwrap_or(GrantKind::ClientCredentials);
-    let pd = preset.map(|p| p.defaults(grant_kind)).unwrap_or_default();
-    // "is required" messages name the preset's reason when there is one
-    let required = |k: &str, generic: String| match preset.and_then(|p| p.explain(grant_kind, k)) {
-        Some(why) => format!("is required: {why}"),
-        None => generic,
-    };
-    let grant_span = c
-        .grant_type
-        .as_ref()
-        .map(|g| g.span())
-        .or(c.preset.as_ref().map(|p| p.span()));
+    // (a client with errors still has a plan, built from what is valid and
+    // defaults for the rest: `build` then checks what it can — groups,
+    // secret files — so every error shows at once. Such a plan never runs:
+    // the diagnostics refuse the config.)
+    Some(ClientPlan {
+        name: name.to_string(),
+        endpoint: endpoint?,
+        allow_insecure_http: cx.allow_http,
+        token_type: request.token_type,
+        grant: grant?,
+        client_id,
+        client_secret,
+        auth,
+        encoding,
+        scope: c.scope.as_ref().map(|s| s.get_ref().clone()),
+        scope_param: request.scope_param,
+        refresh_token_param: request.refresh_token_param,
+        params: request.params,
+        headers: request.headers,
+        response: request.response,
+        timeout,
+        ca_file,
+        default_lifetime,
+        policy,
+        outputs,
+    })
+}
 
-    let allow_http = c.allow_insecure_http.as_ref().is_some_and(|a| *a.get_ref());
-    let check_url = |v: &mut Validator<'_>,
-                     value: &str,
-                     span: Option<Range<usize>>,
-                     k: &str|
-     -> Option<Url> {
-        let complain = |v: &mut Validator<'_>, message: String| {
-            v.error(span.clone(), &key(k), message);
-        };
-        match Url::parse(value) {
-            Ok(url) if acceptable_scheme(&url, allow_http) => Some(url),
-            Ok(url) if url.scheme() == "http" => {
-                complain(v, "plain http:// would send credentials in the clear; use https://, or set allow_insecure_http = true (loopback hosts are always allowed)".into());
-                None
-            }
-            Ok(url) => {
-                complain(
-                    v,
-                    format!("scheme {:?} is not supported; use https://", url.scheme()),
-                );
-                None
-            }
-            Err(e) => {
-                complain(v, format!("not a URL: {e}"));
-                None
-            }
+/// What every check of one client's table knows: where it is, its raw
+/// table, and what its preset and grant make of it.
+struct Cx<'c> {
+    /// `clients.NAME`
+    ck: &'c str,
+    c: &'c RawClient,
+    preset: Option<Preset>,
+    grant_kind: GrantKind,
+    pd: PresetDefaults,
+    /// Where the grant was chosen (`grant_type`, else `preset`).
+    grant_span: Option<Range<usize>>,
+    allow_http: bool,
+}
+
+impl<'c> Cx<'c> {
+    fn new(ck: &'c str, c: &'c RawClient) -> Cx<'c> {
+        let preset = c.preset.as_ref().map(|p| *p.get_ref());
+        let grant_kind = c
+            .grant_type
+            .as_ref()
+            .map(|g| *g.get_ref())
+            .or(preset.map(Preset::default_grant))
+            .unwrap_or(GrantKind::ClientCredentials);
+        Cx {
+            ck,
+            c,
+            preset,
+            grant_kind,
+            pd: preset.map(|p| p.defaults(grant_kind)).unwrap_or_default(),
+            grant_span: c
+                .grant_type
+                .as_ref()
+                .map(|g| g.span())
+                .or(c.preset.as_ref().map(|p| p.span())),
+            allow_http: c.allow_insecure_http.as_ref().is_some_and(|a| *a.get_ref()),
         }
-    };
-    let endpoint = if grant_kind == GrantKind::Static {
+    }
+
+    fn key(&self, k: &str) -> String {
+        format!("{}.{k}", self.ck)
+    }
+
+    /// An "is required" message: the preset's reason when it has one.
+    fn required(&self, k: &str, generic: String) -> String {
+        match self.preset.and_then(|p| p.explain(self.grant_kind, k)) {
+            Some(why) => format!("is required: {why}"),
+            None => generic,
+        }
+    }
+
+    /// `value` as the URL of `k`, if it is one the client may send credentials to.
+    fn url(
+        &self,
+        v: &mut Validator<'_>,
+        value: &str,
+        span: Option<Range<usize>>,
+        k: &str,
+    ) -> Option<Url> {
+        let message = match Url::parse(value) {
+            Ok(url) if acceptable_scheme(&url, self.allow_http) => return Some(url),
+            Ok(url) if url.scheme() == "http" => "plain http:// would send credentials in the clear; use https://, or set allow_insecure_http = true (loopback hosts are always allowed)".to_string(),
+            Ok(url) => format!("scheme {:?} is not supported; use https://", url.scheme()),
+            Err(e) => format!("not a URL: {e}"),
+        };
+        v.error(span, &self.key(k), message);
+        None
+    }
+
+    /// A parameter name that must not be empty, else `default`.
+    fn nonempty(
+        &self,
+        v: &mut Validator<'_>,
+        s: &S<String>,
+        k: &str,
+        default: &'static str,
+    ) -> Cow<'static, str> {
+        match s {
+            Some(x) if x.get_ref().trim().is_empty() => {
+                v.error(x.span(), &self.key(k), "must not be empty");
+                default.into()
+            }
+            Some(x) => x.get_ref().clone().into(),
+            None => default.into(),
+        }
+    }
+}
+
+/// Where tokens come from: `token_url`, `issuer` (discovery), the preset's
+/// endpoint, or a static token's file.
+fn check_endpoint(v: &mut Validator<'_>, cx: &Cx<'_>) -> Option<Endpoint> {
+    let (c, pd, grant_kind, grant_span) = (cx.c, &cx.pd, cx.grant_kind, &cx.grant_span);
+    if grant_kind == GrantKind::Static {
         for (field, k) in [(&c.token_url, "token_url"), (&c.issuer, "issuer")] {
             if let Some(f) = field {
                 v.error(
                     f.span(),
-                    &key(k),
+                    &cx.key(k),
                     "a static token is read from token_file; it has no endpoint",
                 );
             }
         }
         match &c.token_file {
-            Some(f) => v.path(f, &key("token_file")).map(Endpoint::StaticFile),
+            Some(f) => v.path(f, &cx.key("token_file")).map(Endpoint::StaticFile),
             None => {
                 v.error(
                     grant_span.clone(),
-                    &key("token_file"),
+                    &cx.key("token_file"),
                     "is required with grant_type = \"static\" (the file holding the key)",
                 );
                 None
@@ -106,7 +191,7 @@ pub(super) fn validate_client(
         if let Some(f) = &c.token_file {
             v.error(
                 f.span(),
-                &key("token_file"),
+                &cx.key("token_file"),
                 "applies only to grant_type = \"static\"",
             );
         }
@@ -114,32 +199,47 @@ pub(super) fn validate_client(
             (Some(_), Some(i)) => {
                 v.error(
                     i.span(),
-                    &key("issuer"),
+                    &cx.key("issuer"),
                     "set only one of token_url, issuer",
                 );
                 None
             }
-            (Some(u), None) => {
-                check_url(v, u.get_ref(), Some(u.span()), "token_url").map(Endpoint::TokenUrl)
-            }
-            (None, Some(i)) => {
-                check_url(v, i.get_ref(), Some(i.span()), "issuer").map(Endpoint::Issuer)
-            }
+            (Some(u), None) => cx
+                .url(v, u.get_ref(), Some(u.span()), "token_url")
+                .map(Endpoint::TokenUrl),
+            (None, Some(i)) => cx
+                .url(v, i.get_ref(), Some(i.span()), "issuer")
+                .map(Endpoint::Issuer),
             (None, None) => match pd.token_url {
-                Some(default) => check_url(v, default, None, "token_url").map(Endpoint::TokenUrl),
+                Some(default) => cx
+                    .url(v, default, None, "token_url")
+                    .map(Endpoint::TokenUrl),
                 None => {
-                    let message = required("token_url", "token_url (or issuer) is required".into());
+                    let message =
+                        cx.required("token_url", "token_url (or issuer) is required".into());
                     v.error(
                         c.preset.as_ref().map(|p| p.span()),
-                        &key("token_url"),
+                        &cx.key("token_url"),
                         message,
                     );
                     None
                 }
             },
         }
-    };
+    }
+}
 
+/// How the client authenticates: `auth`, `encoding`, its id and secret.
+fn check_auth(
+    v: &mut Validator<'_>,
+    cx: &Cx<'_>,
+) -> (
+    ClientAuth,
+    Encoding,
+    Option<String>,
+    Option<Located<SecretSource>>,
+) {
+    let (c, pd, grant_kind, grant_span, ck) = (cx.c, &cx.pd, cx.grant_kind, &cx.grant_span, cx.ck);
     let auth = c
         .auth
         .as_ref()
@@ -173,13 +273,13 @@ pub(super) fn validate_client(
                 "body"
             };
             if client_id.is_none() {
-                let message = required(
+                let message = cx.required(
                     "client_id",
                     format!("is required with auth = \"{auth_name}\""),
                 );
                 v.error(
                     c.auth.as_ref().map(|a| a.span()).or(grant_span.clone()),
-                    &key("client_id"),
+                    &cx.key("client_id"),
                     message,
                 );
             }
@@ -187,13 +287,13 @@ pub(super) fn validate_client(
                 && c.client_secret_env.is_none()
                 && c.client_secret.is_none()
             {
-                let message = required("client_secret", "one of client_secret_file, client_secret_env or client_secret is required (or auth = \"none\" for a public client)".into());
+                let message = cx.required("client_secret", "one of client_secret_file, client_secret_env or client_secret is required (or auth = \"none\" for a public client)".into());
                 v.error(
                     c.client_id
                         .as_ref()
                         .map(|s| s.span())
                         .or(grant_span.clone()),
-                    &key("client_secret"),
+                    &cx.key("client_secret"),
                     message,
                 );
             }
@@ -205,6 +305,13 @@ pub(super) fn validate_client(
         }
     }
 
+    (auth, encoding, client_id, client_secret)
+}
+
+/// The grant and its own keys (`username`, `password*`,
+/// `refresh_token_file`), and no key of another grant.
+fn check_grant(v: &mut Validator<'_>, cx: &Cx<'_>) -> Option<GrantPlan> {
+    let (c, pd, grant_kind, grant_span, ck) = (cx.c, &cx.pd, cx.grant_kind, &cx.grant_span, cx.ck);
     let password = v.secret_source(
         &c.password_file,
         &c.password_env,
@@ -222,37 +329,38 @@ pub(super) fn validate_client(
             }),
             (u, p) => {
                 if u.is_none() {
-                    let message = required(
+                    let message = cx.required(
                         "username",
                         "is required with grant_type = \"password\"".into(),
                     );
-                    v.error(grant_span.clone(), &key("username"), message);
+                    v.error(grant_span.clone(), &cx.key("username"), message);
                 }
                 if p.is_none()
                     && c.password_file.is_none()
                     && c.password_env.is_none()
                     && c.password.is_none()
                 {
-                    let message = required("password", "one of password_file, password_env or password is required with grant_type = \"password\"".into());
-                    v.error(grant_span.clone(), &key("password"), message);
+                    let message = cx.required("password", "one of password_file, password_env or password is required with grant_type = \"password\"".into());
+                    v.error(grant_span.clone(), &cx.key("password"), message);
                 }
                 None
             }
         },
         GrantKind::RefreshToken => {
             match &c.refresh_token_file {
-                Some(f) => v
-                    .path(f, &key("refresh_token_file"))
-                    .map(|p| GrantPlan::RefreshToken {
-                        initial: Located {
-                            value: SecretSource::File(p),
-                            span: f.span(),
-                            key: key("refresh_token_file"),
-                        },
-                    }),
+                Some(f) => {
+                    v.path(f, &cx.key("refresh_token_file"))
+                        .map(|p| GrantPlan::RefreshToken {
+                            initial: Located {
+                                value: SecretSource::File(p),
+                                span: f.span(),
+                                key: cx.key("refresh_token_file"),
+                            },
+                        })
+                }
                 None => {
-                    let message = required("refresh_token_file", "is required with grant_type = \"refresh_token\" (the initial refresh token)".into());
-                    v.error(grant_span.clone(), &key("refresh_token_file"), message);
+                    let message = cx.required("refresh_token_file", "is required with grant_type = \"refresh_token\" (the initial refresh token)".into());
+                    v.error(grant_span.clone(), &cx.key("refresh_token_file"), message);
                     None
                 }
             }
@@ -268,7 +376,7 @@ pub(super) fn validate_client(
             if let Some(f) = field {
                 v.error(
                     f.span(),
-                    &key(k),
+                    &cx.key(k),
                     "applies only to grant_type = \"password\"",
                 );
             }
@@ -278,21 +386,42 @@ pub(super) fn validate_client(
         if let Some(f) = &c.refresh_token_file {
             v.error(
                 f.span(),
-                &key("refresh_token_file"),
+                &cx.key("refresh_token_file"),
                 "applies only to grant_type = \"refresh_token\"",
             );
         }
     }
     if pd.scope_required && c.scope.is_none() {
-        let message = required("scope", "is required".into());
-        v.error(c.preset.as_ref().map(|p| p.span()), &key("scope"), message);
+        let message = cx.required("scope", "is required".into());
+        v.error(
+            c.preset.as_ref().map(|p| p.span()),
+            &cx.key("scope"),
+            message,
+        );
     }
+    grant
+}
+
+/// The request's shape beyond the grant.
+struct RequestShape {
+    token_type: Option<String>,
+    scope_param: Cow<'static, str>,
+    refresh_token_param: Cow<'static, str>,
+    params: BTreeMap<String, String>,
+    headers: BTreeMap<String, String>,
+    response: ResponseMapping,
+}
+
+/// `token_type`, parameter names, extra `params` and `headers`, and where
+/// the answer's fields are (`response`).
+fn check_request(v: &mut Validator<'_>, cx: &Cx<'_>) -> RequestShape {
+    let (c, pd) = (cx.c, &cx.pd);
     let token_type = match &c.token_type {
         Some(t) if crate::grant::response::is_token68(t.get_ref()) => Some(t.get_ref().clone()),
         Some(t) => {
             v.error(
                 t.span(),
-                &key("token_type"),
+                &cx.key("token_type"),
                 format!(
                     "{:?} is not an HTTP authorization scheme (letters, digits, -._~+/)",
                     t.get_ref()
@@ -303,27 +432,13 @@ pub(super) fn validate_client(
         None => None,
     };
 
-    let nonempty = |v: &mut Validator<'_>,
-                    s: &S<String>,
-                    k: &str,
-                    default: &'static str|
-     -> Cow<'static, str> {
-        match s {
-            Some(x) if x.get_ref().trim().is_empty() => {
-                v.error(x.span(), &key(k), "must not be empty");
-                default.into()
-            }
-            Some(x) => x.get_ref().clone().into(),
-            None => default.into(),
-        }
-    };
-    let scope_param = nonempty(
+    let scope_param = cx.nonempty(
         v,
         &c.scope_param,
         "scope_param",
         pd.scope_param.unwrap_or("scope"),
     );
-    let refresh_token_param = nonempty(
+    let refresh_token_param = cx.nonempty(
         v,
         &c.refresh_token_param,
         "refresh_token_param",
@@ -338,7 +453,7 @@ pub(super) fn validate_client(
         if p.get_ref().keys().any(|k| k.is_empty()) {
             v.error(
                 p.span(),
-                &key("params"),
+                &cx.key("params"),
                 "parameter names must not be empty",
             );
         }
@@ -359,11 +474,11 @@ pub(super) fn validate_client(
             if !header_name_ok(n) {
                 v.error(
                     h.span(),
-                    &key("headers"),
+                    &cx.key("headers"),
                     format!("{n:?} is not a valid HTTP header name"),
                 );
             } else if !header_value_ok(val) {
-                v.error(h.span(), &key("headers"), format!("the value of {n} is not a valid HTTP header value (no line breaks or control characters)"));
+                v.error(h.span(), &cx.key("headers"), format!("the value of {n} is not a valid HTTP header value (no line breaks or control characters)"));
             }
         }
     }
@@ -396,7 +511,7 @@ pub(super) fn validate_client(
                 if !p.get_ref().starts_with('/') {
                     v.error(
                         p.span(),
-                        &key(&format!("response.{k}")),
+                        &cx.key(&format!("response.{k}")),
                         format!(
                             "{:?} is not a JSON Pointer; write e.g. \"/{}\"",
                             p.get_ref(),
@@ -409,9 +524,27 @@ pub(super) fn validate_client(
         }
     }
 
+    RequestShape {
+        token_type,
+        scope_param,
+        refresh_token_param,
+        params,
+        headers,
+        response,
+    }
+}
+
+/// The refresh policy, `timeout` and `default_lifetime`, each against the
+/// others.
+fn check_policy(
+    v: &mut Validator<'_>,
+    cx: &Cx<'_>,
+    d: &ClientDefaults,
+) -> (Policy, Duration, Duration) {
+    let c = cx.c;
     let policy_base = Policy::default();
     let refresh_ratio = match (&c.refresh_ratio, &d.ratio) {
-        (Some(r), _) => Some((*r.get_ref(), r.span(), key("refresh_ratio"))),
+        (Some(r), _) => Some((*r.get_ref(), r.span(), cx.key("refresh_ratio"))),
         (None, Some(dr)) => Some(dr.clone()),
         (None, None) => None,
     };
@@ -435,54 +568,54 @@ pub(super) fn validate_client(
         refresh_before: v.duration(
             &c.refresh_before,
             Some(d.before),
-            &key("refresh_before"),
+            &cx.key("refresh_before"),
             d.before,
         ),
-        min_interval: v.duration(&c.min_interval, Some(d.min), &key("min_interval"), d.min),
+        min_interval: v.duration(&c.min_interval, Some(d.min), &cx.key("min_interval"), d.min),
         backoff_initial: v.duration(
             &c.backoff_initial,
             Some(d.binit),
-            &key("backoff_initial"),
+            &cx.key("backoff_initial"),
             d.binit,
         ),
-        backoff_max: v.duration(&c.backoff_max, Some(d.bmax), &key("backoff_max"), d.bmax),
-        min_valid: v.duration(&c.min_valid, None, &key("min_valid"), Duration::ZERO),
+        backoff_max: v.duration(&c.backoff_max, Some(d.bmax), &cx.key("backoff_max"), d.bmax),
+        min_valid: v.duration(&c.min_valid, None, &cx.key("min_valid"), Duration::ZERO),
         max_lifetime: v.duration(
             &c.max_lifetime,
             Some(d.max_lifetime),
-            &key("max_lifetime"),
+            &cx.key("max_lifetime"),
             d.max_lifetime,
         ),
     };
-    let timeout = v.duration(&c.timeout, Some(d.timeout), &key("timeout"), d.timeout);
+    let timeout = v.duration(&c.timeout, Some(d.timeout), &cx.key("timeout"), d.timeout);
     let default_lifetime = v.duration(
         &c.default_lifetime,
         Some(d.lifetime),
-        &key("default_lifetime"),
+        &cx.key("default_lifetime"),
         d.lifetime,
     );
     let span_of = |own: &S<String>| own.as_ref().map(|s| s.span());
     if !policy.min_valid.is_zero() && policy.min_valid >= default_lifetime {
-        v.error(span_of(&c.min_valid), &key("min_valid"), format!(
+        v.error(span_of(&c.min_valid), &cx.key("min_valid"), format!(
                 "{} is not shorter than default_lifetime {}: no token of that lifetime could ever be written",
                 humantime::format_duration(policy.min_valid),
                 humantime::format_duration(default_lifetime)
             ));
     }
     if policy.min_interval.is_zero() {
-        v.error(span_of(&c.min_interval), &key("min_interval"), "must be more than zero: it is what keeps a short-lived token from turning into a tight loop");
+        v.error(span_of(&c.min_interval), &cx.key("min_interval"), "must be more than zero: it is what keeps a short-lived token from turning into a tight loop");
     }
     if policy.backoff_initial.is_zero() {
         v.error(
             span_of(&c.backoff_initial),
-            &key("backoff_initial"),
+            &cx.key("backoff_initial"),
             "must be more than zero",
         );
     }
     if policy.backoff_max < policy.backoff_initial {
         v.error(
             span_of(&c.backoff_max),
-            &key("backoff_max"),
+            &cx.key("backoff_max"),
             format!(
                 "{} is less than backoff_initial {}",
                 humantime::format_duration(policy.backoff_max),
@@ -493,32 +626,30 @@ pub(super) fn validate_client(
     if timeout.is_zero() {
         v.error(
             span_of(&c.timeout),
-            &key("timeout"),
+            &cx.key("timeout"),
             "must be more than zero",
         );
     }
     if default_lifetime.is_zero() {
         v.error(
             span_of(&c.default_lifetime),
-            &key("default_lifetime"),
+            &cx.key("default_lifetime"),
             "must be more than zero",
         );
     } else if policy.min_interval >= default_lifetime {
-        v.error(span_of(&c.min_interval).or(span_of(&c.default_lifetime)), &key("min_interval"), format!(
+        v.error(span_of(&c.min_interval).or(span_of(&c.default_lifetime)), &cx.key("min_interval"), format!(
                 "{} is not shorter than default_lifetime {}: a token of that lifetime would always expire before its refresh",
                 humantime::format_duration(policy.min_interval),
                 humantime::format_duration(default_lifetime)
             ));
     }
 
-    let ca_file = c.ca_file.as_ref().and_then(|f| {
-        v.path(f, &key("ca_file")).map(|p| Located {
-            value: p,
-            span: f.span(),
-            key: key("ca_file"),
-        })
-    });
+    (policy, timeout, default_lifetime)
+}
 
+/// The client's outputs: at least one.
+fn check_outputs(v: &mut Validator<'_>, cx: &Cx<'_>) -> Vec<OutputPlan> {
+    let (c, ck) = (cx.c, cx.ck);
     let mut outputs = Vec::new();
     match &c.outputs {
         Some(list) if !list.get_ref().is_empty() => {
@@ -530,40 +661,15 @@ pub(super) fn validate_client(
         }
         Some(list) => v.error(
             list.span(),
-            &key("outputs"),
+            &cx.key("outputs"),
             "at least one output is required",
         ),
         None => v.error(
             None,
-            &key("outputs"),
+            &cx.key("outputs"),
             "at least one [[clients.NAME.outputs]] table is required",
         ),
     }
 
-    // (a client with errors still has a plan, built from what is valid and
-    // defaults for the rest: `build` then checks what it can — groups,
-    // secret files — so every error shows at once. Such a plan never runs:
-    // the diagnostics refuse the config.)
-    Some(ClientPlan {
-        name: name.to_string(),
-        endpoint: endpoint?,
-        allow_insecure_http: allow_http,
-        token_type,
-        grant: grant?,
-        client_id,
-        client_secret,
-        auth,
-        encoding,
-        scope: c.scope.as_ref().map(|s| s.get_ref().clone()),
-        scope_param,
-        refresh_token_param,
-        params,
-        headers,
-        response,
-        timeout,
-        ca_file,
-        default_lifetime,
-        policy,
-        outputs,
-    })
+    outputs
 }
