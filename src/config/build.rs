@@ -66,30 +66,39 @@ impl Builder<'_> {
         Some(Secret::new(value))
     }
 
+    /// A user or group id: a number as it is, else `name` looked up.
+    fn id(
+        &mut self,
+        name: &Located<String>,
+        what: &str,
+        lookup: impl FnOnce(&str) -> Option<u32>,
+    ) -> Option<u32> {
+        if let Ok(id) = name.value.parse::<u32>() {
+            return Some(id);
+        }
+        let found = lookup(&name.value);
+        if found.is_none() {
+            self.error(name, format!("no {what} named {:?}", name.value));
+        }
+        found
+    }
+
     fn user(&mut self, name: &Located<String>) -> Option<u32> {
-        if let Ok(uid) = name.value.parse::<u32>() {
-            return Some(uid);
-        }
-        match nix::unistd::User::from_name(&name.value) {
-            Ok(Some(u)) => Some(u.uid.as_raw()),
-            _ => {
-                self.error(name, format!("no user named {:?}", name.value));
-                None
-            }
-        }
+        self.id(name, "user", |n| {
+            nix::unistd::User::from_name(n)
+                .ok()
+                .flatten()
+                .map(|u| u.uid.as_raw())
+        })
     }
 
     fn group(&mut self, name: &Located<String>) -> Option<u32> {
-        if let Ok(gid) = name.value.parse::<u32>() {
-            return Some(gid);
-        }
-        match nix::unistd::Group::from_name(&name.value) {
-            Ok(Some(g)) => Some(g.gid.as_raw()),
-            _ => {
-                self.error(name, format!("no group named {:?}", name.value));
-                None
-            }
-        }
+        self.id(name, "group", |n| {
+            nix::unistd::Group::from_name(n)
+                .ok()
+                .flatten()
+                .map(|g| g.gid.as_raw())
+        })
     }
 
     fn ca(&mut self, file: &Option<Located<PathBuf>>) -> Option<Option<Arc<CaBundle>>> {

@@ -14,6 +14,7 @@ use url::Url;
 
 use super::*;
 
+/// What every client inherits from `[defaults]` (or the built-in policy).
 pub(super) struct ClientDefaults {
     pub(super) ratio: Option<(f64, Range<usize>, String)>,
     pub(super) before: Duration,
@@ -30,14 +31,14 @@ pub(super) fn validate_client(
     name: &str,
     ck: &str,
     c: &RawClient,
-    d: ClientDefaults,
+    d: &ClientDefaults,
 ) -> Option<ClientPlan> {
     let cx = Cx::new(ck, c);
     let endpoint = check_endpoint(v, &cx);
     let (auth, encoding, client_id, client_secret) = check_auth(v, &cx);
     let grant = check_grant(v, &cx);
     let request = check_request(v, &cx);
-    let (policy, timeout, default_lifetime) = check_policy(v, &cx, &d);
+    let (policy, timeout, default_lifetime) = check_policy(v, &cx, d);
     let ca_file = c.ca_file.as_ref().and_then(|f| {
         v.path(f, &cx.key("ca_file")).map(|p| Located {
             value: p,

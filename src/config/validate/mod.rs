@@ -284,52 +284,47 @@ pub fn validate(
 
     let defaults = &raw.defaults;
     let base_policy = Policy::default();
-    let d_ratio = defaults
-        .refresh_ratio
-        .as_ref()
-        .map(|r| (*r.get_ref(), r.span(), "defaults.refresh_ratio".to_string()));
-    let d_before = v.duration(
-        &defaults.refresh_before,
-        None,
-        "defaults.refresh_before",
-        base_policy.refresh_before,
-    );
-    let d_min = v.duration(
-        &defaults.min_interval,
-        None,
-        "defaults.min_interval",
-        base_policy.min_interval,
-    );
-    let d_timeout = v.duration(
-        &defaults.timeout,
-        None,
-        "defaults.timeout",
-        Duration::from_secs(30),
-    );
-    let d_binit = v.duration(
-        &defaults.backoff_initial,
-        None,
-        "defaults.backoff_initial",
-        base_policy.backoff_initial,
-    );
-    let d_bmax = v.duration(
-        &defaults.backoff_max,
-        None,
-        "defaults.backoff_max",
-        base_policy.backoff_max,
-    );
-    let d_lifetime = v.duration(
-        &defaults.default_lifetime,
-        None,
-        "defaults.default_lifetime",
-        Duration::from_secs(3600),
-    );
-    let d_max_lifetime = v.duration(
-        &defaults.max_lifetime,
-        None,
-        "defaults.max_lifetime",
-        base_policy.max_lifetime,
-    );
+    // what every client inherits: `[defaults]`, else the built-in policy
+    let mut inherited = |value: &S<String>, k: &str, default: Duration| {
+        v.duration(value, None, &format!("defaults.{k}"), default)
+    };
+    let client_defaults = ClientDefaults {
+        ratio: defaults
+            .refresh_ratio
+            .as_ref()
+            .map(|r| (*r.get_ref(), r.span(), "defaults.refresh_ratio".to_string())),
+        before: inherited(
+            &defaults.refresh_before,
+            "refresh_before",
+            base_policy.refresh_before,
+        ),
+        min: inherited(
+            &defaults.min_interval,
+            "min_interval",
+            base_policy.min_interval,
+        ),
+        timeout: inherited(&defaults.timeout, "timeout", Duration::from_secs(30)),
+        binit: inherited(
+            &defaults.backoff_initial,
+            "backoff_initial",
+            base_policy.backoff_initial,
+        ),
+        bmax: inherited(
+            &defaults.backoff_max,
+            "backoff_max",
+            base_policy.backoff_max,
+        ),
+        lifetime: inherited(
+            &defaults.default_lifetime,
+            "default_lifetime",
+            Duration::from_secs(3600),
+        ),
+        max_lifetime: inherited(
+            &defaults.max_lifetime,
+            "max_lifetime",
+            base_policy.max_lifetime,
+        ),
+    };
 
     if raw.clients.is_empty() && raw.unreadable_clients == 0 {
         v.error(
@@ -350,22 +345,7 @@ pub fn validate(
                 "client names may use only letters, digits, `_` and `-`",
             );
         }
-        let plan = validate_client(
-            &mut v,
-            name.get_ref(),
-            &ck,
-            c,
-            ClientDefaults {
-                ratio: d_ratio.clone(),
-                before: d_before,
-                min: d_min,
-                timeout: d_timeout,
-                binit: d_binit,
-                bmax: d_bmax,
-                lifetime: d_lifetime,
-                max_lifetime: d_max_lifetime,
-            },
-        );
+        let plan = validate_client(&mut v, name.get_ref(), &ck, c, &client_defaults);
         if let Some(plan) = plan {
             for (i, out) in plan.outputs.iter().enumerate() {
                 if let Some(first) = output_paths.get(&out.identity) {
