@@ -265,7 +265,18 @@ fn a_restart_with_a_valid_cached_token_makes_no_request() {
     wait_until("the output rewritten from the cache", WAIT, || {
         sb.read("a.token").is_some()
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // the task's plan, as it logged it: the next refresh is most of an hour away
+    let logs = daemon.logs();
+    let next: u64 = logs
+        .lines()
+        .find(|l| l.contains("using the cached token"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("next_refresh_in_s="))
+        })
+        .and_then(|n| n.parse().ok())
+        .expect("the plan in the log");
+    assert!(next > 1800, "next refresh in {next} s");
     assert_eq!(server.count(), 1, "no request after a restart");
     assert_eq!(token_number(&sb.read("a.token").unwrap()), Some(1));
     daemon.stop();

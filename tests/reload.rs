@@ -5,7 +5,6 @@ use crate::util::*;
 use nix::sys::signal::Signal;
 use std::fs;
 use std::io::Write;
-use std::time::Duration;
 
 fn three(server: &FaultServer) -> String {
     [
@@ -39,7 +38,16 @@ fn check_diff_applied(sb: &Sandbox, server: &FaultServer, daemon: &Daemon) {
     wait_until("the changed client refetched", WAIT, || {
         server.count_path("/b") == 2
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // the supervisor's decision, not a pause long enough to see a request:
+    // `a` is left alone
+    daemon.wait_until("the reload's diff in the log", || {
+        daemon.logs().lines().any(|l| {
+            l.contains("config applied")
+                && ["added=1", "changed=1", "removed=1", "unchanged=1"]
+                    .iter()
+                    .all(|f| l.contains(f))
+        })
+    });
     assert_eq!(
         server.count_path("/a"),
         1,
@@ -88,7 +96,12 @@ fn sighup_reloads_and_picks_up_a_rotated_secret_file() {
     wait_until("two tokens", WAIT, || server.count() == 2);
     // the watcher looks at the config file only: a secret file change waits for SIGHUP
     sb.write("b.secret", "second-Secret-Value\n");
-    std::thread::sleep(Duration::from_millis(500));
+    daemon.wait_until("the watcher to see the secret file and ignore it", || {
+        daemon
+            .logs()
+            .lines()
+            .any(|l| l.contains("not a change of the config; ignored") && l.contains("b.secret"))
+    });
     assert_eq!(server.count_path("/b"), 1);
     daemon.signal(Signal::SIGHUP);
     wait_until("b refetched with the new secret", WAIT, || {
@@ -104,7 +117,11 @@ fn sighup_reloads_and_picks_up_a_rotated_secret_file() {
         last.form("client_secret").as_deref(),
         Some("second-Secret-Value")
     );
-    std::thread::sleep(Duration::from_millis(300));
+    daemon.wait_until("the reload's diff in the log", || {
+        daemon.logs().lines().any(|l| {
+            l.contains("config applied") && l.contains("changed=1") && l.contains("unchanged=1")
+        })
+    });
     assert_eq!(
         server.count_path("/a"),
         1,

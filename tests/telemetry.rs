@@ -57,14 +57,13 @@ fn sample(samples: &[String], prefix: &str) -> Option<f64> {
 #[test]
 fn metrics_parse_and_show_failures_rising_while_the_upstream_fails() {
     let sb = Sandbox::new();
-    let port = free_port();
     let healthy = FaultServer::start(Some(3600));
     let failing = FaultServer::start(Some(3600));
     failing.push((0..1000).map(|_| Reply::Status(503, "down".into(), "text/plain", None)));
     sb.write(
         "config.toml",
         &format!(
-            "[daemon]\nstate_dir = \"state\"\nlisten = \"127.0.0.1:{port}\"\n\n{}{}",
+            "[daemon]\nstate_dir = \"state\"\nlisten = \"127.0.0.1:0\"\n\n{}{}",
             client("ok", &healthy.url, ""),
             client(
                 "down",
@@ -74,7 +73,7 @@ fn metrics_parse_and_show_failures_rising_while_the_upstream_fails() {
         ),
     );
     let daemon = sb.start();
-    let base = format!("http://127.0.0.1:{port}");
+    let base = format!("http://{}", daemon.listen_addr());
     wait_until("the listen address", WAIT, || {
         get(&format!("{base}/healthz")).0 != 0
     });

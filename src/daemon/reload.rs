@@ -101,8 +101,13 @@ pub fn watch_config(
         .unwrap_or_default();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
-        if let Some(change) = classify(&event, &name) {
-            let _ = tx.try_send(change);
+        match classify(&event, &name) {
+            Some(change) => {
+                let _ = tx.try_send(change);
+            }
+            None => {
+                tracing::trace!(paths = ?event.paths, "an event in the config's directory that is not a change of the config; ignored")
+            }
         }
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
