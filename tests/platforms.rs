@@ -337,6 +337,14 @@ fn preset_client(name: &str, preset: &str, url_key: &str, url: &str, extra: &str
 
 const CREDS: &str = "client_id = \"app-id\"\nclient_secret = \"app-Secret-Value\"";
 
+/// `once` with `config` fails (exit 1) and says `says` on stderr.
+#[track_caller]
+fn once_refused(sb: &Sandbox, config: &str, says: &str) {
+    let (code, stderr, _) = once(sb, config);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains(says), "{stderr}");
+}
+
 /// `once` for one client: (exit status, stderr, the token written).
 fn once(sb: &Sandbox, config: &str) -> (i32, String, Option<String>) {
     sb.write_config(config);
@@ -370,7 +378,7 @@ fn plentymarkets_form_body_credentials() {
     );
     assert_eq!(code, 0, "{stderr}");
     assert!(token.unwrap().starts_with("tok-plenty-"));
-    let (code, stderr, _) = once(
+    once_refused(
         &sb,
         &preset_client(
             "plenty",
@@ -379,11 +387,7 @@ fn plentymarkets_form_body_credentials() {
             &url,
             &format!("{CREDS}\nauth = \"basic\""),
         ),
-    );
-    assert_eq!(code, 1);
-    assert!(
-        stderr.contains("HTTP 400 invalid_request: client credentials belong in the body"),
-        "{stderr}"
+        "HTTP 400 invalid_request: client credentials belong in the body",
     );
 }
 
@@ -401,7 +405,7 @@ fn jtl_cloud_basic_auth_and_the_tenant_header() {
         sb.read("jtl.header").unwrap(),
         format!("Authorization: Bearer {token}\nX-Tenant-ID: tenant-42\n")
     );
-    let (code, stderr, _) = once(
+    once_refused(
         &sb,
         &preset_client(
             "jtl",
@@ -410,11 +414,7 @@ fn jtl_cloud_basic_auth_and_the_tenant_header() {
             &url,
             &format!("{CREDS}\nauth = \"body\""),
         ),
-    );
-    assert_eq!(code, 1);
-    assert!(
-        stderr.contains("expects HTTP Basic client authentication"),
-        "{stderr}"
+        "expects HTTP Basic client authentication",
     );
 }
 
@@ -436,7 +436,7 @@ fn jtl_scx_multipart_refresh_token_and_its_own_response_fields() {
     );
     assert_eq!(code, 0, "{stderr}");
     assert!(token.unwrap().starts_with("tok-scx-"));
-    let (code, stderr, _) = once(
+    once_refused(
         &sb,
         &preset_client(
             "scx",
@@ -445,11 +445,7 @@ fn jtl_scx_multipart_refresh_token_and_its_own_response_fields() {
             &url,
             "refresh_token_file = \"scx.rt\"\nencoding = \"form\"",
         ),
-    );
-    assert_eq!(code, 1);
-    assert!(
-        stderr.contains("multipart/form-data with a refreshToken field expected"),
-        "{stderr}"
+        "multipart/form-data with a refreshToken field expected",
     );
 }
 
@@ -471,7 +467,7 @@ fn floriday_discovery_scope_and_accept_header() {
     assert_eq!(code, 0, "{stderr}");
     assert!(token.unwrap().starts_with("tok-floriday-"));
     assert_eq!(server.grants("floriday", "metadata"), 1);
-    let (code, stderr, _) = once(
+    once_refused(
         &sb,
         &preset_client(
             "flori",
@@ -480,11 +476,7 @@ fn floriday_discovery_scope_and_accept_header() {
             &issuer,
             &format!("{CREDS}\nscope = \"x\"\nheaders = {{ Accept = \"text/plain\" }}"),
         ),
-    );
-    assert_eq!(code, 1);
-    assert!(
-        stderr.contains("HTTP 406 invalid_request: Accept: application/json is required"),
-        "{stderr}"
+        "HTTP 406 invalid_request: Accept: application/json is required",
     );
     // and check explains the missing scope in one line
     sb.write_config(&preset_client(
@@ -539,7 +531,7 @@ fn shopware_password_grant_with_scopes_and_a_rotating_refresh_token() {
     );
     assert_eq!(code, 0, "{stderr}");
     // near miss: `scope` instead of `scopes`
-    let (code, stderr, _) = once(
+    once_refused(
         &sb,
         &preset_client(
             "shop",
@@ -548,9 +540,8 @@ fn shopware_password_grant_with_scopes_and_a_rotating_refresh_token() {
             &url,
             &format!("{admin}\nscope_param = \"scope\""),
         ),
+        "takes `scopes`, not `scope`",
     );
-    assert_eq!(code, 1);
-    assert!(stderr.contains("takes `scopes`, not `scope`"), "{stderr}");
     // check explains a password grant without username in one line each
     sb.write_config(&preset_client(
         "shop",
@@ -584,7 +575,7 @@ fn oro_json_bodies_password_then_refresh() {
         "oro",
         2,
     );
-    let (code, stderr, _) = once(
+    once_refused(
         &sb,
         &preset_client(
             "oro",
@@ -593,7 +584,6 @@ fn oro_json_bodies_password_then_refresh() {
             &url,
             &format!("{CREDS}\nencoding = \"form\""),
         ),
+        "oro expects a JSON body",
     );
-    assert_eq!(code, 1);
-    assert!(stderr.contains("oro expects a JSON body"), "{stderr}");
 }
