@@ -44,8 +44,14 @@ pub struct ConfigArg {
 pub enum Command {
     /// Keep every client's token fresh in its outputs until SIGTERM/SIGINT.
     Run(ConfigArg),
-    /// Fetch a token for every client, write every output, and exit.
-    Once(ConfigArg),
+    /// Fetch a token for every client (or one), write every output, and exit.
+    Once {
+        /// Only this client, as in [clients.NAME]; the others are not read.
+        #[arg(long, value_name = "NAME")]
+        client: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Validate the config (and that secret files are readable) without network.
     Check(ConfigArg),
     /// Print a currently valid access token for one client.
@@ -161,8 +167,12 @@ pub fn run(cli: Cli) -> Result<(), Exit> {
             );
             Ok(())
         }
-        Command::Once(arg) => {
-            let config = load(&arg)?;
+        Command::Once { client, config } => {
+            let arg = config;
+            let config = match &client {
+                Some(name) => load_client(name, &arg)?.0,
+                None => load(&arg)?,
+            };
             logging::init(config.daemon.log_format);
             let state = match StateStore::open(&config.daemon.state_dir) {
                 Ok(s) => Some(s),
@@ -220,33 +230,47 @@ fn reusable(
 
 /// "no client named …" for `name`, which is not among `names`.
 fn no_such_client<'a>(name: &str, arg: &ConfigArg, names: impl Iterator<Item = &'a str>) -> Exit {
+    const SHOWN: usize = 20;
     let names: Vec<&str> = names.collect();
+    let mut list = names[..names.len().min(SHOWN)].join(", ");
+    if names.len() > SHOWN {
+        list.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
     Exit::failed(format!(
-        "tokenkeeper: no client named {name:?} in {} (clients: {})",
+        "tokenkeeper: no client named {name:?} in {} (clients: {list})",
         arg.config.display(),
-        names.join(", ")
     ))
 }
 
-/// The config and `name`'s spec in it, for `token` and `refresh` (whose
-/// callers check for 0 or not: an invalid config is exit 1 for them).
+/// The config with `name`'s spec alone in it (the other clients are not
+/// read), for `token`, `refresh` and `once --client`.
 fn load_client(name: &str, arg: &ConfigArg) -> Result<(Config, Arc<config::ClientSpec>), Exit> {
-    let config = load(arg).map_err(|e| Exit::Failed(e.to_string()))?;
-    if std::env::var_os("RUST_LOG").is_some() {
-        logging::init(LogFormat::Text);
-    }
+    let found = config::load_one(&arg.config, name, &config::process_env)
+        .map_err(|e| Exit::Config(e.to_string()))?;
+    let config = match found {
+        config::One::Found(config) => config,
+        config::One::Missing(names) => {
+            return Err(no_such_client(name, arg, names.iter().map(String::as_str)));
+        }
+    };
     match config.clients.get(name).cloned() {
         Some(spec) => Ok((config, spec)),
-        None => Err(no_such_client(
-            name,
-            arg,
-            config.clients.keys().map(String::as_str),
-        )),
+        None => Err(no_such_client(name, arg, std::iter::empty())),
+    }
+}
+
+/// Logs for `token` and `refresh` only when asked (`RUST_LOG`): their
+/// stdout is a token, their stderr a script's.
+fn logs_if_asked() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        logging::init(LogFormat::Text);
     }
 }
 
 async fn token(name: &str, arg: &ConfigArg) -> Result<(), Exit> {
-    let (config, spec) = load_client(name, arg)?;
+    // (an invalid config is exit 1 here: `token`'s callers check for 0 or not)
+    let (config, spec) = load_client(name, arg).map_err(Exit::into_failure)?;
+    logs_if_asked();
     // without the lock first: a reader needs no more, and may not be the daemon's user
     let now = SystemClock.now();
     let resume = StateStore::at(&config.daemon.state_dir)
@@ -286,7 +310,8 @@ async fn refresh(name: &str, wait: Duration, arg: &ConfigArg) -> Result<(), Exit
         }
         Ok(Reply::Error { error }) => Err(Exit::failed(format!("tokenkeeper: {name}: {error}"))),
         Err(Unreachable::NoDaemon) => {
-            let (config, spec) = load_client(name, arg)?;
+            let (config, spec) = load_client(name, arg).map_err(Exit::into_failure)?;
+            logs_if_asked();
             tracing::info!(client = %name, "no daemon answers for this state_dir; fetching here");
             let min_valid = spec.policy.min_valid;
             let reuse = |t: &crate::token::Token| {

@@ -22,6 +22,15 @@ impl Exit {
         Exit::Failed(message.to_string())
     }
 
+    /// The same, with an invalid config as a plain failure (exit 1), for
+    /// commands whose callers check for 0 or not.
+    pub fn into_failure(self) -> Exit {
+        match self {
+            Exit::Config(message) => Exit::Failed(message),
+            other => other,
+        }
+    }
+
     pub fn code(&self) -> ExitCode {
         match self {
             Exit::Config(_) => ExitCode::from(2),

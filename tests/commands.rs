@@ -115,6 +115,47 @@ fn token_prints_a_valid_token_from_cache_or_by_fetching() {
 }
 
 #[test]
+fn once_client_and_token_read_one_client_and_are_not_stopped_by_another() {
+    let server = FaultServer::start(Some(3600));
+    let sb = Sandbox::new();
+    let broken = client("c", &server.at("/c"), "colour = \"blue\"");
+    sb.write_config(
+        &[
+            client("a", &server.at("/a"), ""),
+            client("b", &server.at("/b"), ""),
+            broken.clone(),
+        ]
+        .concat(),
+    );
+    // the whole config is invalid (c): `once` refuses it, exit 2
+    assert_eq!(sb.run(&["once"]).0, 2);
+    // one client is read alone: b's request, b's output, nothing else
+    let (code, _, stderr) = sb.run(&["once", "--client", "b"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!((server.count_path("/a"), server.count_path("/b")), (0, 1));
+    assert!(sb.read("b.token").is_some() && sb.read("a.token").is_none());
+    let (code, stdout, stderr) = sb.run(&["token", "a"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(token_number(stdout.trim()).is_some());
+    // the named client's own errors still stop it, with their own lines
+    let (code, _, stderr) = sb.run(&["once", "--client", "c"]);
+    assert_eq!(code, 2, "an invalid config is once's exit 2");
+    assert!(
+        stderr.contains("clients.c: unknown key `colour`"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = sb.run(&["token", "c"]);
+    assert_eq!(code, 1, "and token's exit 1");
+    assert!(
+        stderr.contains("clients.c: unknown key `colour`"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = sb.run(&["once", "--client", "nope"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("(clients: a, b, c)"), "{stderr}");
+}
+
+#[test]
 fn sigterm_stops_within_a_second_and_leaves_every_file() {
     let server = FaultServer::start(Some(3600));
     let sb = Sandbox::new();

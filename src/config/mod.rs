@@ -8,6 +8,7 @@
 //! `check` and `token`.
 
 pub mod build;
+mod one;
 pub mod presets;
 pub mod raw;
 pub mod validate;
@@ -155,7 +156,27 @@ fn plan(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(validate::Plan, Vec<Diagnostic>), Vec<Diagnostic>> {
-    let (raw, mut diagnostics) = raw::parse(text);
+    plan_only(path, text, env, None).map(|(plan, diagnostics, _)| (plan, diagnostics))
+}
+
+/// [`plan`] of `only` the named client, when it is given; also the names
+/// of the clients left out.
+fn plan_only(
+    path: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    only: Option<&str>,
+) -> Result<(validate::Plan, Vec<Diagnostic>, Vec<String>), Vec<Diagnostic>> {
+    // one client: from a view of the text with the others blanked out, when
+    // the file has the plain layout (else the whole text, reading one)
+    let view = only.and_then(|name| one::view(text, name));
+    let (mut raw, mut diagnostics) = match &view {
+        Some((view, _)) => raw::parse_only(view, only),
+        None => raw::parse_only(text, only),
+    };
+    if let Some((_, others)) = view {
+        raw.skipped_clients = others;
+    }
     if raw.not_toml {
         return Err(diagnostics);
     }
@@ -164,9 +185,14 @@ fn plan(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+    let skipped = std::mem::take(&mut raw.skipped_clients);
+    if only.is_some() && raw.clients.is_empty() && raw.unreadable_clients == 0 {
+        // not there: the caller says so, with the names there are
+        return Ok((validate::Plan::default(), Vec::new(), skipped));
+    }
     let (plan, invalid) = validate::validate(&raw, &base, env);
     diagnostics.extend(invalid);
-    Ok((plan, diagnostics))
+    Ok((plan, diagnostics, skipped))
 }
 
 /// What `tokenkeeper status` needs — `state_dir` and the clients' names —
@@ -218,8 +244,46 @@ pub fn load_str(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
     let fail = |diagnostics| ConfigError::new(path, text, diagnostics);
-    let (validate::Plan { daemon, clients }, mut diagnostics) =
-        plan(path, text, env).map_err(fail)?;
+    let (plan, diagnostics) = plan(path, text, env).map_err(fail)?;
+    built(path, text, env, plan, diagnostics)
+}
+
+/// What [`load_one`] found.
+pub enum One {
+    /// The config with that client alone.
+    Found(Config),
+    /// No such client; the names of those there are.
+    Missing(Vec<String>),
+}
+
+/// Loads the daemon settings, the defaults and the client `name` of the
+/// config at `path`, and no other client: what `token NAME` and `once
+/// --client NAME` need, at a cost that does not grow with the clients
+/// beside it (the file is still parsed as TOML, once).
+pub fn load_one(
+    path: &Path,
+    name: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<One, ConfigError> {
+    let text = read_text(path)?;
+    let fail = |diagnostics| ConfigError::new(path, &text, diagnostics);
+    let (plan, diagnostics, others) = plan_only(path, &text, env, Some(name)).map_err(fail)?;
+    if plan.clients.is_empty() && diagnostics.is_empty() {
+        return Ok(One::Missing(others));
+    }
+    built(path, &text, env, plan, diagnostics).map(One::Found)
+}
+
+/// The config built from `plan`, unless there are `diagnostics` or
+/// building finds more.
+fn built(
+    path: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    validate::Plan { daemon, clients }: validate::Plan,
+    mut diagnostics: Vec<Diagnostic>,
+) -> Result<Config, ConfigError> {
+    let fail = |diagnostics| ConfigError::new(path, text, diagnostics);
     let clients = match build::build(clients, env) {
         Ok(clients) if diagnostics.is_empty() => clients,
         Ok(_) => return Err(fail(diagnostics)),

@@ -188,6 +188,8 @@ pub struct RawConfig {
     pub unreadable_clients: usize,
     /// The text is not TOML: nothing was read, and the one error says where.
     pub not_toml: bool,
+    /// The clients [`parse_only`] left unread, by name.
+    pub skipped_clients: Vec<String>,
 }
 
 fn from_toml(e: toml::de::Error, key: &str, text: &str) -> Diagnostic {
@@ -315,6 +317,13 @@ fn output_spans(client: &DeValue<'_>) -> Vec<std::ops::Range<usize>> {
 
 /// Parses `text`; returns what could be read and every error found on the way.
 pub fn parse(text: &str) -> (RawConfig, Vec<Diagnostic>) {
+    parse_only(text, None)
+}
+
+/// [`parse`], reading of `[clients]` only the client `only` when it is
+/// given (the others' names are kept, in `skipped_clients`): `token NAME`
+/// and `once --client NAME` at 10,000 clients read one.
+pub fn parse_only(text: &str, only: Option<&str>) -> (RawConfig, Vec<Diagnostic>) {
     let mut diagnostics = Vec::new();
     let mut raw = RawConfig::default();
     let root = match DeTable::parse(text) {
@@ -341,6 +350,10 @@ pub fn parse(text: &str) -> (RawConfig, Vec<Diagnostic>) {
                         for (name, client) in table {
                             let name_span = name.span();
                             let name = name.into_inner().to_string();
+                            if only.is_some_and(|only| only != name) {
+                                raw.skipped_clients.push(name);
+                                continue;
+                            }
                             let key = format!("clients.{name}");
                             if !matches!(client.get_ref(), DeValue::Table(_)) {
                                 diagnostics.push(Diagnostic {

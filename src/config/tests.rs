@@ -627,3 +627,55 @@ fn outputs_that_meet_on_disk_are_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn one_client_is_loaded_without_the_others_and_its_errors_keep_their_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let client = |name: &str, extra: &str| {
+        format!(
+            "[clients.{name}]\ntoken_url = \"https://a.example/token\"\nclient_id = \"id\"\nclient_secret = \"s\"\n{extra}\n[[clients.{name}.outputs]]\ntype = \"file\"\npath = \"/run/tk/{name}\"\n"
+        )
+    };
+    // b is broken; a is read alone all the same
+    let text = format!(
+        "[daemon]\nstate_dir = \"/s\"\n\n{}\n{}\n{}",
+        client("a", ""),
+        client("b", "colour = 1"),
+        client("c", "refresh_ratio = 2")
+    );
+    std::fs::write(&path, &text).unwrap();
+    let one = |name: &str| load_one(&path, name, &env);
+    match one("a").unwrap() {
+        One::Found(c) => {
+            assert_eq!(c.clients.keys().collect::<Vec<_>>(), ["a"]);
+            assert_eq!(c.daemon.state_dir, Path::new("/s"));
+        }
+        One::Missing(_) => panic!("a is there"),
+    }
+    // c's own error, at its own line of the whole file
+    let Err(e) = one("c") else {
+        panic!("c is invalid")
+    };
+    let line = text.lines().position(|l| l == "refresh_ratio = 2").unwrap() + 1;
+    assert!(
+        e.to_string()
+            .contains(&format!(":{line}:17: clients.c.refresh_ratio:")),
+        "{e}"
+    );
+    assert!(
+        !e.to_string().contains("colour"),
+        "b's error is not c's: {e}"
+    );
+    match one("d").unwrap() {
+        One::Missing(names) => assert_eq!(names, ["a", "b", "c"]),
+        One::Found(_) => panic!("there is no d"),
+    }
+    // another layout: the whole file is parsed, one client still read
+    std::fs::write(
+        &path,
+        "[clients]\na = { token_url = \"https://a.example/token\", client_id = \"id\", client_secret = \"s\", outputs = [{ type = \"file\", path = \"/run/tk/a\" }] }\n",
+    )
+    .unwrap();
+    assert!(matches!(one("a").unwrap(), One::Found(c) if c.clients.len() == 1));
+}

@@ -119,7 +119,7 @@ pub struct ClientPlan {
     pub outputs: Vec<OutputPlan>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct DaemonPlan {
     pub state_dir: PathBuf,
     pub log_format: LogFormat,
@@ -128,7 +128,7 @@ pub struct DaemonPlan {
     pub check_outputs: Duration,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Plan {
     pub daemon: DaemonPlan,
     pub clients: Vec<ClientPlan>,
