@@ -77,7 +77,13 @@ pub enum Command {
         config: ConfigArg,
     },
     /// Show every client's last refresh, expiry, next refresh and last error.
-    Status(ConfigArg),
+    Status {
+        /// The same as JSON (`/status`'s form), for scripts.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Run a demo: a local token issuer and the daemon writing to ./tokenkeeper-dev/.
     Dev(crate::dev::DevArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
@@ -192,7 +198,7 @@ pub fn run(cli: Cli) -> Result<(), Exit> {
             timeout,
             config,
         } => rt.block_on(refresh(&name, timeout.into(), &config)),
-        Command::Status(arg) => status_command(&arg),
+        Command::Status { json, config } => rt.block_on(status_command(&config, json)),
         Command::Dev(args) => {
             catch_early_signals(&rt);
             rt.block_on(crate::dev::run(args))
@@ -350,35 +356,40 @@ async fn fetch_here(
     }
 }
 
-fn status_command(arg: &ConfigArg) -> Result<(), Exit> {
+async fn status_command(arg: &ConfigArg, json: bool) -> Result<(), Exit> {
     // no secret is needed to show the status, nor read
     let (state_dir, names) = config::load_names(&arg.config, &config::process_env)
         .map_err(|e| Exit::Config(e.to_string()))?;
     let store = StateStore::at(&state_dir);
     let now = unix_seconds(SystemClock.now());
-    let file = status::read_status(&store.status_path()).ok();
-    match &file {
-        Some(f) if std::path::Path::new(&format!("/proc/{}", f.pid)).exists() => {
-            println!(
-                "daemon running (pid {}), status as of {}",
-                f.pid,
-                status::relative(f.written_at, now)
-            )
-        }
-        Some(f) => println!(
+    // the running daemon's board, asked; else the file it left when it stopped
+    let live = daemon::control::status(&state_dir).await.ok();
+    let file = match live {
+        Some(_) => None,
+        None => status::read_status(&store.status_path()).ok(),
+    };
+    let header = match (&live, &file) {
+        (Some(f), _) => format!("daemon running (pid {})", f.pid),
+        // a daemon that does not answer (an earlier version) writes the file
+        (None, Some(f)) if std::path::Path::new(&format!("/proc/{}", f.pid)).exists() => format!(
+            "daemon running (pid {}), status as of {}",
+            f.pid,
+            status::relative(f.written_at, now)
+        ),
+        (None, Some(f)) => format!(
             "daemon not running; last status from {}",
             rfc3339(crate::token::from_unix_millis(f.written_at * 1000))
         ),
-        None => println!(
+        (None, None) => format!(
             "no status from a running daemon in {}; showing cached tokens",
             store.dir().display()
         ),
-    }
+    };
+    let board = live.as_ref().or(file.as_ref());
     let clients: Vec<(String, status::ClientStatus)> = names
         .into_iter()
         .map(|name| {
-            let s = file
-                .as_ref()
+            let s = board
                 .and_then(|f| f.clients.get(&name))
                 .cloned()
                 .unwrap_or_else(|| {
@@ -392,6 +403,19 @@ fn status_command(arg: &ConfigArg) -> Result<(), Exit> {
             (name, s)
         })
         .collect();
+    if json {
+        let shown = status::StatusFile {
+            pid: board.map_or(0, |f| f.pid),
+            written_at: board.map_or(now, |f| f.written_at),
+            clients: clients
+                .into_iter()
+                .collect::<std::collections::BTreeMap<_, _>>(),
+        };
+        let text = serde_json::to_string_pretty(&shown).map_err(Exit::failed)?;
+        println!("{text}");
+        return Ok(());
+    }
+    println!("{header}");
     let colour = std::io::IsTerminal::is_terminal(&std::io::stdout())
         && std::env::var_os("NO_COLOR").is_none();
     print!("{}", status::table(&clients, now, colour));

@@ -183,7 +183,7 @@ fn status_shows_a_table_of_clients() {
     wait_until("both tokens", WAIT, || {
         sb.read("a.token").is_some() && sb.read("b.token").is_some()
     });
-    // the status file is written at most once a second
+    // (asked of the daemon: live)
     wait_until("a status with both clients", WAIT, || {
         let out = sb.run(&["status"]).1;
         out.contains("daemon running")
@@ -203,9 +203,13 @@ fn status_shows_a_table_of_clients() {
         .find(|l| l.starts_with("a "))
         .expect("row for a");
     assert!(a.contains("in 59m") || a.contains("in 60m"), "{a}");
+    // a running daemon writes no status file: nothing on disk while it runs
+    assert_eq!(sb.read("state/status.json"), None);
     daemon.stop();
+    assert!(sb.read("state/status.json").is_some(), "written once, at the stop");
     let (_, stdout, _) = sb.run(&["status"]);
     assert!(stdout.contains("daemon not running"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("a ") && l.contains("in ")), "{stdout}");
 }
 
 /// `tokenkeeper dev` with 3 s tokens in the sandbox's `demo/`.

@@ -134,10 +134,9 @@ fn refresh_names_the_output_that_could_not_take_the_new_token() {
     // the other output has it
     assert_eq!(token_number(&sb.read("a.token").unwrap()), Some(2));
     // and the status says why, by a reason the metrics use too
-    daemon.wait_until("the failure's reason in the status file", || {
+    daemon.wait_until("the failure's reason in the status", || {
         let status: serde_json::Value =
-            serde_json::from_str(&sb.read("state/status.json").unwrap_or_default())
-                .unwrap_or_default();
+            serde_json::from_str(&sb.run(&["status", "--json"]).1).unwrap_or_default();
         let outputs = &status["clients"]["a"]["outputs"];
         outputs
             .as_object()

@@ -4,6 +4,8 @@
 //! A caller sends one JSON line, `{"refresh": NAME, "since": unix ms}`, and
 //! gets one back: `{"access_token", "expires_at"}` once every output of the
 //! client holds a token that arrived at or after `since`, or `{"error"}`.
+//! `{"status": true}` gets the status board as `tokenkeeper status` shows
+//! it (the daemon writes no status file while it runs).
 //! An ask raises `Asks::pending` on the status board and wakes the client
 //! task; the task's next refresh pass answers every ask made before it
 //! ended, so a hundred callers asking at once cause one request (and a
@@ -13,7 +15,7 @@
 //! daemon's user and root, as for `tokenkeeper token`), and the daemon
 //! answers only peers of its own user or root.
 
-use crate::telemetry::status::StatusBoard;
+use crate::telemetry::status::{StatusBoard, StatusFile};
 use crate::token::Token;
 use serde::{Deserialize, Serialize};
 use std::io;
@@ -38,11 +40,20 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Request {
-    refresh: String,
-    /// Unix milliseconds: a token that arrived at or after this answers.
-    since: u64,
+#[serde(untagged)]
+enum Request {
+    Refresh {
+        refresh: String,
+        /// Unix milliseconds: a token that arrived at or after this answers.
+        since: u64,
+    },
+    Status {
+        status: bool,
+    },
 }
+
+/// Longest status answer the command reads (10,000 clients are ~3 MiB).
+const MAX_STATUS: u64 = 256 << 20;
 
 /// The answer. Not `Debug`: it holds a token.
 #[derive(Serialize, Deserialize)]
@@ -177,9 +188,19 @@ async fn answer(
     let reply = match (allowed, read) {
         (false, _) => error("only the daemon's user or root may ask it for a token".into()),
         (true, Ok(Ok(_))) => match serde_json::from_str::<Request>(&line) {
-            Ok(request) => {
-                let name = request.refresh;
-                let since = crate::token::from_unix_millis(request.since as i64);
+            Ok(Request::Status { .. }) => {
+                // the board as JSON, straight from under its lock
+                if let Ok(mut json) = board.to_json() {
+                    json.push(b'\n');
+                    let _ = write.write_all(&json).await;
+                }
+                return;
+            }
+            Ok(Request::Refresh {
+                refresh: name,
+                since,
+            }) => {
+                let since = crate::token::from_unix_millis(since as i64);
                 let gone = async {
                     let mut rest = [0u8; 64];
                     while matches!(reader.read(&mut rest).await, Ok(n) if n > 0) {}
@@ -291,6 +312,25 @@ pub enum Unreachable {
 /// The command's side: asks the daemon serving `state_dir` for a token of
 /// `name` that arrived at or after `since`.
 pub async fn ask(state_dir: &Path, name: &str, since: SystemTime) -> Result<Reply, Unreachable> {
+    let request = Request::Refresh {
+        refresh: name.to_string(),
+        since: crate::token::unix_millis(since).max(0) as u64,
+    };
+    exchange(state_dir, &request, 1 << 20).await
+}
+
+/// The running daemon's status board, asked of the daemon serving `state_dir`.
+pub async fn status(state_dir: &Path) -> Result<StatusFile, Unreachable> {
+    exchange(state_dir, &Request::Status { status: true }, MAX_STATUS).await
+}
+
+/// One request to the daemon serving `state_dir`, and its one-line answer
+/// (at most `cap` bytes).
+async fn exchange<T: serde::de::DeserializeOwned>(
+    state_dir: &Path,
+    request: &Request,
+    cap: u64,
+) -> Result<T, Unreachable> {
     let path = socket_path(state_dir);
     let mut stream = UnixStream::connect(&path)
         .await
@@ -298,15 +338,11 @@ pub async fn ask(state_dir: &Path, name: &str, since: SystemTime) -> Result<Repl
             io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => Unreachable::NoDaemon,
             _ => Unreachable::Other(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
         })?;
-    let request = Request {
-        refresh: name.to_string(),
-        since: crate::token::unix_millis(since).max(0) as u64,
-    };
-    let mut line = serde_json::to_vec(&request).map_err(|e| Unreachable::Other(e.into()))?;
+    let mut line = serde_json::to_vec(request).map_err(|e| Unreachable::Other(e.into()))?;
     line.push(b'\n');
     stream.write_all(&line).await.map_err(Unreachable::Other)?;
     let mut answer = String::new();
-    BufReader::new(stream.take(1 << 20))
+    BufReader::new(stream.take(cap))
         .read_line(&mut answer)
         .await
         .map_err(Unreachable::Other)?;

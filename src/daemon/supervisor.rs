@@ -371,11 +371,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
     };
 
-    let status_cancel = CancellationToken::new();
-    let status_task = {
-        let (board, path, cancel) = (board.clone(), state.status_path(), status_cancel.clone());
-        tokio::spawn(async move { board.write_loop(path, cancel).await })
-    };
+    // `tokenkeeper status` asks the running daemon; the file is what it
+    // shows once the daemon has stopped
+    let (status_path, status_board) = (state.status_path(), board.clone());
 
     tokio::spawn(super::trim::run(
         board.clone(),
@@ -446,8 +444,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     supervisor.shutdown().await;
     telemetry_cancel.cancel();
-    status_cancel.cancel();
-    let _ = tokio::time::timeout(Duration::from_millis(150), status_task).await;
+    let written = match status_board.to_json() {
+        Ok(json) => tokio::task::spawn_blocking(move || {
+            crate::telemetry::status::write_status(&status_path, &json)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e))),
+        Err(e) => Err(std::io::Error::other(e)),
+    };
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "cannot write the status file");
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,17 +1,18 @@
 //! The status board: per client, what happened last. The daemon keeps it in
-//! memory and writes it (no token in it) to `state_dir/status.json`, which
-//! `tokenkeeper status` reads.
+//! memory; `tokenkeeper status` asks the running daemon for it (the control
+//! socket), `/status` serves it, and when the daemon stops it is written
+//! (no token in it) to `state_dir/status.json` for `status` to show then.
+//! Nothing is written while the daemon runs.
 
 use crate::output::file::{FileOptions, write_atomic};
 use litemap::LiteMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct OutputStatus {
@@ -103,7 +104,6 @@ impl<C> StatusFile<C> {
 #[derive(Default)]
 pub struct StatusBoard {
     clients: Mutex<BTreeMap<String, ClientStatus>>,
-    changed: Notify,
     /// Wakes everyone in [`StatusBoard::until`] on every change.
     settled: Notify,
     /// Bumped on every change (for [`crate::daemon::trim`]).
@@ -122,7 +122,6 @@ impl StatusBoard {
 
     fn changed(&self) {
         self.generation.fetch_add(1, Ordering::Relaxed);
-        self.changed.notify_one();
         self.settled.notify_waiters();
     }
 
@@ -196,38 +195,6 @@ impl StatusBoard {
     /// The status file's JSON as of now.
     pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
         self.read(|clients| serde_json::to_vec(&StatusFile::now(clients)))
-    }
-
-    /// Writes the board to `path` whenever it changes (at most once a second)
-    /// until `cancel`, then once more.
-    pub async fn write_loop(&self, path: PathBuf, cancel: CancellationToken) {
-        loop {
-            let stop = tokio::select! {
-                _ = cancel.cancelled() => true,
-                _ = self.changed.notified() => false,
-            };
-            if !stop {
-                tokio::select! {
-                    _ = cancel.cancelled() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-            let result = match self.to_json() {
-                Ok(json) => {
-                    let path = path.clone();
-                    tokio::task::spawn_blocking(move || write_status(&path, &json))
-                        .await
-                        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-                }
-                Err(e) => Err(std::io::Error::other(e)),
-            };
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "cannot write the status file");
-            }
-            if stop || cancel.is_cancelled() {
-                return;
-            }
-        }
     }
 }
 
