@@ -4,6 +4,11 @@
 //! `curl | jq` and `mv`). Prints a table and writes
 //! target/bench/results.json. Figures only: nothing here asserts a time.
 //!
+//! `cargo bench --bench tokenkeeper -- idle [SIZES...]`: the CPU an idle
+//! daemon uses (nothing due; file outputs checked every 10 s), and how
+//! often it rewrote its status file meanwhile; with
+//! `TOKENKEEPER_BENCH_BASELINE`, that build too, in turn.
+//!
 //! `cargo bench --bench tokenkeeper -- state [SIZES...]`: what one refresh
 //! of a refresh-token chain costs in CPU and system calls (the lock, the
 //! state write, the output write), rounds of every client at once, min /
@@ -441,7 +446,89 @@ fn state_bench(sizes: &[usize]) {
     }
 }
 
+/// `-- idle`: the CPU a daemon with `n` clients uses while nothing
+/// refreshes (file outputs checked every 10 s, the default), in % of one
+/// core per 10 s window; this build and `TOKENKEEPER_BENCH_BASELINE` in
+/// turn, each started afresh.
+fn idle_bench(sizes: &[usize]) {
+    const WINDOW: Duration = Duration::from_secs(10);
+    const WINDOWS: usize = 3;
+    let count = Arc::new(AtomicU64::new(0));
+    let url = token_server(count.clone());
+    let mut builds = vec![("this build".to_string(), bin())];
+    if let Some(b) = std::env::var_os("TOKENKEEPER_BENCH_BASELINE") {
+        builds.push(("baseline".to_string(), PathBuf::from(b)));
+    }
+    println!(
+        "\n| clients | build | idle CPU, % of a core per {}-s window, min / median / max | status file writes |",
+        WINDOW.as_secs()
+    );
+    println!("|---:|---|---:|---:|");
+    for &n in sizes {
+        for (name, bin) in &builds {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("config.toml");
+            // lifetimes of a day: nothing is due while it is measured
+            std::fs::write(&path, config(dir.path(), &url, n)).unwrap();
+            let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+            let mut child = start_daemon(bin, &path, log);
+            let pid = child.id();
+            wait("every token written", Duration::from_secs(300), || {
+                files_written(dir.path()) >= n
+            });
+            std::thread::sleep(IDLE_AFTER);
+            let status = dir.path().join("state/status.json");
+            let stamp = || {
+                std::fs::metadata(&status)
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+            };
+            let mut writes = 0;
+            let mut percents = Vec::new();
+            for _ in 0..WINDOWS {
+                let (u0, s0) = cpu_split(pid);
+                let t0 = Instant::now();
+                let mut last = stamp();
+                while t0.elapsed() < WINDOW {
+                    std::thread::sleep(Duration::from_millis(200));
+                    let now = stamp();
+                    if now != last {
+                        writes += 1;
+                        last = now;
+                    }
+                }
+                let (u1, s1) = cpu_split(pid);
+                percents.push((u1 + s1 - u0 - s0) / t0.elapsed().as_secs_f64() * 100.0);
+            }
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .unwrap();
+            child.wait().unwrap();
+            let mut v = percents.clone();
+            v.sort_by(f64::total_cmp);
+            println!(
+                "| {n} | {name} | {:.2} / {:.2} / {:.2} | {writes} in {} s |",
+                v[0],
+                v[v.len() / 2],
+                v[v.len() - 1],
+                WINDOW.as_secs() * WINDOWS as u64
+            );
+        }
+    }
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "idle") {
+        let sizes: Vec<usize> = std::env::args().filter_map(|a| a.parse().ok()).collect();
+        idle_bench(if sizes.is_empty() {
+            &[1000, 10000]
+        } else {
+            &sizes
+        });
+        return;
+    }
     if std::env::args().any(|a| a == "state") {
         let sizes: Vec<usize> = std::env::args().filter_map(|a| a.parse().ok()).collect();
         state_bench(if sizes.is_empty() {

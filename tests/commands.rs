@@ -206,10 +206,18 @@ fn status_shows_a_table_of_clients() {
     // a running daemon writes no status file: nothing on disk while it runs
     assert_eq!(sb.read("state/status.json"), None);
     daemon.stop();
-    assert!(sb.read("state/status.json").is_some(), "written once, at the stop");
+    assert!(
+        sb.read("state/status.json").is_some(),
+        "written once, at the stop"
+    );
     let (_, stdout, _) = sb.run(&["status"]);
     assert!(stdout.contains("daemon not running"), "{stdout}");
-    assert!(stdout.lines().any(|l| l.starts_with("a ") && l.contains("in ")), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("a ") && l.contains("in ")),
+        "{stdout}"
+    );
 }
 
 /// `tokenkeeper dev` with 3 s tokens in the sandbox's `demo/`.

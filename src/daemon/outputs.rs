@@ -14,8 +14,11 @@ use crate::schedule::{FailureClass, Policy, retry_delay};
 use crate::telemetry::metrics::ClientMetrics;
 use crate::telemetry::status::StatusBoard;
 use crate::token::Token;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -63,11 +66,116 @@ pub async fn run_hooks(client: &str, spec: &OutputSpec, token: &Token) -> Vec<St
 
 /// What every output worker of a daemon shares.
 pub struct OutputContext {
-    /// How often a file output is checked on disk (zero: never); ±10 % so
-    /// that thousands of outputs spread out.
-    pub check_every: Duration,
+    /// Checks the file outputs on disk (`[daemon] check_outputs`); `None`:
+    /// never.
+    pub sweep: Option<Arc<Sweep>>,
     pub clock: Arc<dyn Clock>,
     pub jitter: Jitter,
+}
+
+/// The file outputs' check on disk, all of them in one round every
+/// `[daemon] check_outputs`: one timer and one blocking hop per round, not
+/// a timer and a hop per output (10,000 outputs woke 10,000 tasks every
+/// 10 s). A worker registers what its output looked like right after its
+/// last write; the sweep `lstat`s each and wakes the workers whose output
+/// differs, which look again and write it anew.
+#[derive(Default)]
+pub struct Sweep {
+    outputs: Mutex<HashMap<u64, Checked>>,
+    next: AtomicU64,
+}
+
+/// One output the sweep checks.
+struct Checked {
+    client: Arc<ClientSpec>,
+    index: usize,
+    /// After the worker's last good write; `None`: nothing to check (not
+    /// written yet, or its write is failing and being retried).
+    expected: Option<Option<Stamp>>,
+    wake: Arc<Notify>,
+}
+
+/// A worker's place in the [`Sweep`]; leaves it when dropped.
+struct Joined {
+    sweep: Arc<Sweep>,
+    id: u64,
+    wake: Arc<Notify>,
+}
+
+impl Sweep {
+    fn join(self: &Arc<Self>, client: &Arc<ClientSpec>, index: usize) -> Joined {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let wake = Arc::new(Notify::new());
+        self.lock().insert(
+            id,
+            Checked {
+                client: client.clone(),
+                index,
+                expected: None,
+                wake: wake.clone(),
+            },
+        );
+        Joined {
+            sweep: self.clone(),
+            id,
+            wake,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Checked>> {
+        self.outputs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks every registered output every `every` until `cancel`.
+    pub async fn run(self: Arc<Self>, every: Duration, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let round: Vec<(u64, Arc<ClientSpec>, usize, Option<Stamp>)> = self
+                .lock()
+                .iter()
+                .filter_map(|(id, c)| Some((*id, c.client.clone(), c.index, c.expected?)))
+                .collect();
+            let changed = tokio::task::spawn_blocking(move || {
+                round
+                    .into_iter()
+                    .filter(|(_, client, index, expected)| {
+                        let now = match client.outputs.get(*index).map(|o| &o.kind) {
+                            Some(OutputKind::File(f)) => f.stamp(),
+                            _ => return false,
+                        };
+                        now != *expected
+                    })
+                    .map(|(id, ..)| id)
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            let outputs = self.lock();
+            for id in changed {
+                if let Some(c) = outputs.get(&id) {
+                    c.wake.notify_one();
+                }
+            }
+        }
+    }
+}
+
+impl Joined {
+    /// What the output looked like after a good write (`None`: do not check).
+    fn expect(&self, stamp: Option<Option<Stamp>>) {
+        if let Some(c) = self.sweep.lock().get_mut(&self.id) {
+            c.expected = stamp;
+        }
+    }
+}
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        self.sweep.lock().remove(&self.id);
+    }
 }
 
 /// The worker of `client.outputs[index]`. It shares the client's spec rather
@@ -132,21 +240,25 @@ pub fn run_output(
         // after a good write: what the output looked like then (`Some(None)`:
         // missing already); `None` when it is not checked or nothing was written
         let mut stamp: Option<Option<Stamp>> = None;
+        // in the sweep while the worker runs, when the output is checked
+        let joined = match &ctx.sweep {
+            Some(sweep) if writer.is_checked() => Some(sweep.join(client_spec, index)),
+            _ => None,
+        };
+        let checked = async |joined: &Option<Joined>| match joined {
+            Some(j) => j.wake.notified().await,
+            None => std::future::pending().await,
+        };
         loop {
-            let check_in = ctx.check_every.mul_f64(0.9 + (ctx.jitter)() * 0.2);
-            let wake = match (retry, stamp.is_some() && !check_in.is_zero()) {
-                (Some(delay), _) => tokio::select! {
+            let wake = match retry {
+                Some(delay) => tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(delay) => Some(Wake::Write),
                     r = tokens.changed() => r.is_ok().then_some(Wake::Write),
                 },
-                (None, true) => tokio::select! {
+                None => tokio::select! {
                     _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(check_in) => Some(Wake::Check),
-                    r = tokens.changed() => r.is_ok().then_some(Wake::Write),
-                },
-                (None, false) => tokio::select! {
-                    _ = cancel.cancelled() => return,
+                    _ = checked(&joined), if stamp.is_some() => Some(Wake::Check),
                     r = tokens.changed() => r.is_ok().then_some(Wake::Write),
                 },
             };
@@ -172,6 +284,9 @@ pub fn run_output(
                 });
                 retry = None;
                 stamp = None;
+                if let Some(j) = &joined {
+                    j.expect(None);
+                }
                 continue;
             }
             match Box::pin(writer.write_stamped(&token)).await {
@@ -179,6 +294,9 @@ pub fn run_output(
                     failures = 0;
                     retry = None;
                     stamp = writer.is_checked().then_some(written);
+                    if let Some(j) = &joined {
+                        j.expect(stamp);
+                    }
                     let mut problems = Vec::new();
                     if outcome == WriteOutcome::Written {
                         if let Wake::Check = wake {
@@ -224,6 +342,9 @@ pub fn run_output(
                         o.tried = Some(token.issued_at);
                     });
                     retry = Some(delay);
+                    if let Some(j) = &joined {
+                        j.expect(None);
+                    }
                 }
             }
         }

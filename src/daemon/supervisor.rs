@@ -6,7 +6,7 @@
 
 use super::client::{ClientTask, Jitter, REFRESH_SLOTS, Start, random_jitter, resume};
 use super::control::{self, Handle};
-use super::outputs::{OutputContext, run_output};
+use super::outputs::{OutputContext, Sweep, run_output};
 use super::reload::{ConfigEvent, diff, watch_config};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, ClientSpec, Config};
@@ -78,7 +78,7 @@ impl<S: TokenSource> Supervisor<S> {
         metrics: Arc<Metrics>,
     ) -> Self {
         let outputs_ctx = Arc::new(OutputContext {
-            check_every: Duration::ZERO,
+            sweep: None,
             clock: clock.clone(),
             jitter: jitter.clone(),
         });
@@ -103,8 +103,13 @@ impl<S: TokenSource> Supervisor<S> {
 
     /// Checks file outputs on disk this often (zero, the default: never).
     pub fn check_outputs(mut self, every: Duration) -> Self {
+        let sweep = (!every.is_zero()).then(|| {
+            let sweep = Arc::new(Sweep::default());
+            tokio::spawn(sweep.clone().run(every, self.root.child_token()));
+            sweep
+        });
         self.outputs_ctx = Arc::new(OutputContext {
-            check_every: every,
+            sweep,
             clock: self.clock.clone(),
             jitter: self.jitter.clone(),
         });

@@ -119,6 +119,15 @@ impl FileOutput {
         dir::SET_FILES.into_iter().zip(contents).collect()
     }
 
+    /// What the output looks like on disk now (blocking: one `lstat`, or
+    /// one per file of an `atomic_dir` set); `None` when it is missing.
+    pub fn stamp(&self) -> Option<Stamp> {
+        match self.layout {
+            Layout::File => Stamp::of(&self.path),
+            Layout::AtomicDir => Stamp::of_set(&self.path),
+        }
+    }
+
     /// Writes `token` (blocking I/O: run it off the async threads), and
     /// returns what the output looked like right after.
     pub fn write(&self, token: &Token) -> std::io::Result<(WriteOutcome, Option<Stamp>)> {
@@ -269,13 +278,10 @@ impl Writer {
     /// missing and for outputs that are not checked.
     pub async fn stamp(&self) -> Option<Stamp> {
         let Writer::File(f) = self else { return None };
-        let (path, layout) = (f.path.clone(), f.layout);
-        tokio::task::spawn_blocking(move || match layout {
-            Layout::File => Stamp::of(&path),
-            Layout::AtomicDir => Stamp::of_set(&path),
-        })
-        .await
-        .ok()
-        .flatten()
+        let f = f.clone();
+        tokio::task::spawn_blocking(move || f.stamp())
+            .await
+            .ok()
+            .flatten()
     }
 }
