@@ -26,9 +26,10 @@ use tokio_util::sync::CancellationToken;
 /// one request a second, whether the endpoint answers or fails.
 pub const EXPLICIT_FLOOR: Duration = Duration::from_secs(1);
 
-/// Longest single sleep; the loop re-reads the clock after it, so a suspended
-/// machine or a wall-clock jump delays a refresh by at most this.
-const MAX_SLEEP: Duration = Duration::from_secs(30);
+/// Longest single sleep, a backstop: a wall-clock jump or a suspended
+/// machine wakes every task at once (`wall_moved`), so an idle client's
+/// task is not woken before its refresh is due.
+const MAX_SLEEP: Duration = Duration::from_secs(3600);
 
 /// A source of jitter samples in [0, 1).
 pub type Jitter = Arc<dyn Fn() -> f64 + Send + Sync>;
@@ -56,6 +57,9 @@ pub struct ClientTask<S: TokenSource> {
     pub publish: watch::Sender<Option<Arc<Token>>>,
     /// Bumped to refresh every client now (SIGUSR1).
     pub refresh_now: watch::Receiver<u64>,
+    /// Bumped when the wall clock moved other than with the monotonic one
+    /// (a jump, a suspended machine): the task reads the clock again.
+    pub wall_moved: watch::Receiver<u64>,
     /// Notified when someone asks this client alone for a new token
     /// (`tokenkeeper refresh`; the ask itself is `Asks::pending` on the board).
     pub ask: Arc<tokio::sync::Notify>,
@@ -164,7 +168,7 @@ impl<S: TokenSource> ClientTask<S> {
         let mut unsaved: Option<Token> = None;
         let mut failures: u32 = 0;
         let mut warned_basis = false;
-        let mut refresh_open = true;
+        let (mut refresh_open, mut wall_open) = (true, true);
         async move {
             loop {
                 // sleep until `next`, a forced refresh, or shutdown
@@ -195,6 +199,11 @@ impl<S: TokenSource> ClientTask<S> {
                             if self.board.read(|c| c.get(&*name).is_some_and(|s| s.asks.pending)) {
                                 next = self.asked(last_attempt, next);
                                 asked_at = Some(self.clock.now());
+                            }
+                        }
+                        changed = self.wall_moved.changed(), if wall_open => {
+                            if changed.is_err() {
+                                wall_open = false;
                             }
                         }
                         _ = tokio::time::sleep(wait.min(MAX_SLEEP)) => {}

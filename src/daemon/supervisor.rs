@@ -60,6 +60,8 @@ pub struct Supervisor<S: TokenSource> {
     metrics: Arc<Metrics>,
     slots: Arc<crate::limiter::Limiter>,
     refresh_tx: watch::Sender<u64>,
+    /// Bumped when the wall clock jumped (see [`WallWatch`]).
+    wall_tx: watch::Sender<u64>,
     root: CancellationToken,
     running: BTreeMap<String, Running>,
     /// Tasks of stopped clients, joined at shutdown.
@@ -94,6 +96,7 @@ impl<S: TokenSource> Supervisor<S> {
                 super::client::REFRESH_SLOTS_PER_HOST,
             )),
             refresh_tx: watch::channel(0).0,
+            wall_tx: watch::channel(0).0,
             root: CancellationToken::new(),
             running: BTreeMap::new(),
             retired: Vec::new(),
@@ -160,6 +163,7 @@ impl<S: TokenSource> Supervisor<S> {
             slots: self.slots.clone(),
             publish,
             refresh_now: self.refresh_tx.subscribe(),
+            wall_moved: self.wall_tx.subscribe(),
             ask: ask.clone(),
             cancel: cancel.clone(),
         };
@@ -258,6 +262,11 @@ impl<S: TokenSource> Supervisor<S> {
         })
     }
 
+    /// Wakes every client task to read the wall clock again.
+    pub fn wall_moved(&self) {
+        self.wall_tx.send_modify(|n| *n += 1);
+    }
+
     /// Asks every client to refresh now.
     pub fn refresh_all(&self) {
         self.refresh_tx.send_modify(|n| *n += 1);
@@ -292,6 +301,41 @@ impl<S: TokenSource> Supervisor<S> {
         {
             tracing::warn!("some tasks did not stop within the grace period");
         }
+    }
+}
+
+/// Notices a wall clock that moved other than with the monotonic one: set
+/// back or forward, or a machine that was suspended (the monotonic clock
+/// stops meanwhile). Client tasks sleep on the monotonic clock until their
+/// wall-clock refresh time, so they are woken to read it again.
+struct WallWatch {
+    wall: std::time::SystemTime,
+    mono: tokio::time::Instant,
+}
+
+impl WallWatch {
+    const EVERY: Duration = Duration::from_secs(10);
+    /// More than this between the two clocks' steps is a jump.
+    const SLACK: Duration = Duration::from_secs(2);
+
+    fn new(wall: std::time::SystemTime) -> WallWatch {
+        WallWatch {
+            wall,
+            mono: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Whether the wall clock moved by other than the monotonic one since
+    /// the last look (which `wall` now is).
+    fn moved(&mut self, wall: std::time::SystemTime) -> bool {
+        let mono = tokio::time::Instant::now();
+        let expected = self.wall + (mono - self.mono);
+        let off = match wall.duration_since(expected) {
+            Ok(ahead) => ahead,
+            Err(behind) => behind.duration(),
+        };
+        (self.wall, self.mono) = (wall, mono);
+        off > Self::SLACK
     }
 }
 
@@ -409,8 +453,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         telemetry_cancel.clone(),
     ));
 
+    let mut wall = WallWatch::new(SystemClock.now());
+    let mut wall_tick = tokio::time::interval(WallWatch::EVERY);
     loop {
         tokio::select! {
+            _ = wall_tick.tick() => {
+                if wall.moved(SystemClock.now()) {
+                    tracing::info!("the wall clock jumped (or the machine slept): every client reads it again");
+                    supervisor.wall_moved();
+                }
+            }
             _ = shutdown.cancelled() => break,
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break }
@@ -462,4 +514,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WallWatch;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wall_clock_moving_apart_from_the_monotonic_one_is_noticed() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut w = WallWatch::new(t0);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(!w.moved(t0 + Duration::from_secs(10)), "in step");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(!w.moved(t0 + Duration::from_millis(21_500)), "NTP's slew");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(
+            w.moved(t0 + Duration::from_secs(3_600)),
+            "forward (or asleep)"
+        );
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(w.moved(t0 + Duration::from_secs(60)), "set back");
+    }
 }

@@ -91,6 +91,9 @@ struct Harness {
     cancel: CancellationToken,
     board: Arc<StatusBoard>,
     ask: Arc<tokio::sync::Notify>,
+    clock: Arc<JumpClock>,
+    /// What the supervisor bumps when the wall clock jumped.
+    wall: watch::Sender<u64>,
 }
 
 impl Harness {
@@ -118,12 +121,17 @@ fn start_on(
 ) -> Harness {
     let (publish, tokens) = watch::channel(None);
     let (refresh, refresh_now) = watch::channel(0);
+    let (wall, wall_moved) = watch::channel(0);
     let cancel = CancellationToken::new();
     let ask = Arc::new(tokio::sync::Notify::new());
+    let clock = Arc::new(JumpClock {
+        tokio: TokioClock::starting_at(epoch()),
+        ahead: Default::default(),
+    });
     let task = ClientTask {
         spec,
         source,
-        clock: Arc::new(TokioClock::starting_at(epoch())),
+        clock: clock.clone(),
         jitter: Arc::new(move || jitter),
         state: None,
         board: board.clone(),
@@ -134,6 +142,7 @@ fn start_on(
         )),
         publish,
         refresh_now,
+        wall_moved,
         ask: ask.clone(),
         cancel: cancel.clone(),
     };
@@ -144,6 +153,21 @@ fn start_on(
         cancel,
         board,
         ask,
+        clock,
+        wall,
+    }
+}
+
+/// Tokio's (pausable) clock, whose wall time a test can set forward.
+struct JumpClock {
+    tokio: TokioClock,
+    ahead: std::sync::atomic::AtomicU64,
+}
+
+impl Clock for JumpClock {
+    fn now(&self) -> SystemTime {
+        self.tokio.now()
+            + Duration::from_secs(self.ahead.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 
@@ -447,6 +471,27 @@ async fn an_ask_left_by_a_replaced_task_is_answered_by_the_new_one() {
     // (at the new task's start: its clock begins at the epoch again)
     assert_eq!(source.calls(), vec![0, 0]);
     assert!(!first.asks().pending);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wall_clock_jump_is_read_at_once_and_an_idle_task_sleeps_until_due() {
+    let source = Scripted::new(Duration::from_secs(10_000), vec![]);
+    let h = start(spec(""), source.clone(), 0.0, fresh());
+    advance(10).await;
+    // the wall clock goes past the refresh point (7,500 s) while the task
+    // sleeps on the monotonic clock, due in 7,490 s more
+    h.clock
+        .ahead
+        .store(8_000, std::sync::atomic::Ordering::Relaxed);
+    advance(600).await;
+    assert_eq!(source.calls(), vec![0], "nothing wakes it but its timer");
+    h.wall.send_modify(|n| *n += 1);
+    advance(1).await;
+    assert_eq!(
+        source.calls().len(),
+        2,
+        "read the clock again: overdue, refreshed"
+    );
 }
 
 #[tokio::test(start_paused = true)]
