@@ -6,8 +6,8 @@
 //! directory never mixes two versions (if the old directory vanishes
 //! mid-read, it resolves again).
 
-use super::WriteOutcome;
 use super::file::{Existing, FileOptions, dir_mode, error as context, existing};
+use super::{Stamp, WriteOutcome};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -65,12 +65,15 @@ fn relink(dir: &Path, name: &str, version_name: &str) -> io::Result<()> {
     })
 }
 
-/// Writes `files` (name, content) as one new version of the set in `dir`.
+/// Writes `files` (name, content) as one new version of the set in `dir`;
+/// with the set's [`Stamp`] when it wrote one, taken from each file as it
+/// was written (a look at the files afterwards would race with an edit
+/// right after the switch, and take the edit for what was written).
 pub fn write_set(
     dir: &Path,
     files: &[(&str, Vec<u8>)],
     opts: &FileOptions,
-) -> io::Result<WriteOutcome> {
+) -> io::Result<(WriteOutcome, Option<Stamp>)> {
     // a symlink or anything but a directory at the set's path is refused;
     // the way to it is walked, and made, without trusting other users
     existing(dir, Existing::Dir)?;
@@ -80,7 +83,7 @@ pub fn write_set(
     if let Some(prev) = &previous {
         let linked = files.iter().all(|(name, _)| is_own_link(dir, name));
         if linked && same_content(&dir.join(prev), files) {
-            return Ok(WriteOutcome::Unchanged);
+            return Ok((WriteOutcome::Unchanged, None));
         }
     }
 
@@ -99,6 +102,7 @@ pub fn write_set(
         .mode(0o700)
         .create(&version)
         .map_err(|e| context(&version, "cannot create version directory", e))?;
+    let mut stamps = Vec::with_capacity(files.len());
     for (name, content) in files {
         let path = version.join(name);
         let mut f = fs::OpenOptions::new()
@@ -117,6 +121,8 @@ pub fn write_set(
             .map_err(|e| context(&path, "cannot write", e))?;
         f.sync_all()
             .map_err(|e| context(&path, "cannot fsync", e))?;
+        let meta = f.metadata().map_err(|e| context(&path, "cannot stat", e))?;
+        stamps.push((*name, Stamp::from_metadata(&meta)));
     }
     if opts.owner.is_some() || opts.group.is_some() {
         std::os::unix::fs::chown(&version, opts.owner, opts.group)
@@ -159,12 +165,22 @@ pub fn write_set(
             }
         }
     }
-    Ok(WriteOutcome::Written)
+    let files = SET_FILES.map(|name| stamps.iter().find(|(n, _)| *n == name).map(|(_, s)| *s));
+    let stamp = Stamp::set(dir, Some(Path::new(&version_name)), Some(files));
+    Ok((WriteOutcome::Written, stamp))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn write(
+        dir: &Path,
+        files: &[(&str, Vec<u8>)],
+        opts: &FileOptions,
+    ) -> io::Result<WriteOutcome> {
+        write_set(dir, files, opts).map(|(outcome, _)| outcome)
+    }
 
     fn opts() -> FileOptions {
         FileOptions {
@@ -184,9 +200,9 @@ mod tests {
         fs::create_dir(dir.join("..data_tmp")).unwrap();
         std::os::unix::fs::symlink("..nowhere", dir.join("..data_tmp.1.2.3")).unwrap();
         let v1 = [("token", b"t1".to_vec())];
-        write_set(&dir, &v1, &opts()).unwrap();
+        write(&dir, &v1, &opts()).unwrap();
         assert_eq!(fs::read(dir.join("token")).unwrap(), b"t1");
-        write_set(&dir, &[("token", b"t2".to_vec())], &opts()).unwrap();
+        write(&dir, &[("token", b"t2".to_vec())], &opts()).unwrap();
         assert_eq!(fs::read(dir.join("token")).unwrap(), b"t2");
         let left: Vec<String> = fs::read_dir(&dir)
             .unwrap()
@@ -202,31 +218,25 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("set");
         let v1 = [("token", b"t1".to_vec()), ("expires_at", b"e1".to_vec())];
-        write_set(&dir, &v1, &opts()).unwrap();
+        write(&dir, &v1, &opts()).unwrap();
         // edited through the link, in place
         fs::write(dir.join("token"), b"edited").unwrap();
-        assert_eq!(
-            write_set(&dir, &v1, &opts()).unwrap(),
-            WriteOutcome::Written
-        );
+        assert_eq!(write(&dir, &v1, &opts()).unwrap(), WriteOutcome::Written);
         assert_eq!(fs::read(dir.join("token")).unwrap(), b"t1");
         // saved by an editor that renames a file over the link
         fs::write(dir.join("edit.tmp"), b"e1").unwrap();
         fs::rename(dir.join("edit.tmp"), dir.join("expires_at")).unwrap();
-        assert_eq!(
-            write_set(&dir, &v1, &opts()).unwrap(),
-            WriteOutcome::Written
-        );
+        assert_eq!(write(&dir, &v1, &opts()).unwrap(), WriteOutcome::Written);
         assert!(is_own_link(&dir, "expires_at"));
         // another link in its place
         fs::remove_file(dir.join("token")).unwrap();
         std::os::unix::fs::symlink("/etc/hostname", dir.join("token")).unwrap();
-        write_set(&dir, &v1, &opts()).unwrap();
+        write(&dir, &v1, &opts()).unwrap();
         assert_eq!(fs::read(dir.join("token")).unwrap(), b"t1");
         // a directory is not replaced
         fs::remove_file(dir.join("token")).unwrap();
         fs::create_dir(dir.join("token")).unwrap();
-        let e = write_set(&dir, &v1, &opts()).unwrap_err();
+        let e = write(&dir, &v1, &opts()).unwrap_err();
         assert!(
             e.to_string()
                 .contains("a directory where the set's link belongs"),
@@ -239,17 +249,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("set");
         let v1 = [("token", b"t1".to_vec()), ("expires_at", b"e1".to_vec())];
-        assert_eq!(
-            write_set(&dir, &v1, &opts()).unwrap(),
-            WriteOutcome::Written
-        );
-        assert_eq!(
-            write_set(&dir, &v1, &opts()).unwrap(),
-            WriteOutcome::Unchanged
-        );
+        assert_eq!(write(&dir, &v1, &opts()).unwrap(), WriteOutcome::Written);
+        assert_eq!(write(&dir, &v1, &opts()).unwrap(), WriteOutcome::Unchanged);
         assert_eq!(fs::read(dir.join("token")).unwrap(), b"t1");
         let v2 = [("token", b"t2".to_vec()), ("expires_at", b"e2".to_vec())];
-        write_set(&dir, &v2, &opts()).unwrap();
+        write(&dir, &v2, &opts()).unwrap();
         assert_eq!(fs::read(dir.join("expires_at")).unwrap(), b"e2");
         let versions: Vec<_> = fs::read_dir(&dir)
             .unwrap()

@@ -139,8 +139,11 @@ impl FileOutput {
             )
             .map(|(outcome, stamp)| (outcome, Some(stamp))),
             Layout::AtomicDir => {
-                let outcome = dir::write_set(&self.path, &self.set_files(token), &self.options())?;
-                Ok((outcome, Stamp::of_set(&self.path)))
+                let (outcome, stamp) =
+                    dir::write_set(&self.path, &self.set_files(token), &self.options())?;
+                // a set written now is stamped from its files as written;
+                // one left as it was, by looking at it
+                Ok((outcome, stamp.or_else(|| Stamp::of_set(&self.path))))
             }
         }
     }
@@ -189,17 +192,26 @@ impl Stamp {
     /// points to, which an edit in place changes without touching the
     /// directory (one `lstat` per file).
     pub fn of_set(dir: &std::path::Path) -> Option<Stamp> {
+        let version = std::fs::read_link(dir.join(dir::DATA_LINK)).ok();
+        let files = version
+            .as_ref()
+            .map(|v| dir::SET_FILES.map(|name| Stamp::of(&dir.join(v).join(name))));
+        Stamp::set(dir, version.as_deref(), files)
+    }
+
+    /// An `atomic_dir` set's stamp: its directory's `lstat`, and a digest of
+    /// the version `..data` names and what each of its files looked like
+    /// (in [`dir::SET_FILES`]' order).
+    pub fn set(
+        dir: &std::path::Path,
+        version: Option<&std::path::Path>,
+        files: Option<[Option<Stamp>; dir::SET_FILES.len()]>,
+    ) -> Option<Stamp> {
         use std::hash::{Hash, Hasher};
         let mut stamp = Stamp::of(dir)?;
         let mut digest = std::hash::DefaultHasher::new();
-        let version = std::fs::read_link(dir.join(dir::DATA_LINK)).ok();
         version.hash(&mut digest);
-        if let Some(version) = version {
-            let version = dir.join(version);
-            for name in dir::SET_FILES {
-                Stamp::of(&version.join(name)).hash(&mut digest);
-            }
-        }
+        files.hash(&mut digest);
         stamp.files = digest.finish();
         Some(stamp)
     }
