@@ -519,34 +519,28 @@ fn idle_bench(sizes: &[usize]) {
     }
 }
 
-fn main() {
-    if std::env::args().any(|a| a == "idle") {
-        let sizes: Vec<usize> = std::env::args().filter_map(|a| a.parse().ok()).collect();
-        idle_bench(if sizes.is_empty() {
-            &[1000, 10000]
-        } else {
-            &sizes
-        });
-        return;
-    }
-    if std::env::args().any(|a| a == "state") {
-        let sizes: Vec<usize> = std::env::args().filter_map(|a| a.parse().ok()).collect();
-        state_bench(if sizes.is_empty() {
-            &[100, 1000]
-        } else {
-            &sizes
-        });
-        return;
-    }
+/// The sizes on the command line (numbers), or `default`.
+fn sizes_or(default: &[usize]) -> Vec<usize> {
     let sizes: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
-    let sizes = if sizes.is_empty() {
-        vec![1, 100, 1000, 10000]
+    if sizes.is_empty() {
+        default.to_vec()
     } else {
         sizes
-    };
+    }
+}
+
+fn main() {
+    let mode = |name: &str| std::env::args().any(|a| a == name);
+    if mode("idle") {
+        return idle_bench(&sizes_or(&[1000, 10000]));
+    }
+    if mode("state") {
+        return state_bench(&sizes_or(&[100, 1000]));
+    }
+    let sizes = sizes_or(&[1, 100, 1000, 10000]);
     let count = Arc::new(AtomicU64::new(0));
     let url = token_server(count.clone());
     let results: Vec<SizeResult> = sizes.iter().map(|&n| run_size(n, &url, &count)).collect();
