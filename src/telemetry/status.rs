@@ -114,7 +114,14 @@ impl StatusBoard {
     pub fn update<R>(&self, client: &str, f: impl FnOnce(&mut ClientStatus) -> R) -> R {
         let r = {
             let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-            f(clients.entry(client.to_string()).or_default())
+            // (the name is copied only for a client the board does not have yet)
+            if !clients.contains_key(client) {
+                clients.insert(client.to_string(), ClientStatus::default());
+            }
+            match clients.get_mut(client) {
+                Some(status) => f(status),
+                None => f(&mut ClientStatus::default()),
+            }
         };
         self.changed();
         r
