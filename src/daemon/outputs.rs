@@ -3,8 +3,9 @@
 //! failure retries on its own (1 s doubling to 1 min) until it succeeds or a
 //! newer token arrives. A slow or failing output never holds up another
 //! output or client. Outputs on the local filesystem are checked every
-//! `[daemon] check_outputs` by one `lstat`: one that was removed, replaced or
-//! re-moded behind the daemon's back is written again.
+//! `[daemon] check_outputs` by one [`Sweep`] for all of them (an `lstat`
+//! each): one that was removed, replaced or re-moded behind the daemon's
+//! back is written again by its worker.
 
 use super::client::Jitter;
 use crate::clock::Clock;
