@@ -72,6 +72,43 @@ pub struct OutputContext {
     pub sweep: Option<Arc<Sweep>>,
     pub clock: Arc<dyn Clock>,
     pub jitter: Jitter,
+    /// The output directories whose stale temp files were removed, and when
+    /// this daemon began (a temp file older than that is a killed write's).
+    pub tidied: Tidied,
+}
+
+/// Which output directories have had their stale temp files removed: the
+/// first worker writing to a directory does it, once, for all.
+pub struct Tidied {
+    since: std::time::SystemTime,
+    dirs: Mutex<std::collections::HashSet<std::path::PathBuf>>,
+}
+
+impl Tidied {
+    pub fn since(since: std::time::SystemTime) -> Tidied {
+        Tidied {
+            since,
+            dirs: Mutex::default(),
+        }
+    }
+
+    /// Removes the stale temp files of the directory of `path`, unless that
+    /// was done already.
+    async fn tidy(&self, path: &std::path::Path) {
+        let Some(dir) = path.parent() else { return };
+        let first = self
+            .dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(dir.to_path_buf());
+        if first {
+            let (dir, since) = (dir.to_path_buf(), self.since);
+            let _ = tokio::task::spawn_blocking(move || {
+                crate::output::file::remove_stale_temp_files_in(&dir, since)
+            })
+            .await;
+        }
+    }
 }
 
 /// The file outputs' check on disk, all of them in one round every
@@ -205,11 +242,7 @@ pub fn run_output(
         let label = spec.label();
         if let OutputKind::File(file) = &spec.kind {
             if file.layout == Layout::File {
-                let path = file.path.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    crate::output::file::remove_stale_temp_files(&path)
-                })
-                .await;
+                ctx.tidied.tidy(&file.path).await;
             }
         }
         let writer = match Writer::new(spec) {

@@ -6,7 +6,7 @@
 
 use super::client::{ClientTask, Jitter, REFRESH_SLOTS, Start, random_jitter, resume};
 use super::control::{self, Handle};
-use super::outputs::{OutputContext, Sweep, run_output};
+use super::outputs::{OutputContext, Sweep, Tidied, run_output};
 use super::reload::{ConfigEvent, diff, watch_config};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, ClientSpec, Config};
@@ -81,6 +81,7 @@ impl<S: TokenSource> Supervisor<S> {
     ) -> Self {
         let outputs_ctx = Arc::new(OutputContext {
             sweep: None,
+            tidied: Tidied::since(clock.now()),
             clock: clock.clone(),
             jitter: jitter.clone(),
         });
@@ -113,6 +114,7 @@ impl<S: TokenSource> Supervisor<S> {
         });
         self.outputs_ctx = Arc::new(OutputContext {
             sweep,
+            tidied: Tidied::since(self.clock.now()),
             clock: self.clock.clone(),
             jitter: self.jitter.clone(),
         });

@@ -304,6 +304,36 @@ pub fn write_atomic_stamped(
 }
 
 /// Removes temp files a killed process may have left beside `path`.
+/// Removes from `dir` the temp files (`.*.tk-tmp`) that were last written
+/// before `before` — by a process killed mid-write, since a live writer's
+/// temp file is younger: one directory listing for every output in it,
+/// where a listing per output made a start with 10,000 outputs in one
+/// directory read 10⁸ entries.
+pub fn remove_stale_temp_files_in(dir: &Path, before: std::time::SystemTime) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(n) = file_name.to_str() else {
+            continue;
+        };
+        if !(n.starts_with('.') && n.ends_with(".tk-tmp")) {
+            continue;
+        }
+        let stale = entry
+            .metadata()
+            .ok()
+            .filter(|m| m.file_type().is_file())
+            .and_then(|m| m.modified().ok())
+            .is_some_and(|t| t < before);
+        if stale {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Removes the temp files a killed write of `path` left.
 pub fn remove_stale_temp_files(path: &Path) {
     let Ok((dir, name)) = split(path) else { return };
     let prefix = format!(".{name}.");
@@ -451,6 +481,29 @@ mod tests {
             fs::metadata(p.parent().unwrap()).unwrap().mode() & 0o777,
             0o750
         );
+    }
+
+    #[test]
+    fn a_directory_loses_the_temp_files_older_than_the_daemon_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |name: &str, age: u64| {
+            let f = fs::File::create(dir.path().join(name)).unwrap();
+            f.set_modified(crate::clock::SystemClock.now() - std::time::Duration::from_secs(age))
+                .unwrap();
+        };
+        at(".a.killed.tk-tmp", 600);
+        at(".b.killed.tk-tmp", 600);
+        at(".c.writing-now.tk-tmp", 0);
+        at("a", 600);
+        at(".hidden", 600);
+        let started = crate::clock::SystemClock.now() - std::time::Duration::from_secs(60);
+        remove_stale_temp_files_in(dir.path(), started);
+        let mut names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, [".c.writing-now.tk-tmp", ".hidden", "a"]);
     }
 
     #[test]
