@@ -25,8 +25,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// The build measured: this one, or `TOKENKEEPER_BENCH_BIN` (the main
+/// table for another build, e.g. the one before).
 fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tokenkeeper"))
+    std::env::var_os("TOKENKEEPER_BENCH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tokenkeeper")))
 }
 
 /// A token endpoint that answers as fast as it can, counting requests.
