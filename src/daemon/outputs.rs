@@ -77,6 +77,18 @@ pub struct OutputContext {
     pub tidied: Tidied,
 }
 
+impl OutputContext {
+    /// The workers' context, from the daemon's start on.
+    pub fn new(clock: Arc<dyn Clock>, jitter: Jitter, sweep: Option<Arc<Sweep>>) -> Arc<Self> {
+        Arc::new(OutputContext {
+            sweep,
+            tidied: Tidied::since(clock.now()),
+            clock,
+            jitter,
+        })
+    }
+}
+
 /// Which output directories have had their stale temp files removed: the
 /// first worker writing to a directory does it, once, for all.
 pub struct Tidied {

@@ -6,7 +6,7 @@
 
 use super::client::{ClientTask, Jitter, REFRESH_SLOTS, Start, random_jitter, resume};
 use super::control::{self, Handle};
-use super::outputs::{OutputContext, Sweep, Tidied, run_output};
+use super::outputs::{OutputContext, Sweep, run_output};
 use super::reload::{ConfigEvent, diff, watch_config};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, ClientSpec, Config};
@@ -79,12 +79,7 @@ impl<S: TokenSource> Supervisor<S> {
         board: Arc<StatusBoard>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let outputs_ctx = Arc::new(OutputContext {
-            sweep: None,
-            tidied: Tidied::since(clock.now()),
-            clock: clock.clone(),
-            jitter: jitter.clone(),
-        });
+        let outputs_ctx = OutputContext::new(clock.clone(), jitter.clone(), None);
         Supervisor {
             source,
             clock,
@@ -112,12 +107,7 @@ impl<S: TokenSource> Supervisor<S> {
             tokio::spawn(sweep.clone().run(every, self.root.child_token()));
             sweep
         });
-        self.outputs_ctx = Arc::new(OutputContext {
-            sweep,
-            tidied: Tidied::since(self.clock.now()),
-            clock: self.clock.clone(),
-            jitter: self.jitter.clone(),
-        });
+        self.outputs_ctx = OutputContext::new(self.clock.clone(), self.jitter.clone(), sweep);
         self
     }
 

@@ -303,13 +303,31 @@ pub fn write_atomic_stamped(
     Ok((WriteOutcome::Written, stamp))
 }
 
-/// Removes temp files a killed process may have left beside `path`.
 /// Removes from `dir` the temp files (`.*.tk-tmp`) that were last written
 /// before `before` — by a process killed mid-write, since a live writer's
 /// temp file is younger: one directory listing for every output in it,
 /// where a listing per output made a start with 10,000 outputs in one
 /// directory read 10⁸ entries.
 pub fn remove_stale_temp_files_in(dir: &Path, before: std::time::SystemTime) {
+    remove_temp_files(dir, |_, entry| {
+        entry
+            .metadata()
+            .ok()
+            .filter(|m| m.file_type().is_file())
+            .and_then(|m| m.modified().ok())
+            .is_some_and(|t| t < before)
+    });
+}
+
+/// Removes the temp files a killed write of `path` left.
+pub fn remove_stale_temp_files(path: &Path) {
+    let Ok((dir, name)) = split(path) else { return };
+    let prefix = format!(".{name}.");
+    remove_temp_files(&dir, |n, _| n.starts_with(&prefix));
+}
+
+/// Removes the temp files (`.*.tk-tmp`) in `dir` that `stale` picks.
+fn remove_temp_files(dir: &Path, stale: impl Fn(&str, &fs::DirEntry) -> bool) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
@@ -318,34 +336,7 @@ pub fn remove_stale_temp_files_in(dir: &Path, before: std::time::SystemTime) {
         let Some(n) = file_name.to_str() else {
             continue;
         };
-        if !(n.starts_with('.') && n.ends_with(".tk-tmp")) {
-            continue;
-        }
-        let stale = entry
-            .metadata()
-            .ok()
-            .filter(|m| m.file_type().is_file())
-            .and_then(|m| m.modified().ok())
-            .is_some_and(|t| t < before);
-        if stale {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
-}
-
-/// Removes the temp files a killed write of `path` left.
-pub fn remove_stale_temp_files(path: &Path) {
-    let Ok((dir, name)) = split(path) else { return };
-    let prefix = format!(".{name}.");
-    let Ok(entries) = fs::read_dir(&dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let file_name = entry.file_name();
-        let Some(n) = file_name.to_str() else {
-            continue;
-        };
-        if n.starts_with(&prefix) && n.ends_with(".tk-tmp") {
+        if n.starts_with('.') && n.ends_with(".tk-tmp") && stale(n, &entry) {
             let _ = fs::remove_file(entry.path());
         }
     }

@@ -112,8 +112,7 @@ pub struct StatusBoard {
 
 impl StatusBoard {
     pub fn update<R>(&self, client: &str, f: impl FnOnce(&mut ClientStatus) -> R) -> R {
-        let r = {
-            let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        self.change(|clients| {
             // (the name is copied only for a client the board does not have yet)
             if !clients.contains_key(client) {
                 clients.insert(client.to_string(), ClientStatus::default());
@@ -122,7 +121,12 @@ impl StatusBoard {
                 Some(status) => f(status),
                 None => f(&mut ClientStatus::default()),
             }
-        };
+        })
+    }
+
+    /// `f` on the board under its lock, then everyone told of a change.
+    fn change<R>(&self, f: impl FnOnce(&mut BTreeMap<String, ClientStatus>) -> R) -> R {
+        let r = f(&mut self.clients.lock().unwrap_or_else(|p| p.into_inner()));
         self.changed();
         r
     }
@@ -171,20 +175,11 @@ impl StatusBoard {
 
     /// Like [`StatusBoard::update`], for a client already on the board.
     pub fn modify<R>(&self, client: &str, f: impl FnOnce(&mut ClientStatus) -> R) -> Option<R> {
-        let r = {
-            let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-            clients.get_mut(client).map(f)
-        };
-        self.changed();
-        r
+        self.change(|clients| clients.get_mut(client).map(f))
     }
 
     pub fn remove(&self, client: &str) {
-        self.clients
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(client);
-        self.changed();
+        self.change(|clients| clients.remove(client));
     }
 
     /// Reads the board under its lock (no copy: with thousands of clients a
