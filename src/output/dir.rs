@@ -41,12 +41,19 @@ fn is_own_link(dir: &Path, name: &str) -> bool {
 /// alone; a file or another link someone put there (an editor saving by
 /// rename replaces the link with a file) is replaced in one rename; a
 /// directory is refused.
-fn relink(dir: &Path, name: &str, version_name: &str) -> io::Result<()> {
-    if is_own_link(dir, name) {
-        return Ok(());
-    }
+///
+/// Returns the link's [`Stamp`] as this write found or made it: looked at
+/// before it was judged (an own link) or before it was renamed into place,
+/// so a change right after shows as one.
+fn relink(dir: &Path, name: &str, version_name: &str) -> io::Result<Stamp> {
     let link = dir.join(name);
-    if fs::symlink_metadata(&link).is_ok_and(|m| m.is_dir()) {
+    let found = fs::symlink_metadata(&link);
+    if let Ok(meta) = &found {
+        if meta.file_type().is_symlink() && is_own_link(dir, name) {
+            return Ok(Stamp::from_metadata(meta));
+        }
+    }
+    if found.is_ok_and(|m| m.is_dir()) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
@@ -59,10 +66,12 @@ fn relink(dir: &Path, name: &str, version_name: &str) -> io::Result<()> {
     let tmp = dir.join(format!("..link_tmp{}.{name}", &version_name[1..]));
     std::os::unix::fs::symlink(Path::new(DATA_LINK).join(name), &tmp)
         .map_err(|e| context(&tmp, "cannot create symlink", e))?;
+    let made = fs::symlink_metadata(&tmp).map_err(|e| context(&tmp, "cannot stat", e))?;
     fs::rename(&tmp, &link).map_err(|e| {
         let _ = fs::remove_file(&tmp);
         context(&link, "cannot replace with the set's link", e)
-    })
+    })?;
+    Ok(Stamp::from_metadata(&made))
 }
 
 /// Writes `files` (name, content) as one new version of the set in `dir`;
@@ -147,8 +156,9 @@ pub fn write_set(
         .and_then(|d| d.sync_all())
         .map_err(|e| context(dir, "cannot fsync", e))?;
 
+    let mut links = Vec::with_capacity(files.len());
     for (name, _) in files {
-        relink(dir, name, &version_name)?;
+        links.push((*name, relink(dir, name, &version_name)?));
     }
     // the previous version, and any a killed or failed write left behind
     if let Ok(entries) = fs::read_dir(dir) {
@@ -165,8 +175,15 @@ pub fn write_set(
             }
         }
     }
-    let files = SET_FILES.map(|name| stamps.iter().find(|(n, _)| *n == name).map(|(_, s)| *s));
-    let stamp = Stamp::set(dir, Some(Path::new(&version_name)), Some(files));
+    let of = |taken: &[(&str, Stamp)]| {
+        SET_FILES.map(|name| taken.iter().find(|(n, _)| *n == name).map(|(_, s)| *s))
+    };
+    let stamp = Stamp::set(
+        dir,
+        Some(Path::new(&version_name)),
+        Some(of(&stamps)),
+        of(&links),
+    );
     Ok((WriteOutcome::Written, stamp))
 }
 

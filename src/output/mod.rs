@@ -165,9 +165,8 @@ pub struct Stamp {
 }
 
 impl Stamp {
-    /// What the output at `path` looks like on disk now, by one `lstat` (of
-    /// the file, or of an `atomic_dir`'s directory, whose mtime moves when an
-    /// entry is removed or replaced). `None` when it is missing.
+    /// What the file (or link, or directory) at `path` looks like on disk
+    /// now, by one `lstat`. `None` when it is missing.
     pub fn of(path: &std::path::Path) -> Option<Stamp> {
         std::fs::symlink_metadata(path)
             .ok()
@@ -187,31 +186,37 @@ impl Stamp {
         }
     }
 
-    /// An `atomic_dir` set at `dir`: its directory, whose mtime moves when
-    /// a link is removed or replaced, and each file of the version `..data`
-    /// points to, which an edit in place changes without touching the
-    /// directory (one `lstat` per file).
+    /// An `atomic_dir` set at `dir` as it is now: its directory, each of
+    /// its links (a link removed or replaced by a file), and each file of
+    /// the version `..data` points to (an edit in place through a link);
+    /// one `lstat` each.
     pub fn of_set(dir: &std::path::Path) -> Option<Stamp> {
         let version = std::fs::read_link(dir.join(dir::DATA_LINK)).ok();
         let files = version
             .as_ref()
             .map(|v| dir::SET_FILES.map(|name| Stamp::of(&dir.join(v).join(name))));
-        Stamp::set(dir, version.as_deref(), files)
+        let links = dir::SET_FILES.map(|name| Stamp::of(&dir.join(name)));
+        Stamp::set(dir, version.as_deref(), files, links)
     }
 
-    /// An `atomic_dir` set's stamp: its directory's `lstat`, and a digest of
-    /// the version `..data` names and what each of its files looked like
-    /// (in [`dir::SET_FILES`]' order).
+    /// An `atomic_dir` set's stamp: its directory (which one, its mode and
+    /// owner — not its times or size, which any entry's change moves, and
+    /// which a write could only take by looking afterwards), and a digest
+    /// of the version `..data` names, what each of its files looked like
+    /// and each of the set's links (in [`dir::SET_FILES`]' order).
     pub fn set(
         dir: &std::path::Path,
         version: Option<&std::path::Path>,
         files: Option<[Option<Stamp>; dir::SET_FILES.len()]>,
+        links: [Option<Stamp>; dir::SET_FILES.len()],
     ) -> Option<Stamp> {
         use std::hash::{Hash, Hasher};
         let mut stamp = Stamp::of(dir)?;
+        (stamp.len, stamp.mtime) = (0, (0, 0));
         let mut digest = std::hash::DefaultHasher::new();
         version.hash(&mut digest);
         files.hash(&mut digest);
+        links.hash(&mut digest);
         stamp.files = digest.finish();
         Some(stamp)
     }
