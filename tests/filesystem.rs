@@ -82,6 +82,12 @@ fn an_atomic_dir_edited_in_place_or_relinked_is_written_whole_again() {
     daemon.wait_until("the token repaired", || {
         sb.read("a.d/token").as_ref() == Some(&token)
     });
+    // the repair's write is over (the content is back at its switch, before
+    // it relinks): else the next edit is undone by this repair, unseen
+    daemon.wait_log(
+        "the output was removed or changed on disk; written again",
+        1,
+    );
     // an editor that saves by renaming a file over the link
     fs::write(sb.path("a.d/.expires_at.swp"), "1999-01-01T00:00:00Z").unwrap();
     fs::rename(sb.path("a.d/.expires_at.swp"), sb.path("a.d/expires_at")).unwrap();

@@ -101,13 +101,10 @@ pub fn watch_config(
         .unwrap_or_default();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
-        match classify(&event, &name) {
-            Some(change) => {
-                let _ = tx.try_send(change);
-            }
-            None => {
-                tracing::trace!(paths = ?event.paths, "an event in the config's directory that is not a change of the config; ignored")
-            }
+        // other events in the directory are not logged, even at trace: a
+        // log file there would log its own writes, without end
+        if let Some(change) = classify(&event, &name) {
+            let _ = tx.try_send(change);
         }
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;

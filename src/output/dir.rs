@@ -156,8 +156,11 @@ pub fn write_set(
         .and_then(|d| d.sync_all())
         .map_err(|e| context(dir, "cannot fsync", e))?;
 
+    // the `token` link last: a reader that waits for it (the first write
+    // makes the links one by one) finds every other file there too
     let mut links = Vec::with_capacity(files.len());
-    for (name, _) in files {
+    let (last, first): (Vec<_>, Vec<_>) = files.iter().partition(|(name, _)| *name == "token");
+    for (name, _) in first.into_iter().chain(last) {
         links.push((*name, relink(dir, name, &version_name)?));
     }
     // the previous version, and any a killed or failed write left behind
