@@ -254,7 +254,7 @@ fn load_client(name: &str, arg: &ConfigArg) -> Result<(Config, Arc<config::Clien
     let found = config::load_one(&arg.config, name, &config::process_env)
         .map_err(|e| Exit::Config(e.to_string()))?;
     let config = match found {
-        config::One::Found(config) => config,
+        config::One::Found(config) => *config,
         config::One::Missing(names) => {
             return Err(no_such_client(name, arg, names.iter().map(String::as_str)));
         }

@@ -263,3 +263,86 @@ fn a_configmap_style_data_swap_reloads() {
     assert_eq!(server.count_path("/a"), 1);
     daemon.stop();
 }
+
+/// An edit of one client's table in a file of many: only that client is
+/// read (the log says so), it is applied like any reload, and a mistake in
+/// it — its own, or an output another client already writes — is refused
+/// with its line, the old config still running.
+#[test]
+fn an_edit_of_one_client_reads_that_client_alone() {
+    let server = FaultServer::start(Some(3600));
+    let sb = Sandbox::new();
+    let names = ["a", "b", "c", "d", "e"];
+    let text = |b_extra: &str, b_path: &str| {
+        let clients: String = names
+            .iter()
+            .map(|n| match *n {
+                "b" => client(n, &server.at("/b"), b_extra)
+                    .replace("path = \"b.token\"", &format!("path = \"{b_path}\"")),
+                n => client(n, &server.at(&format!("/{n}")), ""),
+            })
+            .collect();
+        with_config_text(&sb, &clients)
+    };
+    fs::write(sb.config(), text("", "b.token")).unwrap();
+    let daemon = sb.start();
+    wait_until("five tokens", WAIT, || {
+        names
+            .iter()
+            .all(|n| sb.read(&format!("{n}.token")).is_some())
+    });
+
+    // b takes a's file: refused at b's line, nothing changes
+    let taken = text("", "a.token");
+    fs::write(sb.config(), &taken).unwrap();
+    daemon.wait_log("config reload failed; still running the previous config", 1);
+    let line = taken
+        .lines()
+        .position(|l| l == "path = \"a.token\"")
+        .and_then(|first| {
+            taken
+                .lines()
+                .skip(first + 1)
+                .position(|l| l == "path = \"a.token\"")
+                .map(|p| first + 2 + p)
+        })
+        .unwrap();
+    let logs = daemon.logs();
+    assert!(
+        logs.contains(&format!(":{line}:8: clients.b.outputs[0].path: "))
+            && logs.contains("is also written by clients.a.outputs[0]"),
+        "{logs}"
+    );
+
+    fs::write(sb.config(), text("scope = \"more\"", "b.token")).unwrap();
+    daemon.wait_until("the edit read alone", || {
+        daemon.logs().lines().any(|l| {
+            l.contains("only clients' tables changed: those alone were read")
+                && l.contains("read=1")
+                && l.contains("removed=0")
+        })
+    });
+    wait_until("b refetched", WAIT, || server.count_path("/b") == 2);
+    daemon.wait_until("the diff in the log", || {
+        daemon.logs().lines().any(|l| {
+            l.contains("config applied")
+                && ["added=0", "changed=1", "removed=0", "unchanged=4"]
+                    .iter()
+                    .all(|f| l.contains(f))
+        })
+    });
+    let requests = server.requests();
+    assert_eq!(
+        requests
+            .iter()
+            .rfind(|r| r.path == "/b")
+            .unwrap()
+            .form("scope")
+            .as_deref(),
+        Some("more")
+    );
+    for n in ["a", "c", "d", "e"] {
+        assert_eq!(server.count_path(&format!("/{n}")), 1, "{n} is left alone");
+    }
+    daemon.stop();
+}

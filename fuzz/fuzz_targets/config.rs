@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let (raw, mut diagnostics) = raw::parse(text);
     if !raw.not_toml {
         let env = |name: &str| (name == "CREDENTIALS_DIRECTORY").then(|| "/run/creds".to_string());
-        let (_plan, invalid) = validate::validate(&raw, Path::new("/etc/tokenkeeper"), &env);
+        let (_plan, invalid) = validate::validate(&raw, Path::new("/etc/tokenkeeper"), &env, Default::default());
         diagnostics.extend(invalid);
     }
     for d in &diagnostics {

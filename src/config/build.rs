@@ -318,71 +318,117 @@ fn resolved(path: &std::path::Path, cache: &mut HashMap<PathBuf, PathBuf>) -> Pa
     }
 }
 
+/// A file output as the checks across clients see it: its path as
+/// configured and as the filesystem had it when the output was built.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileSeen {
+    pub client: String,
+    pub key: String,
+    pub path: PathBuf,
+    pub real: PathBuf,
+    /// An `atomic_dir` set, which replaces the files in it.
+    pub set: bool,
+}
+
 /// File outputs that meet on disk although their paths differ as written
 /// (validation compares those): two that reach one file through a symlinked
 /// directory, and a file inside an `atomic_dir` set, which replaces its
-/// files.
-fn overlapping_files(plans: &[ClientPlan]) -> Vec<Diagnostic> {
+/// files. `known` are the file outputs of clients built before and left
+/// alone (checked among themselves then); the plans' own file outputs are
+/// returned, as seen.
+fn overlapping_files(plans: &[ClientPlan], known: &[FileSeen]) -> (Vec<Diagnostic>, Vec<FileSeen>) {
     let mut cache = HashMap::new();
-    let mut files: HashMap<PathBuf, (&str, &std::path::Path)> = HashMap::new();
-    let mut sets: HashMap<PathBuf, &str> = HashMap::new();
+    let mine: Vec<FileSeen> = plans
+        .iter()
+        .flat_map(|c| c.outputs.iter().map(move |o| (&c.name, o)))
+        .filter_map(|(client, o)| match &o.kind {
+            OutputKindPlan::File { path, layout, .. } => Some(FileSeen {
+                client: client.clone(),
+                key: o.key.clone(),
+                path: path.clone(),
+                real: resolved(path, &mut cache),
+                set: *layout == Layout::AtomicDir,
+            }),
+            _ => None,
+        })
+        .collect();
+    let sets = |files: &[FileSeen]| -> HashMap<PathBuf, String> {
+        files
+            .iter()
+            .filter(|f| f.set)
+            .map(|f| (f.real.clone(), f.key.clone()))
+            .collect()
+    };
+    let (known_sets, my_sets) = (sets(known), sets(&mine));
     let mut found = Vec::new();
-    let outputs = plans.iter().flat_map(|c| &c.outputs);
-    for o in outputs.clone() {
-        if let OutputKindPlan::File {
-            path,
-            layout: Layout::AtomicDir,
-            ..
-        } = &o.kind
-        {
-            sets.insert(resolved(path, &mut cache), &o.key);
+    let mut inside = |f: &FileSeen, sets: &[&HashMap<PathBuf, String>]| {
+        if f.set {
+            return;
+        }
+        let set = f
+            .real
+            .ancestors()
+            .skip(1)
+            .find_map(|a| sets.iter().find_map(|s| s.get(a)));
+        if let Some(set) = set {
+            found.push(Diagnostic {
+                span: None,
+                key: format!("{}.path", f.key),
+                message: format!(
+                    "{} lies inside the atomic_dir set of {set}, which replaces the files in it",
+                    f.path.display()
+                ),
+            });
+        }
+    };
+    for f in &mine {
+        inside(f, &[&known_sets, &my_sets]);
+    }
+    if !my_sets.is_empty() {
+        // a new set around files already there
+        for f in known {
+            inside(f, &[&my_sets]);
         }
     }
-    for o in outputs {
-        let OutputKindPlan::File { path, layout, .. } = &o.kind else {
-            continue;
-        };
-        let real = resolved(path, &mut cache);
-        if *layout == Layout::File {
-            if let Some(set) = real.ancestors().skip(1).find_map(|a| sets.get(a)) {
-                found.push(Diagnostic {
-                    span: None,
-                    key: format!("{}.path", o.key),
-                    message: format!(
-                        "{} lies inside the atomic_dir set of {set}, which replaces the files in it",
-                        path.display()
-                    ),
-                });
-            }
-        }
-        match files.get(&real) {
+    let mut files: HashMap<&std::path::Path, &FileSeen> =
+        known.iter().map(|f| (f.real.as_path(), f)).collect();
+    for f in &mine {
+        match files.get(f.real.as_path()) {
             // the same path as written: validation says so already
-            Some((_, first_path)) if *first_path == path.as_path() => {}
-            Some((first, first_path)) => found.push(Diagnostic {
+            Some(first) if first.path == f.path => {}
+            Some(first) => found.push(Diagnostic {
                 span: None,
-                key: format!("{}.path", o.key),
+                key: format!("{}.path", f.key),
                 message: format!(
-                    "{} is the same file as {} of {first} (both are {} on disk); two outputs cannot share a file",
-                    path.display(),
-                    first_path.display(),
-                    real.display()
+                    "{} is the same file as {} of {} (both are {} on disk); two outputs cannot share a file",
+                    f.path.display(),
+                    first.path.display(),
+                    first.key,
+                    f.real.display()
                 ),
             }),
             None => {
-                files.insert(real, (&o.key, path));
+                files.insert(&f.real, f);
             }
         }
     }
-    found
+    (found, mine)
 }
 
+/// What [`build`] makes: the specs, and their file outputs as seen.
+pub type Built = (BTreeMap<String, Arc<ClientSpec>>, Vec<FileSeen>);
+
 /// The plan is consumed: what validation made is moved into the specs.
+/// `known`: the file outputs of the clients left out (see
+/// [`overlapping_files`]).
 pub fn build(
     plans: Vec<ClientPlan>,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<BTreeMap<String, Arc<ClientSpec>>, Vec<Diagnostic>> {
+    known: &[FileSeen],
+) -> Result<Built, Vec<Diagnostic>> {
+    let (overlapping, seen) = overlapping_files(&plans, known);
     let mut b = Builder {
-        diagnostics: overlapping_files(&plans),
+        diagnostics: overlapping,
         env,
         cas: std::collections::HashMap::new(),
     };
@@ -393,7 +439,7 @@ pub fn build(
         }
     }
     if b.diagnostics.is_empty() {
-        Ok(clients)
+        Ok((clients, seen))
     } else {
         Err(b.diagnostics)
     }

@@ -8,6 +8,7 @@
 //! `check` and `token`.
 
 pub mod build;
+mod edit;
 mod one;
 pub mod presets;
 pub mod raw;
@@ -24,6 +25,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use edit::{Index, Reload};
 pub use raw::LogFormat;
 
 /// One problem in the config file.
@@ -131,8 +133,11 @@ pub struct Config {
     pub path: PathBuf,
     pub daemon: DaemonSettings,
     pub clients: BTreeMap<String, Arc<ClientSpec>>,
-    /// SHA-256 of the file's bytes, to skip reloads of unchanged content.
+    /// SHA-256 of the file's bytes, to skip reloads of unchanged content
+    /// (zero for [`load_one`]'s).
     pub digest: [u8; 32],
+    /// What a reload of an edit needs (empty for [`load_one`]'s).
+    pub index: Index,
 }
 
 impl Config {
@@ -156,43 +161,66 @@ fn plan(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(validate::Plan, Vec<Diagnostic>), Vec<Diagnostic>> {
-    plan_only(path, text, env, None).map(|(plan, diagnostics, _)| (plan, diagnostics))
+    plan_only(path, text, env, None).map(|(plan, diagnostics, _, _)| (plan, diagnostics))
 }
 
 /// [`plan`] of `only` the named client, when it is given; also the names
-/// of the clients left out.
+/// of the clients left out. When the plan was made from a view of the file,
+/// its spans are the view's: the view comes with it, to [`one::View::remap`]
+/// what is wrong.
+#[allow(clippy::type_complexity)]
 fn plan_only(
     path: &Path,
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
     only: Option<&str>,
-) -> Result<(validate::Plan, Vec<Diagnostic>, Vec<String>), Vec<Diagnostic>> {
-    // one client: from a view of the text with the others blanked out, when
-    // the file has the plain layout (else the whole text, reading one)
-    let view = only.and_then(|name| one::view(text, name));
-    let (mut raw, mut diagnostics) = match &view {
-        Some((view, _)) => raw::parse_only(view, only),
+) -> Result<
+    (
+        validate::Plan,
+        Vec<Diagnostic>,
+        Vec<String>,
+        Option<one::View>,
+    ),
+    Vec<Diagnostic>,
+> {
+    // one client: from a view of the text without the others, when the
+    // file has the plain layout (else the whole text, reading one)
+    let view = only.and_then(|name| one::view(text, |n| n == name));
+    let (mut raw, diagnostics) = match &view {
+        Some((view, _)) => raw::parse_only(&view.text, only),
         None => raw::parse_only(text, only),
     };
-    if let Some((_, others)) = view {
-        raw.skipped_clients = others;
-    }
+    let (view, mut diagnostics) = match view {
+        Some((view, others)) => {
+            raw.skipped_clients = others;
+            (Some(view), diagnostics)
+        }
+        None => (None, diagnostics),
+    };
+    let remap = |d: Vec<Diagnostic>| match &view {
+        Some(view) => view.remap(d),
+        None => d,
+    };
     if raw.not_toml {
-        return Err(diagnostics);
+        return Err(remap(diagnostics));
     }
+    let skipped = std::mem::take(&mut raw.skipped_clients);
+    if only.is_some() && raw.clients.is_empty() && raw.unreadable_clients == 0 {
+        // not there: the caller says so, with the names there are
+        return Ok((validate::Plan::default(), Vec::new(), skipped, view));
+    }
+    let (plan, invalid) = validate::validate(&raw, &base(path), env, Default::default());
+    diagnostics.extend(invalid);
+    Ok((plan, diagnostics, skipped, view))
+}
+
+/// The directory relative paths in the config at `path` start from.
+fn base(path: &Path) -> PathBuf {
     let base = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
-    let skipped = std::mem::take(&mut raw.skipped_clients);
-    if only.is_some() && raw.clients.is_empty() && raw.unreadable_clients == 0 {
-        // not there: the caller says so, with the names there are
-        return Ok((validate::Plan::default(), Vec::new(), skipped));
-    }
-    let (plan, invalid) = validate::validate(&raw, &base, env);
-    diagnostics.extend(invalid);
-    Ok((plan, diagnostics, skipped))
+    std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf())
 }
 
 /// What `tokenkeeper status` needs — `state_dir` and the clients' names —
@@ -245,13 +273,13 @@ pub fn load_str(
 ) -> Result<Config, ConfigError> {
     let fail = |diagnostics| ConfigError::new(path, text, diagnostics);
     let (plan, diagnostics) = plan(path, text, env).map_err(fail)?;
-    built(path, text, env, plan, diagnostics)
+    built(path, text, env, plan, diagnostics, true)
 }
 
 /// What [`load_one`] found.
 pub enum One {
     /// The config with that client alone.
-    Found(Config),
+    Found(Box<Config>),
     /// No such client; the names of those there are.
     Missing(Vec<String>),
 }
@@ -267,25 +295,40 @@ pub fn load_one(
 ) -> Result<One, ConfigError> {
     let text = read_text(path)?;
     let fail = |diagnostics| ConfigError::new(path, &text, diagnostics);
-    let (plan, diagnostics, others) = plan_only(path, &text, env, Some(name)).map_err(fail)?;
+    let (plan, diagnostics, others, view) =
+        plan_only(path, &text, env, Some(name)).map_err(fail)?;
     if plan.clients.is_empty() && diagnostics.is_empty() {
         return Ok(One::Missing(others));
     }
-    built(path, &text, env, plan, diagnostics).map(One::Found)
+    built(path, &text, env, plan, diagnostics, false)
+        .map(|c| One::Found(Box::new(c)))
+        .map_err(|mut e| {
+            if let Some(view) = &view {
+                e.diagnostics = view.remap(std::mem::take(&mut e.diagnostics));
+                e.diagnostics
+                    .sort_by_key(|d| d.span.as_ref().map_or(usize::MAX, |s| s.start));
+            }
+            e
+        })
 }
 
 /// The config built from `plan`, unless there are `diagnostics` or
-/// building finds more.
+/// building finds more; with its [`Index`] when `indexed`.
 fn built(
     path: &Path,
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
     validate::Plan { daemon, clients }: validate::Plan,
     mut diagnostics: Vec<Diagnostic>,
+    indexed: bool,
 ) -> Result<Config, ConfigError> {
     let fail = |diagnostics| ConfigError::new(path, text, diagnostics);
-    let clients = match build::build(clients, env) {
-        Ok(clients) if diagnostics.is_empty() => clients,
+    let index = indexed.then(|| Index::new(text, &clients));
+    let (clients, index) = match build::build(clients, env, &[]) {
+        Ok((clients, files)) if diagnostics.is_empty() => (
+            clients,
+            index.map(|i| i.with_files(files)).unwrap_or_default(),
+        ),
         Ok(_) => return Err(fail(diagnostics)),
         Err(unbuildable) => {
             diagnostics.extend(unbuildable);
@@ -302,7 +345,13 @@ fn built(
             check_outputs: daemon.check_outputs,
         },
         clients,
-        digest: digest(text.as_bytes()),
+        // what a reload compares: only a config that is reloaded needs it
+        digest: if indexed {
+            digest(text.as_bytes())
+        } else {
+            [0; 32]
+        },
+        index,
     })
 }
 

@@ -1,6 +1,7 @@
 //! Data-driven config tests: `check(input, expected)` compares the whole
 //! error text (or "ok") so a message change is a visible diff.
 
+use super::edit::Edit;
 use super::*;
 use crate::grant::{ClientAuth, Encoding, GrantSpec};
 use crate::output::{Format, OutputKind};
@@ -678,4 +679,212 @@ fn one_client_is_loaded_without_the_others_and_its_errors_keep_their_lines() {
     )
     .unwrap();
     assert!(matches!(one("a").unwrap(), One::Found(c) if c.clients.len() == 1));
+}
+
+/// A config file on disk for [`Config::reload`], its clients written by
+/// `client`.
+struct Edited {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Edited {
+    fn new(text: &str) -> (Edited, Config) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        let config = super::load(&path, &env).unwrap();
+        (Edited { _dir: dir, path }, config)
+    }
+
+    fn write(&self, text: &str) {
+        std::fs::write(&self.path, text).unwrap();
+    }
+}
+
+fn edit_client(name: &str, extra: &str, path: &str) -> String {
+    format!(
+        "[clients.{name}]\ntoken_url = \"https://a.example/token\"\nclient_id = \"id\"\nclient_secret = \"s\"\n{extra}\n[[clients.{name}.outputs]]\ntype = \"file\"\npath = \"{path}\"\n"
+    )
+}
+
+fn edit_file(clients: &[(&str, &str, &str)]) -> String {
+    let mut text = String::from("[daemon]\nstate_dir = \"/s\"\n\n[defaults]\ntimeout = \"5s\"\n\n");
+    for (name, extra, path) in clients {
+        text += &edit_client(name, extra, path);
+    }
+    text
+}
+
+#[track_caller]
+fn edited(config: &Config) -> Edit {
+    match config.reload(&env) {
+        Ok(Reload::Edit(edit)) => edit,
+        Ok(Reload::Whole(_)) => panic!("read whole"),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn an_edit_reads_only_the_clients_it_touched_and_they_come_out_as_a_whole_load_makes_them() {
+    // more left alone than touched (else it reads the whole file)
+    let alone: Vec<(String, String)> = (0..6)
+        .map(|i| (format!("z{i}"), format!("/run/tk/z{i}")))
+        .collect();
+    let with_alone = |mine: &[(&str, &str, &str)]| {
+        let mut all = mine.to_vec();
+        all.extend(alone.iter().map(|(n, p)| (n.as_str(), "", p.as_str())));
+        edit_file(&all)
+    };
+    let (file, mut config) = Edited::new(&with_alone(&[
+        ("a", "", "/run/tk/a"),
+        ("b", "", "/run/tk/b"),
+        ("c", "", "/run/tk/c"),
+    ]));
+    // b changed, c removed, d, e, f added
+    let text = with_alone(&[
+        ("a", "", "/run/tk/a"),
+        ("b", "scope = \"more\"", "/run/tk/b"),
+        ("d", "", "/run/tk/d"),
+        ("e", "", "/run/tk/e"),
+        ("f", "", "/run/tk/f"),
+    ]);
+    file.write(&text);
+    let edit = edited(&config);
+    assert_eq!(
+        edit.clients.keys().collect::<Vec<_>>(),
+        ["b", "d", "e", "f"]
+    );
+    assert_eq!(edit.removed, ["c"]);
+    let whole = load_str(&file.path, &text, &env).unwrap();
+    for (name, spec) in &edit.clients {
+        assert_eq!(spec, &whole.clients[name], "{name}");
+    }
+    config.commit(edit);
+    assert_eq!(config.digest, whole.digest);
+    // the next edit is measured from the committed one: a comment in d
+    let commented = text.replace("[clients.d]\n", "[clients.d]\n# d's\n");
+    file.write(&commented);
+    let edit = edited(&config);
+    assert_eq!(edit.clients.keys().collect::<Vec<_>>(), ["d"]);
+    assert!(edit.removed.is_empty());
+    assert_eq!(edit.clients["d"], whole.clients["d"], "as it was");
+    config.commit(edit);
+    // nothing but a removal
+    file.write(&commented.replace(&edit_client("f", "", "/run/tk/f"), ""));
+    let edit = edited(&config);
+    assert!(edit.clients.is_empty());
+    assert_eq!(edit.removed, ["f"]);
+}
+
+#[test]
+fn the_shared_part_another_layout_or_most_clients_changed_read_the_whole_file() {
+    let two = [
+        ("a", "", "/run/tk/a"),
+        ("b", "", "/run/tk/b"),
+        ("c", "", "/run/tk/c"),
+    ];
+    let text = edit_file(&two);
+    let (file, config) = Edited::new(&text);
+    let whole = |text: &str| {
+        file.write(text);
+        matches!(config.reload(&env), Ok(Reload::Whole(_)))
+    };
+    assert!(whole(&text.replace("timeout = \"5s\"", "timeout = \"6s\"")));
+    assert!(whole(
+        &text.replace("state_dir = \"/s\"", "state_dir = \"/t\"")
+    ));
+    assert!(whole(&format!("{text}[clients]\n")), "not the plain layout");
+    assert!(whole(&edit_file(&[
+        ("a", "scope = \"x\"", "/run/tk/a"),
+        ("b", "scope = \"x\"", "/run/tk/b"),
+        ("c", "", "/run/tk/c"),
+    ])));
+    assert!(!whole(&edit_file(&[
+        ("a", "scope = \"x\"", "/run/tk/a"),
+        ("b", "", "/run/tk/b"),
+        ("c", "", "/run/tk/c"),
+    ])));
+    // a config that was not of the plain layout reads whole from then on
+    let (file, config) = Edited::new(
+        "[clients]\na = { token_url = \"https://a.example/token\", client_id = \"id\", client_secret = \"s\", outputs = [{ type = \"file\", path = \"/run/tk/a\" }] }\n",
+    );
+    file.write(&edit_file(&two));
+    assert!(matches!(config.reload(&env), Ok(Reload::Whole(_))));
+}
+
+#[test]
+fn an_edit_is_checked_against_the_clients_it_left_alone_and_its_errors_keep_their_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    std::fs::create_dir(dir.path().join("real")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link")).unwrap();
+    let clients = [
+        ("a", "", format!("{d}/real/a.token")),
+        ("b", "", format!("{d}/b.token")),
+        ("c", "", format!("{d}/set/c.token")),
+        ("e", "", format!("{d}/e.token")),
+    ];
+    let as_refs = |c: &[(&'static str, &'static str, String)]| {
+        edit_file(
+            &c.iter()
+                .map(|(n, x, p)| (*n, *x, p.as_str()))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let (file, config) = Edited::new(&as_refs(&clients));
+    let refused = |text: &str| {
+        file.write(text);
+        match config.reload(&env) {
+            Ok(Reload::Edit(_)) => panic!("accepted:\n{text}"),
+            Ok(Reload::Whole(_)) => panic!("read whole:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    };
+    // b takes a's path as written
+    let mut taken = clients.clone();
+    taken[1].2 = clients[0].2.clone();
+    let e = refused(&as_refs(&taken));
+    assert!(
+        e.contains("clients.b.outputs[0].path: ")
+            && e.contains("also written by clients.a.outputs[0]"),
+        "{e}"
+    );
+    // ... through a symlinked directory
+    taken[1].2 = format!("{d}/link/a.token");
+    let e = refused(&as_refs(&taken));
+    assert!(
+        e.contains("link/a.token is the same file as") && e.contains("of clients.a.outputs[0]"),
+        "{e}"
+    );
+    // b becomes an atomic_dir set around c's file
+    taken[1].2 = format!("{d}/set\"\nlayout = \"atomic_dir");
+    let e = refused(&as_refs(&taken));
+    assert!(
+        e.contains("clients.c.outputs[0].path: ")
+            && e.contains("inside the atomic_dir set of clients.b.outputs[0]"),
+        "{e}"
+    );
+    // b's own mistakes, at their lines in the whole file
+    let mut broken = clients.clone();
+    broken[1].1 = "refresh_ratio = 2";
+    let text = as_refs(&broken);
+    let line = text.lines().position(|l| l == "refresh_ratio = 2").unwrap() + 1;
+    let e = refused(&text);
+    assert!(
+        e.starts_with(&format!(
+            "{}:{line}:17: clients.b.refresh_ratio:",
+            file.path.display()
+        )),
+        "{e}"
+    );
+    broken[1].1 = "scope = \"unclosed";
+    let text = as_refs(&broken);
+    let line = text
+        .lines()
+        .position(|l| l == "scope = \"unclosed")
+        .unwrap()
+        + 1;
+    let e = refused(&text);
+    assert!(e.contains(&format!(":{line}:")), "{e}");
 }

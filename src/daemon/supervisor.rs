@@ -7,9 +7,9 @@
 use super::client::{ClientTask, Jitter, REFRESH_SLOTS, Start, random_jitter, resume};
 use super::control::{self, Handle};
 use super::outputs::{OutputContext, Sweep, run_output};
-use super::reload::{ConfigEvent, diff, watch_config};
+use super::reload::{ConfigEvent, Diff, diff, watch_config};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{self, ClientSpec, Config};
+use crate::config::{self, ClientSpec, Config, Reload};
 use crate::grant::TokenSource;
 use crate::grant::http::HttpTokenSource;
 use crate::state::StateStore;
@@ -206,7 +206,30 @@ impl<S: TokenSource> Supervisor<S> {
             .iter()
             .map(|(n, r)| (n.clone(), r.spec.clone()))
             .collect();
-        let d = diff(&current, clients);
+        let first = current.is_empty();
+        self.apply_diff(diff(&current, clients), clients, first);
+    }
+
+    /// Applies an edit that touched only `touched` (added, changed or as
+    /// they were) and `removed`: the other running clients are not looked
+    /// at.
+    pub fn apply_edit(&mut self, touched: &BTreeMap<String, Arc<ClientSpec>>, removed: &[String]) {
+        let mut d = Diff {
+            removed: removed.to_vec(),
+            ..Diff::default()
+        };
+        for (name, spec) in touched {
+            match self.running.get(name) {
+                None => d.added.push(name.clone()),
+                Some(r) if r.spec == *spec => d.unchanged.push(name.clone()),
+                Some(_) => d.changed.push(name.clone()),
+            }
+        }
+        self.apply_diff(d, touched, false);
+    }
+
+    /// Applies `d`, whose added and changed clients are in `new`.
+    fn apply_diff(&mut self, d: Diff, new: &BTreeMap<String, Arc<ClientSpec>>, first: bool) {
         for name in &d.removed {
             self.stop_client(name);
             self.board.remove(name);
@@ -214,7 +237,10 @@ impl<S: TokenSource> Supervisor<S> {
             tracing::info!(client = %name, "client removed; its files stay in place");
         }
         for name in &d.changed {
-            let (old, new) = (&current[name], &clients[name]);
+            let Some(old) = self.running.get(name).map(|r| r.spec.clone()) else {
+                continue;
+            };
+            let new = &new[name];
             if old.request == new.request && old.policy == new.policy {
                 self.replace_outputs(new.clone());
                 tracing::info!(client = %name, "outputs changed; writing the current token to them");
@@ -232,15 +258,18 @@ impl<S: TokenSource> Supervisor<S> {
             }
         }
         for name in &d.added {
-            self.start_client(clients[name].clone(), false);
+            self.start_client(new[name].clone(), false);
         }
-        self.metrics.clients.set(clients.len() as i64);
-        if !current.is_empty() {
+        self.metrics.clients.set(self.running.len() as i64);
+        if !first {
             tracing::info!(
                 added = d.added.len(),
                 changed = d.changed.len(),
                 removed = d.removed.len(),
-                unchanged = d.unchanged.len(),
+                unchanged = self
+                    .running
+                    .len()
+                    .saturating_sub(d.added.len() + d.changed.len()),
                 "config applied"
             );
         }
@@ -331,10 +360,32 @@ impl WallWatch {
     }
 }
 
-/// Reads the config again; logs and returns `None` when it is invalid.
-fn reload_config(current: &Config, metrics: &Metrics) -> Option<Config> {
-    match config::load(&current.path, &config::process_env) {
-        Ok(new) => {
+/// How a reload reads the config file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Read {
+    /// All of it, and every file it names (SIGHUP: a rotated secret file
+    /// is read again).
+    Whole,
+    /// The clients the edit touched, when only clients' tables changed
+    /// (the file watcher).
+    Edit,
+}
+
+/// Reads the config again and applies it; logs and returns `false` when it
+/// is invalid (the running config stays).
+fn reload<S: TokenSource>(
+    supervisor: &mut Supervisor<S>,
+    current: &mut Config,
+    read: Read,
+    metrics: &Metrics,
+) -> bool {
+    let env = &config::process_env;
+    let found = match read {
+        Read::Whole => config::load(&current.path, env).map(Reload::Whole),
+        Read::Edit => current.reload(env),
+    };
+    match found {
+        Ok(Reload::Whole(new)) => {
             metrics.reloads.inc();
             for warning in new.warnings() {
                 tracing::warn!("{warning}");
@@ -342,12 +393,24 @@ fn reload_config(current: &Config, metrics: &Metrics) -> Option<Config> {
             if new.daemon != current.daemon {
                 tracing::warn!("changes to [daemon] take effect at the next restart");
             }
-            Some(new)
+            *current = apply_config(supervisor, new);
+            true
+        }
+        Ok(Reload::Edit(edit)) => {
+            metrics.reloads.inc();
+            tracing::info!(
+                read = edit.clients.len(),
+                removed = edit.removed.len(),
+                "only clients' tables changed: those alone were read"
+            );
+            supervisor.apply_edit(&edit.clients, &edit.removed);
+            current.commit(edit);
+            true
         }
         Err(e) => {
             metrics.reload_failures.inc();
             tracing::error!("config reload failed; still running the previous config:\n{e}");
-            None
+            false
         }
     }
 }
@@ -467,9 +530,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the config");
-                if let Some(new) = reload_config(&current, &metrics) {
-                    current = apply_config(&mut supervisor, new);
-                }
+                reload(&mut supervisor, &mut current, Read::Whole, &metrics);
             }
             Some(event) = watch_rx.recv() => {
                 if event == ConfigEvent::Touched {
@@ -481,9 +542,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     .ok();
                 if digest.is_some_and(|d| d != current.digest) {
                     tracing::info!("config file changed: reloading");
-                    if let Some(new) = reload_config(&current, &metrics) {
-                        current = apply_config(&mut supervisor, new);
-                    } else if let Some(d) = digest {
+                    if !reload(&mut supervisor, &mut current, Read::Edit, &metrics)
+                        && let Some(d) = digest
+                    {
                         // do not retry the same broken content on every event
                         current.digest = d;
                     }

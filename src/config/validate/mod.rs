@@ -218,14 +218,21 @@ fn header_value_ok(value: &str) -> bool {
     reqwest::header::HeaderValue::from_str(value).is_ok()
 }
 
+/// What the outputs of clients outside a validation write to (their
+/// [`OutputPlan::identity`]), by the output's key: a reload of the clients
+/// an edit touched checks them against the clients it left alone.
+pub type Taken = HashMap<String, String>;
+
 /// Validates `raw`. `base` is the config file's directory; `env` looks up
-/// environment variables. Returns the plan of every client that validated
-/// (so that building can still report its problems) and every error found;
-/// the config is valid only when the list is empty.
+/// environment variables; `taken`, what other clients' outputs write to.
+/// Returns the plan of every client that validated (so that building can
+/// still report its problems) and every error found; the config is valid
+/// only when the list is empty.
 pub fn validate(
     raw: &RawConfig,
     base: &Path,
     env: &dyn Fn(&str) -> Option<String>,
+    taken: Taken,
 ) -> (Plan, Vec<Diagnostic>) {
     let mut v = Validator {
         diagnostics: Vec::new(),
@@ -335,7 +342,7 @@ pub fn validate(
     }
 
     let mut clients = Vec::new();
-    let mut output_paths: HashMap<String, String> = HashMap::new();
+    let mut output_paths = taken;
     for (name, c) in &raw.clients {
         let ck = format!("clients.{}", name.get_ref());
         if !valid_client_name(name.get_ref()) {
