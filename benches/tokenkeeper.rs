@@ -9,6 +9,17 @@
 //! often it rewrote its status file meanwhile; with
 //! `TOKENKEEPER_BENCH_BASELINE`, that build too, in turn.
 //!
+//! `cargo bench --bench tokenkeeper -- cost [N]`: what
+//! the daemon costs at `N` clients (default 10,000) — idle CPU and disk
+//! writes, `token NAME`, a config edit and the memory it takes, system
+//! calls per chain refresh — for this build and `TOKENKEEPER_BENCH_BASELINE`
+//! in turn; then per token against the shell loop at the same batch sizes,
+//! serial beside serial and concurrent beside serial, on the default
+//! filesystem and each of `TOKENKEEPER_BENCH_DIRS` (see [`cost`]).
+//!
+//! `cargo bench --bench tokenkeeper -- scale [N]`: one daemon of `N`
+//! clients (default 100,000): start, idle, `token NAME`, edits, SIGTERM.
+//!
 //! `cargo bench --bench tokenkeeper -- state [SIZES...]`: what one refresh
 //! of a refresh-token chain costs in CPU and system calls (the lock, the
 //! state write, the output write), rounds of every client at once, min /
@@ -18,6 +29,9 @@
 //! too, e.g. a loop-mounted ext4 image. System calls are counted by
 //! `strace -f -c` in a round of their own (skipped without strace).
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+#[path = "tokenkeeper/cost.rs"]
+mod cost;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -543,6 +557,12 @@ fn main() {
     }
     if mode("state") {
         return state_bench(&sizes_or(&[100, 1000]));
+    }
+    if mode("scale") {
+        return cost::scale_bench(sizes_or(&[100_000])[0]);
+    }
+    if mode("cost") {
+        return cost::cost_bench(sizes_or(&[10_000])[0]);
     }
     let sizes = sizes_or(&[1, 100, 1000, 10000]);
     let count = Arc::new(AtomicU64::new(0));
