@@ -16,6 +16,7 @@ pub use plan::*;
 
 use client::{ClientDefaults, validate_client};
 use hooks::validate_hooks;
+pub use output::file_identity;
 use output::validate_output;
 
 use super::Diagnostic;

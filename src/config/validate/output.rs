@@ -49,6 +49,12 @@ struct Ox<'o> {
     format_kind: FormatKind,
 }
 
+/// What a file output at `path` writes to, as [`OutputPlan::identity`]
+/// says it.
+pub fn file_identity(path: &std::path::Path) -> String {
+    format!("file:{}", path.display())
+}
+
 /// What an output kind's check makes: the identity (to catch two outputs
 /// writing one thing) and the plan.
 type KindPlan = (String, OutputKindPlan);
@@ -305,7 +311,7 @@ fn check_file(v: &mut Validator<'_>, ox: &Ox<'_>, format: Option<FormatPlan>) ->
     };
     let path = path?;
     Some((
-        format!("file:{}", path.display()),
+        file_identity(&path),
         OutputKindPlan::File {
             path,
             format: format?,
