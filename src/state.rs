@@ -30,10 +30,12 @@ use nix::fcntl::{Flock, FlockArg};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use slots::{HEADER, Image, MIN_ROOM, Slot, decode, encode_slot, slot_size_for};
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 mod slots;
@@ -199,6 +201,11 @@ fn open_writable_or_readable(path: &Path, create: bool) -> io::Result<(File, Opt
 #[derive(Clone, Debug)]
 pub struct StateStore {
     dir: PathBuf,
+    /// Temp files an earlier version left (`.NAME.token.json.*.tk-tmp`),
+    /// by client: the directory is listed for them once, when first asked
+    /// (this version never writes them; listing it for every client made a
+    /// first start with 100,000 clients quadratic).
+    legacy_temps: Arc<OnceLock<HashMap<String, Vec<PathBuf>>>>,
 }
 
 impl StateStore {
@@ -217,9 +224,7 @@ impl StateStore {
                 )
             })?;
         }
-        let store = StateStore {
-            dir: dir.to_path_buf(),
-        };
+        let store = StateStore::at(dir);
         store.recover_all();
         Ok(store)
     }
@@ -229,6 +234,7 @@ impl StateStore {
     pub fn at(dir: &Path) -> StateStore {
         StateStore {
             dir: dir.to_path_buf(),
+            legacy_temps: Arc::default(),
         }
     }
 
@@ -316,16 +322,26 @@ impl StateStore {
         if main.exists() {
             paths.push(main.clone());
         }
-        let prefix = format!(".{client}.token.json.");
-        if let Ok(entries) = fs::read_dir(&self.dir) {
-            for entry in entries.flatten() {
+        let temps = self.legacy_temps.get_or_init(|| {
+            let mut found: HashMap<String, Vec<PathBuf>> = HashMap::new();
+            for entry in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
                 let name = entry.file_name();
                 let Some(name) = name.to_str() else { continue };
-                if name.starts_with(&prefix) && name.ends_with(".tk-tmp") {
-                    paths.push(entry.path());
+                let client = name
+                    .strip_prefix('.')
+                    .filter(|_| name.ends_with(".tk-tmp"))
+                    .and_then(|rest| rest.split_once(".token.json."))
+                    .map(|(client, _)| client);
+                if let Some(client) = client {
+                    found
+                        .entry(client.to_string())
+                        .or_default()
+                        .push(entry.path());
                 }
             }
-        }
+            found
+        });
+        paths.extend(temps.get(client).into_iter().flatten().cloned());
         if paths.is_empty() {
             return Ok(None);
         }
