@@ -196,7 +196,7 @@ impl Config {
         let (taken, known) = self
             .index
             .outside(|name| new.clients.contains_key(name) && !touched.contains(name));
-        let Some((view, _)) = one::view(&text, |name| touched.contains(name)) else {
+        let Some(view) = one::view(&text, |name| touched.contains(name)) else {
             return whole();
         };
         let fail = |diagnostics| ConfigError::new(&self.path, &text, view.remap(diagnostics));

@@ -187,16 +187,10 @@ fn plan_only(
     // file has the plain layout (else the whole text, reading one)
     let view = only.and_then(|name| one::view(text, |n| n == name));
     let (mut raw, diagnostics) = match &view {
-        Some((view, _)) => raw::parse_only(&view.text, only),
+        Some(view) => raw::parse_only(&view.text, only),
         None => raw::parse_only(text, only),
     };
-    let (view, mut diagnostics) = match view {
-        Some((view, others)) => {
-            raw.skipped_clients = others;
-            (Some(view), diagnostics)
-        }
-        None => (None, diagnostics),
-    };
+    let mut diagnostics = diagnostics;
     let remap = |d: Vec<Diagnostic>| match &view {
         Some(view) => view.remap(d),
         None => d,
@@ -204,11 +198,15 @@ fn plan_only(
     if raw.not_toml {
         return Err(remap(diagnostics));
     }
-    let skipped = std::mem::take(&mut raw.skipped_clients);
     if only.is_some() && raw.clients.is_empty() && raw.unreadable_clients == 0 {
         // not there: the caller says so, with the names there are
-        return Ok((validate::Plan::default(), Vec::new(), skipped, view));
+        let names = match &view {
+            Some(_) => one::names(text).unwrap_or_default(),
+            None => std::mem::take(&mut raw.skipped_clients),
+        };
+        return Ok((validate::Plan::default(), Vec::new(), names, view));
     }
+    let skipped = std::mem::take(&mut raw.skipped_clients);
     let (plan, invalid) = validate::validate(&raw, &base(path), env, Default::default());
     diagnostics.extend(invalid);
     Ok((plan, diagnostics, skipped, view))

@@ -52,22 +52,43 @@ fn walk<'t>(text: &'t str, mut each: impl FnMut(usize, &'t str, Owner<'t>)) -> O
             // a `clients` key before any header
             return None;
         }
-        if line.contains(r#"\""""#) {
-            // an escaped delimiter: not worth following
-            return None;
-        }
-        for delimiter in [r#"""""#, "'''"] {
-            let odd = line.matches(delimiter).count() % 2 == 1;
-            match open {
-                Some(d) if d == delimiter && odd => open = None,
-                None if odd => open = Some(delimiter),
-                _ => {}
+        // one pass over most lines: only a line with three quotes in a row
+        // can open or close a multi-line string
+        if has_triple(line) {
+            if line.contains(r#"\""""#) {
+                // an escaped delimiter: not worth following
+                return None;
+            }
+            for delimiter in [r#"""""#, "'''"] {
+                let odd = line.matches(delimiter).count() % 2 == 1;
+                match open {
+                    Some(d) if d == delimiter && odd => open = None,
+                    None if odd => open = Some(delimiter),
+                    _ => {}
+                }
             }
         }
         each(at, line, owner);
         at += line.len();
     }
     Some(())
+}
+
+/// Whether `line` holds three quotes of one kind in a row.
+fn has_triple(line: &str) -> bool {
+    let (mut quote, mut run) = (0u8, 0);
+    for &b in line.as_bytes() {
+        if b == b'"' || b == b'\'' {
+            run = if b == quote { run + 1 } else { 1 };
+            quote = b;
+            if run == 3 {
+                return true;
+            }
+        } else {
+            run = 0;
+        }
+    }
+    false
 }
 
 /// The lines of a file a view kept, and where they were in it.
@@ -108,27 +129,19 @@ impl View {
 }
 
 /// The lines of `text` outside every client's tables (`[daemon]`,
-/// `[defaults]`) and those of the clients `keep` says yes to, and the
-/// names of the other clients; `None` when the layout is not the plain one.
-pub fn view(text: &str, keep: impl Fn(&str) -> bool) -> Option<(View, Vec<String>)> {
+/// `[defaults]`) and those of the clients `keep` says yes to; `None` when
+/// the layout is not the plain one.
+pub fn view(text: &str, keep: impl Fn(&str) -> bool) -> Option<View> {
     let mut view = View {
         text: String::new(),
         runs: Vec::new(),
     };
-    let mut others: Vec<String> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
     // where the last kept line ended in the file
     let mut next = None;
     walk(text, |at, line, owner| {
         let kept = match owner {
             Owner::Shared => true,
-            Owner::Client(name) if keep(name) => true,
-            Owner::Client(name) => {
-                if seen.insert(name) {
-                    others.push(name.to_string());
-                }
-                false
-            }
+            Owner::Client(name) => keep(name),
         };
         if kept {
             if next != Some(at) {
@@ -138,7 +151,22 @@ pub fn view(text: &str, keep: impl Fn(&str) -> bool) -> Option<(View, Vec<String
             next = Some(at + line.len());
         }
     })?;
-    Some((view, others))
+    Some(view)
+}
+
+/// The clients' names, in the order of the file; `None` when the layout is
+/// not the plain one.
+pub fn names(text: &str) -> Option<Vec<String>> {
+    let mut names: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    walk(text, |_, _, owner| {
+        if let Owner::Client(name) = owner {
+            if seen.insert(name) {
+                names.push(name.to_string());
+            }
+        }
+    })?;
+    Some(names)
 }
 
 /// A file of the plain layout by its parts: a digest of everything every
@@ -201,14 +229,18 @@ mod tests {
 
     #[test]
     fn only_the_named_client_is_left_and_every_span_finds_its_place_in_the_file() {
-        let (b, others) = view(TEXT, |n| n == "b").unwrap();
+        let b = view(TEXT, |n| n == "b").unwrap();
         assert!(b.text.contains("[daemon]") && b.text.contains("timeout = \"5s\""));
         assert!(!b.text.contains("https://a/t") && !b.text.contains("path = \"/a\""));
         assert!(
             b.text.contains("[clients.x]"),
             "inside b's multi-line string"
         );
-        assert_eq!(others, ["a"], "x is no client: it is in a string");
+        assert_eq!(
+            names(TEXT).unwrap(),
+            ["a", "b"],
+            "x is no client: it is in a string"
+        );
         // a span in the view is the same text in the file
         for needle in [
             "[daemon]",
@@ -226,13 +258,11 @@ mod tests {
             let span = b.remap(vec![d])[0].span.clone().unwrap();
             assert_eq!(&TEXT[span], needle);
         }
-        let (a, others) = view(TEXT, |n| n == "a").unwrap();
+        let a = view(TEXT, |n| n == "a").unwrap();
         assert!(a.text.contains("https://a/t") && !a.text.contains("https://b/t"));
         assert!(!a.text.contains("[clients.x]"));
-        assert_eq!(others, ["b"]);
-        let (none, others) = view(TEXT, |n| n == "c").unwrap();
+        let none = view(TEXT, |n| n == "c").unwrap();
         assert!(!none.text.contains("[clients."));
-        assert_eq!(others, ["a", "b"]);
     }
 
     #[test]
