@@ -111,11 +111,22 @@ fn status_mib(pid: u32, key: &str) -> f64 {
 /// (daemon::trim trims between one and two quiet periods after it).
 const IDLE_AFTER: Duration = Duration::from_secs(2 * tokenkeeper::internals::QUIET.as_secs() + 1);
 
-fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+fn wait(what: &str, limit: Duration, f: impl FnMut() -> bool) -> Duration {
+    wait_every(Duration::from_millis(5), what, limit, f)
+}
+
+/// [`wait`], looking every `every` (listing a directory of 100,000 files
+/// every 5 ms would take the daemon's CPU).
+fn wait_every(
+    every: Duration,
+    what: &str,
+    limit: Duration,
+    mut f: impl FnMut() -> bool,
+) -> Duration {
     let start = Instant::now();
     while !f() {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(every);
     }
     start.elapsed()
 }

@@ -66,7 +66,8 @@ fn daemon_costs(bin: &Path, url: &str, n: usize) -> Idle {
     let mut child = start_daemon(bin, &path, log);
     let pid = child.id();
     let limit = Duration::from_secs(1800);
-    wait("every token written", limit, || {
+    let every = Duration::from_millis(if n > 10_000 { 250 } else { 5 });
+    wait_every(every, "every token written", limit, || {
         files_written(dir.path()) >= n
     });
     let start_s = started.elapsed().as_secs_f64();
@@ -172,7 +173,7 @@ fn shell_batch(base: &Path, url: &str, n: usize, count: &AtomicU64) -> Option<Pe
         "for i in $(seq 1 {n}); do curl -s -d grant_type=client_credentials -d client_id=c -d client_secret=s '{url}' | jq -r .access_token > t.tmp && mv t.tmp t || exit 1; done"
     );
     Some(batch(
-        "shell loop: curl | jq, mv (serial)",
+        "shell loop: curl \\| jq, mv (serial)",
         Command::new("bash")
             .arg("-c")
             .arg(&script)
