@@ -261,8 +261,11 @@ impl Builder<'_> {
                 });
             }
         }
-        let outputs: Vec<Option<OutputSpec>> =
-            plan.outputs.into_iter().map(|o| self.output(o)).collect();
+        // a Vec of its own, exactly as long: collected in place from the
+        // plans' Vec it would keep the plans' allocation (ten times the
+        // size, for the life of the client)
+        let mut outputs: Vec<Option<OutputSpec>> = Vec::with_capacity(plan.outputs.len());
+        outputs.extend(plan.outputs.into_iter().map(|o| self.output(o)));
         Some(ClientSpec {
             name: plan.name,
             request: TokenRequestSpec {
@@ -285,7 +288,13 @@ impl Builder<'_> {
                 default_lifetime: plan.default_lifetime,
             },
             policy: plan.policy,
-            outputs: outputs.into_iter().collect::<Option<Vec<_>>>()?,
+            outputs: {
+                let mut built = Vec::with_capacity(outputs.len());
+                for o in outputs {
+                    built.push(o?);
+                }
+                built
+            },
         })
     }
 }
