@@ -184,6 +184,17 @@ fn start_daemon(bin: &Path, config: &Path, log: impl Into<Stdio>) -> Child {
         .unwrap()
 }
 
+/// `bin run` on `config`, once all `n` of its tokens are in `dir` and the
+/// start's burst has settled.
+fn started_quiet(bin: &Path, config: &Path, dir: &Path, n: usize) -> Child {
+    let child = start_daemon(bin, config, Stdio::null());
+    wait("every token written", Duration::from_secs(300), || {
+        files_written(dir) >= n
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    child
+}
+
 fn files_written(dir: &Path) -> usize {
     std::fs::read_dir(dir.join("out"))
         .map(|d| {
@@ -360,13 +371,9 @@ fn chain_cost(bin: &Path, base: &Path, url: &str, n: usize, count: &Arc<AtomicU6
     let dir = tempfile::tempdir_in(base).unwrap();
     let path = dir.path().join("config.toml");
     std::fs::write(&path, chain_config(dir.path(), url, n)).unwrap();
-    let mut child = start_daemon(bin, &path, Stdio::null());
+    let mut child = started_quiet(bin, &path, dir.path(), n);
     let pid = child.id();
     let limit = Duration::from_secs(300);
-    wait("every token written", limit, || {
-        files_written(dir.path()) >= n
-    });
-    std::thread::sleep(Duration::from_millis(500));
     let round = |count: &Arc<AtomicU64>| {
         refresh_round(pid, dir.path(), n, count, limit);
         std::thread::sleep(Duration::from_millis(300));
@@ -410,11 +417,12 @@ fn chain_cost(bin: &Path, base: &Path, url: &str, n: usize, count: &Arc<AtomicU6
     }
 }
 
-fn min_median_max(v: &[f64]) -> String {
+/// "min / median / max" of `v`, with `digits` after the point.
+fn min_median_max(v: &[f64], digits: usize) -> String {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     format!(
-        "{:.0} / {:.0} / {:.0}",
+        "{:.digits$} / {:.digits$} / {:.digits$}",
         v[0],
         v[v.len() / 2],
         v[v.len() - 1]
@@ -466,8 +474,8 @@ fn state_bench(sizes: &[usize]) {
                 println!(
                     "| {} | {n} | {name} | {} | {} | {} | {total} |",
                     dir.display(),
-                    min_median_max(&c.cpu_us),
-                    min_median_max(&c.user_us),
+                    min_median_max(&c.cpu_us, 0),
+                    min_median_max(&c.user_us, 0),
                     interesting.map(calls).join(" | ")
                 );
             }

@@ -59,16 +59,13 @@ fn check_diff_applied(sb: &Sandbox, server: &FaultServer, daemon: &Daemon) {
         "a removed client's file stays"
     );
     assert!(daemon.logs().contains("client removed"));
+    assert_eq!(last_scope(server, "/b").as_deref(), Some("more"));
+}
+
+/// The `scope` of the last request to `path`.
+fn last_scope(server: &FaultServer, path: &str) -> Option<String> {
     let requests = server.requests();
-    assert_eq!(
-        requests
-            .iter()
-            .rfind(|r| r.path == "/b")
-            .unwrap()
-            .form("scope")
-            .as_deref(),
-        Some("more")
-    );
+    requests.iter().rfind(|r| r.path == path)?.form("scope")
 }
 
 fn start_three(sb: &Sandbox, server: &FaultServer) -> Daemon {
@@ -336,16 +333,7 @@ fn an_edit_of_one_client_reads_that_client_alone() {
                     .all(|f| l.contains(f))
         })
     });
-    let requests = server.requests();
-    assert_eq!(
-        requests
-            .iter()
-            .rfind(|r| r.path == "/b")
-            .unwrap()
-            .form("scope")
-            .as_deref(),
-        Some("more")
-    );
+    assert_eq!(last_scope(&server, "/b").as_deref(), Some("more"));
     for n in ["a", "c", "d", "e"] {
         assert_eq!(server.count_path(&format!("/{n}")), 1, "{n} is left alone");
     }

@@ -131,17 +131,6 @@ fn daemon_costs(bin: &Path, url: &str, n: usize) -> Idle {
     }
 }
 
-fn mmm(v: &[f64], digits: usize) -> String {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    format!(
-        "{:.digits$} / {:.digits$} / {:.digits$}",
-        v[0],
-        v[v.len() / 2],
-        v[v.len() - 1]
-    )
-}
-
 /// Wall and CPU per token of one batch of `n` tokens, done one way.
 struct PerToken {
     how: &'static str,
@@ -228,13 +217,9 @@ fn tokenkeeper_batches(
         count,
     ));
 
-    let mut child = start_daemon(bin, &path, Stdio::null());
+    let mut child = started_quiet(bin, &path, dir.path(), n);
     let pid = child.id();
     let limit = Duration::from_secs(300);
-    wait("every token written", limit, || {
-        files_written(dir.path()) >= n
-    });
-    std::thread::sleep(Duration::from_millis(500));
     let (mut wall, mut cpu) = (Duration::ZERO, 0.0);
     for _ in 0..3 {
         let (u0, s0) = cpu_split(pid);
@@ -295,17 +280,21 @@ pub fn cost_bench(n: usize) {
     });
     row("SIGTERM → exit, ms", &|i| format!("{:.0}", i.stop_ms));
     row("idle CPU, % of a core per 10-s window", &|i| {
-        mmm(&i.cpu_percent, 2)
+        min_median_max(&i.cpu_percent, 2)
     });
     row("idle disk writes, KiB/s per 10-s window", &|i| {
-        mmm(&i.disk_kib_per_s, 1)
+        min_median_max(&i.disk_kib_per_s, 1)
     });
     row("idle RSS", &|i| format!("{:.1} MiB", i.idle_rss));
-    row("`token NAME`, wall ms (5 runs)", &|i| mmm(&i.token_ms, 1));
-    row("`token NAME`, peak RSS MiB", &|i| mmm(&i.token_mib, 1));
+    row("`token NAME`, wall ms (5 runs)", &|i| {
+        min_median_max(&i.token_ms, 1)
+    });
+    row("`token NAME`, peak RSS MiB", &|i| {
+        min_median_max(&i.token_mib, 1)
+    });
     row(
         "config edit (one client added) → its token, ms (3 edits)",
-        &|i| mmm(&i.edit_ms, 0),
+        &|i| min_median_max(&i.edit_ms, 0),
     );
     row("peak RSS during an edit, MiB (× idle)", &|i| {
         let top = i.edit_peak.iter().copied().fold(0.0, f64::max);
@@ -404,10 +393,10 @@ pub fn scale_bench(n: usize) {
         i.start_s,
         i.idle_rss,
         i.idle_rss * 1024.0 / n as f64,
-        mmm(&i.cpu_percent, 2),
-        mmm(&i.token_ms, 1),
-        mmm(&i.token_mib, 1),
-        mmm(&i.edit_ms, 0),
+        min_median_max(&i.cpu_percent, 2),
+        min_median_max(&i.token_ms, 1),
+        min_median_max(&i.token_mib, 1),
+        min_median_max(&i.edit_ms, 0),
         i.edit_peak.iter().copied().fold(0.0, f64::max),
         i.stop_ms
     );
