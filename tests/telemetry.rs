@@ -8,8 +8,24 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn get(url: &str) -> (u16, String) {
+    get_accepting(url, "*/*")
+}
+
+/// What Prometheus asks /metrics for.
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+fn get_accepting(url: &str, accept: &str) -> (u16, String) {
     let out = Command::new("curl")
-        .args(["-sS", "-o", "-", "-w", "\n%{http_code}", url])
+        .args([
+            "-sS",
+            "-H",
+            &format!("Accept: {accept}"),
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            url,
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -20,9 +36,18 @@ fn get(url: &str) -> (u16, String) {
 /// Parses OpenMetrics text with prometheus_client's parser (PyPI); returns
 /// `name{labels} value` lines of the samples.
 fn parse_openmetrics(text: &str) -> Vec<String> {
-    let script = "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families\nfor f in text_string_to_metric_families(sys.stdin.read()):\n    for s in f.samples:\n        labels = ','.join(f'{k}=\"{v}\"' for k, v in sorted(s.labels.items()))\n        print(f'{s.name}{{{labels}}} {s.value}')\n";
+    parse_with("prometheus_client.openmetrics.parser", text)
+}
+
+/// [`parse_openmetrics`] for the classic text format.
+fn parse_classic(text: &str) -> Vec<String> {
+    parse_with("prometheus_client.parser", text)
+}
+
+fn parse_with(parser: &str, text: &str) -> Vec<String> {
+    let script = "import sys\nfrom PARSER import text_string_to_metric_families\nfor f in text_string_to_metric_families(sys.stdin.read()):\n    for s in f.samples:\n        labels = ','.join(f'{k}=\"{v}\"' for k, v in sorted(s.labels.items()))\n        print(f'{s.name}{{{labels}}} {s.value}')\n".replace("PARSER", parser);
     let mut child = Command::new(repo().join("tests/upstreams/venv/bin/python"))
-        .args(["-c", script])
+        .args(["-c", &script])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -78,11 +103,26 @@ fn metrics_parse_and_show_failures_rising_while_the_upstream_fails() {
         get(&format!("{base}/healthz")).0 != 0
     });
     wait_until("a token for ok", WAIT, || sb.read("ok.token").is_some());
-    let first = parse_openmetrics(&get(&format!("{base}/metrics")).1);
+    let metrics = || get_accepting(&format!("{base}/metrics"), PROMETHEUS_ACCEPT);
+    let first = parse_openmetrics(&metrics().1);
     std::thread::sleep(Duration::from_millis(1200));
-    let (code, text) = get(&format!("{base}/metrics"));
+    let (code, text) = metrics();
     assert_eq!(code, 200);
     let second = parse_openmetrics(&text);
+    // anyone else gets the classic text format: the same samples, a
+    // counter family named as its samples are, no `# EOF`
+    let (code, classic) = get(&format!("{base}/metrics"));
+    assert_eq!(code, 200);
+    assert!(!classic.contains("# EOF") && text.contains("# EOF"));
+    assert!(
+        classic.contains("# TYPE tokenkeeper_refreshes_total counter"),
+        "{classic}"
+    );
+    let parsed = parse_classic(&classic);
+    assert_eq!(
+        sample(&parsed, "tokenkeeper_refreshes_total{client=\"ok\"}"),
+        Some(1.0)
+    );
     let failures = |s: &[String]| {
         sample(
             s,

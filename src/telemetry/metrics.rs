@@ -341,12 +341,47 @@ impl Metrics {
         self.clients_series.lock().remove(name);
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut text = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
     }
+}
+
+/// `openmetrics` in the classic Prometheus text format (0.0.4), for a
+/// scraper that does not ask for OpenMetrics (curl, `promtool check
+/// metrics`, older agents): a counter family is named by its samples
+/// (`x_total`, which OpenMetrics names `x`), there is no `# UNIT` or
+/// `# EOF`, and `unknown` is `untyped`.
+pub fn classic(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        let renamed = |rest: &str, tag: &str| {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            if counters.contains(name) {
+                format!("# {tag} {name}_total {tail}")
+            } else {
+                format!("# {tag} {rest}")
+            }
+        };
+        let line = if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        } else if let Some(rest) = line.strip_prefix("# HELP ") {
+            renamed(rest, "HELP")
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            renamed(rest, "TYPE").replace(" unknown", " untyped")
+        } else {
+            line.to_string()
+        };
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -427,5 +462,14 @@ mod tests {
         );
         m.remove_client("shop");
         assert!(!m.encode().contains("client=\"shop\""));
+    }
+
+    #[test]
+    fn the_classic_format_names_a_counter_family_by_its_samples() {
+        let open = "# HELP x_refreshes Refreshes.\n# TYPE x_refreshes counter\nx_refreshes_total{client=\"a\"} 1\n# HELP x_age Age.\n# TYPE x_age gauge\n# UNIT x_age seconds\nx_age 2\n# TYPE x_other unknown\nx_other 3\n# EOF\n";
+        assert_eq!(
+            classic(open),
+            "# HELP x_refreshes_total Refreshes.\n# TYPE x_refreshes_total counter\nx_refreshes_total{client=\"a\"} 1\n# HELP x_age Age.\n# TYPE x_age gauge\nx_age 2\n# TYPE x_other untyped\nx_other 3\n"
+        );
     }
 }

@@ -82,14 +82,34 @@ fn verdict(result: Result<(), Vec<String>>) -> axum::response::Response {
     }
 }
 
-async fn metrics_text(State(s): State<Shared>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.encode(),
-    )
+/// OpenMetrics to a scraper that asks for it (Prometheus does), the
+/// classic text format to anyone else.
+async fn metrics_text(
+    State(s): State<Shared>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            s.metrics.encode(),
+        )
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            super::metrics::classic(&s.metrics.encode()),
+        )
+    }
 }
 
 async fn healthz(State(s): State<Shared>) -> axum::response::Response {
