@@ -210,8 +210,7 @@ pub fn run(cli: Cli) -> Result<(), Exit> {
         }
         Command::Man => {
             let command = <Cli as clap::CommandFactory>::command();
-            clap_mangen::Man::new(command)
-                .render(&mut std::io::stdout())
+            crate::man::render(command, &mut std::io::stdout())
                 .map_err(|e| Exit::failed(format!("tokenkeeper: {e}")))
         }
     }

@@ -10,6 +10,7 @@ pub(crate) mod exit;
 pub(crate) mod fsread;
 pub(crate) mod grant;
 pub(crate) mod limiter;
+pub(crate) mod man;
 pub(crate) mod output;
 pub(crate) mod schedule;
 pub(crate) mod secret;
