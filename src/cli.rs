@@ -131,6 +131,7 @@ fn load(arg: &ConfigArg) -> Result<Config, Exit> {
 
 /// The process: malloc and TLS set up, then one command.
 pub fn main() -> ExitCode {
+    default_crash_signals();
     crate::daemon::trim::tune_malloc();
     crate::install_crypto_provider();
     match run(Cli::parse()) {
@@ -141,6 +142,22 @@ pub fn main() -> ExitCode {
                 eprintln!("{message}");
             }
             exit.code()
+        }
+    }
+}
+
+/// SIGSEGV and SIGBUS end the process, as crash signals do: Rust's runtime
+/// catches them to tell a stack overflow, and one that only `kill` sent (an
+/// operator asking for a crash and its core dump, or checking that systemd
+/// restarts the daemon) was then passed over, the process running on. A
+/// real fault still ends it (a stack overflow without the runtime's
+/// message; a release build aborts on a panic anyway).
+fn default_crash_signals() {
+    for signal in [libc::SIGSEGV, libc::SIGBUS] {
+        // SAFETY: sets a disposition to the default, first thing in main,
+        // before any other thread exists; no code of ours becomes a handler.
+        unsafe {
+            libc::signal(signal, libc::SIG_DFL);
         }
     }
 }

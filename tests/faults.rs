@@ -391,3 +391,27 @@ fn one_black_holed_endpoint_does_not_hold_up_the_others() {
     daemon.stop();
     drop(hole);
 }
+
+/// A crash signal crashes: systemd's Restart=on-failure and a core dump
+/// depend on it (Rust's runtime used to pass over a SIGSEGV sent by kill).
+#[test]
+fn a_sigsegv_ends_the_daemon_by_that_signal() {
+    use std::os::unix::process::ExitStatusExt;
+    let server = FaultServer::start(Some(3600));
+    let sb = Sandbox::new();
+    sb.write_config(&client("a", &server.url, ""));
+    let mut daemon = sb.start();
+    wait_until("a token", WAIT, || sb.read("a.token").is_some());
+    daemon.signal(nix::sys::signal::Signal::SIGSEGV);
+    let status = {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = daemon.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(start.elapsed() < WAIT, "still running after SIGSEGV");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    assert_eq!(status.signal(), Some(libc::SIGSEGV), "{status:?}");
+}
