@@ -1,6 +1,7 @@
 //! Where tokens go besides single files: atomic file sets, OpenBao (Vault KV
-//! v2) with token and AppRole auth, a Kubernetes Secret (against a stand-in
-//! API server: none can be installed here), and the hooks that tell
+//! v2) with token and AppRole auth, a Kubernetes Secret (against a strict
+//! stand-in for the exact request; scripts/check-kubernetes runs it against
+//! a real API server), and the hooks that tell
 //! consumers: exec and signal. Also min_valid.
 
 use crate::util::*;

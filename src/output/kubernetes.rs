@@ -57,6 +57,24 @@ impl KubernetesWriter {
         })
     }
 
+    /// Whether the Secret is not there (a GET answers 404).
+    async fn is_missing(&self, auth: &reqwest::header::HeaderValue) -> bool {
+        let url = format!(
+            "{}/api/v1/namespaces/{}/secrets/{}",
+            self.spec.api_server.as_str().trim_end_matches('/'),
+            self.spec.namespace,
+            self.spec.name
+        );
+        let answer = self
+            .http
+            .get(url)
+            .header("Authorization", auth.clone())
+            .header("Accept", "application/json")
+            .send()
+            .await;
+        answer.is_ok_and(|r| r.status() == reqwest::StatusCode::NOT_FOUND)
+    }
+
     pub async fn write(&self, token: &Token) -> Result<WriteOutcome, OutputError> {
         let content = self.spec.format.render(token);
         let mut last = self.last.lock().await;
@@ -85,7 +103,7 @@ impl KubernetesWriter {
         let resp = self
             .http
             .patch(url)
-            .header("Authorization", auth)
+            .header("Authorization", auth.clone())
             .header("Content-Type", "application/apply-patch+yaml")
             .header("Accept", "application/json")
             .body(body)
@@ -116,8 +134,19 @@ impl KubernetesWriter {
         } else {
             R::Refused
         };
+        // an apply of a missing Secret is a create, which RBAC cannot scope
+        // to a name; the API's 403 for it may name no verb (Kubernetes 1.20
+        // says only "is forbidden:"), so ask whether the Secret is there
+        let missing = status == 403
+            && (message.contains("cannot create")
+                || (!message.contains("cannot ") && self.is_missing(&auth).await));
+        let hint = if missing {
+            " (the Secret does not exist, and creating it needs `create` on secrets, which RBAC cannot limit to one name: create the Secret once, empty, as packaging/kubernetes/secret-writer/rbac.yaml does)"
+        } else {
+            ""
+        };
         Err(reason.because(format!(
-            "the Kubernetes API refused applying secret {}/{}: HTTP {status}: {message}",
+            "the Kubernetes API refused applying secret {}/{}: HTTP {status}: {message}{hint}",
             self.spec.namespace, self.spec.name
         )))
     }
