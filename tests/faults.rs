@@ -400,18 +400,9 @@ fn a_sigsegv_ends_the_daemon_by_that_signal() {
     let server = FaultServer::start(Some(3600));
     let sb = Sandbox::new();
     sb.write_config(&client("a", &server.url, ""));
-    let mut daemon = sb.start();
+    let daemon = sb.start();
     wait_until("a token", WAIT, || sb.read("a.token").is_some());
     daemon.signal(nix::sys::signal::Signal::SIGSEGV);
-    let status = {
-        let start = std::time::Instant::now();
-        loop {
-            if let Some(status) = daemon.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(start.elapsed() < WAIT, "still running after SIGSEGV");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    };
+    let (status, _) = daemon.exits_after(nix::sys::signal::Signal::SIGSEGV);
     assert_eq!(status.signal(), Some(libc::SIGSEGV), "{status:?}");
 }

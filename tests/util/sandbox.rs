@@ -345,18 +345,21 @@ impl Daemon {
     }
 
     /// SIGTERM, then waits: (exit status, time to exit).
-    pub fn stop(mut self) -> (ExitStatus, Duration) {
-        let start = Instant::now();
+    pub fn stop(self) -> (ExitStatus, Duration) {
         self.signal(Signal::SIGTERM);
+        self.exits_after(Signal::SIGTERM)
+    }
+
+    /// Waits for the daemon to end after `sent` (within 10 s): (exit
+    /// status, time to exit).
+    pub fn exits_after(mut self, sent: Signal) -> (ExitStatus, Duration) {
+        let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return (status, start.elapsed());
             }
             if start.elapsed() > Duration::from_secs(10) {
-                panic!(
-                    "daemon did not stop within 10 s of SIGTERM\n{}",
-                    self.logs()
-                );
+                panic!("daemon did not stop within 10 s of {sent}\n{}", self.logs());
             }
             std::thread::sleep(Duration::from_millis(5));
         }
