@@ -271,7 +271,7 @@ pub fn load_str(
 ) -> Result<Config, ConfigError> {
     let fail = |diagnostics| ConfigError::new(path, text, diagnostics);
     let (plan, diagnostics) = plan(path, text, env).map_err(fail)?;
-    built(path, text, env, plan, diagnostics, true)
+    built(path, text, env, plan, diagnostics, true, &|found| found)
 }
 
 /// What [`load_one`] found.
@@ -298,20 +298,18 @@ pub fn load_one(
     if plan.clients.is_empty() && diagnostics.is_empty() {
         return Ok(One::Missing(others));
     }
-    built(path, &text, env, plan, diagnostics, false)
-        .map(|c| One::Found(Box::new(c)))
-        .map_err(|mut e| {
-            if let Some(view) = &view {
-                e.diagnostics = view.remap(std::mem::take(&mut e.diagnostics));
-                e.diagnostics
-                    .sort_by_key(|d| d.span.as_ref().map_or(usize::MAX, |s| s.start));
-            }
-            e
-        })
+    // what is wrong was found in the view: its places are moved to the file
+    let remap = |found| match &view {
+        Some(view) => view.remap(found),
+        None => found,
+    };
+    built(path, &text, env, plan, diagnostics, false, &remap).map(|c| One::Found(Box::new(c)))
 }
 
 /// The config built from `plan`, unless there are `diagnostics` or
-/// building finds more; with its [`Index`] when `indexed`.
+/// building finds more; with its digest and [`Index`] when `indexed` (what
+/// a reload needs). `remap` moves what is wrong from the view of `text` the
+/// plan was made from (one client's, [`load_one`]) to `text`.
 fn built(
     path: &Path,
     text: &str,
@@ -319,8 +317,9 @@ fn built(
     validate::Plan { daemon, clients }: validate::Plan,
     mut diagnostics: Vec<Diagnostic>,
     indexed: bool,
+    remap: &dyn Fn(Vec<Diagnostic>) -> Vec<Diagnostic>,
 ) -> Result<Config, ConfigError> {
-    let fail = |diagnostics| ConfigError::new(path, text, diagnostics);
+    let fail = |diagnostics| ConfigError::new(path, text, remap(diagnostics));
     let index = indexed.then(|| Index::new(text, &clients));
     let (clients, index) = match build::build(clients, env, &[]) {
         Ok((clients, files)) if diagnostics.is_empty() => (
