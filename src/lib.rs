@@ -9,6 +9,7 @@ pub(crate) mod dev;
 pub(crate) mod exit;
 pub(crate) mod fsread;
 pub(crate) mod grant;
+pub(crate) mod kube;
 pub(crate) mod limiter;
 pub(crate) mod man;
 pub(crate) mod output;

@@ -3,10 +3,12 @@
 //! resolved; every failure is collected, with the key that caused it.
 
 use super::validate::{
-    ClientPlan, FormatPlan, GrantPlan, Located, OutputKindPlan, OutputPlan, SecretSource,
+    ClientPlan, FormatPlan, GrantPlan, KubeApiPlan, Located, OutputKindPlan, OutputPlan,
+    SecretSource,
 };
 use super::{ClientSpec, Diagnostic};
-use crate::grant::{CaBundle, GrantSpec, TokenRequestSpec};
+use crate::grant::{CaBundle, ClientIdentity, GrantSpec, TokenRequestSpec};
+use crate::kube::{Credential, KubeApi, kubeconfig};
 use crate::output::Layout;
 use crate::output::kubernetes::KubernetesOutput;
 use crate::output::render::Template;
@@ -121,6 +123,90 @@ impl Builder<'_> {
         }
     }
 
+    /// The API server's address, CA, and credentials; with a kubeconfig,
+    /// also its context's namespace. Errors name the kubeconfig file and
+    /// the entry in it.
+    fn kube_api(&mut self, plan: KubeApiPlan) -> Option<(KubeApi, Option<String>)> {
+        match plan {
+            KubeApiPlan::Direct {
+                api_server,
+                token_file,
+                ca_file,
+            } => Some((
+                KubeApi {
+                    server: api_server,
+                    ca_pem: self.ca(&ca_file)?,
+                    identity: None,
+                    credential: Credential::TokenFile(token_file),
+                },
+                None,
+            )),
+            KubeApiPlan::Kubeconfig { path, context } => {
+                let file = path.value.display().to_string();
+                let text = match crate::fsread::read_to_string(&path.value) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.error(&path, format!("cannot read {file}: {e}"));
+                        return None;
+                    }
+                };
+                let r = match kubeconfig::resolve(&path.value, &text, context.as_deref()) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.error(&path, format!("{file}: {e}"));
+                        return None;
+                    }
+                };
+                let read = |source: &kubeconfig::Source, what: &str| match source {
+                    kubeconfig::Source::Data(d) => Ok(d.clone()),
+                    kubeconfig::Source::File(f) => crate::fsread::read(f).map_err(|e| {
+                        format!("{file}: cannot read the {what} {}: {e}", f.display())
+                    }),
+                };
+                let ca_pem = match r.ca.as_ref().map(|ca| read(ca, "certificate-authority")) {
+                    None => None,
+                    Some(Ok(pem)) => match crate::grant::http::tls_config(Some(&pem)) {
+                        Ok(_) => Some(Arc::new(CaBundle::new(pem))),
+                        Err(e) => {
+                            self.error(&path, format!("{file}: certificate-authority: {e}"));
+                            return None;
+                        }
+                    },
+                    Some(Err(e)) => {
+                        self.error(&path, e);
+                        return None;
+                    }
+                };
+                let identity = match &r.client_cert {
+                    None => None,
+                    Some((cert, key)) => {
+                        let pair = read(cert, "client-certificate").and_then(|c| {
+                            read(key, "client-key").and_then(|k| {
+                                ClientIdentity::new(c, k).map_err(|e| format!("{file}: {e}"))
+                            })
+                        });
+                        match pair {
+                            Ok(id) => Some(Arc::new(id)),
+                            Err(e) => {
+                                self.error(&path, e);
+                                return None;
+                            }
+                        }
+                    }
+                };
+                Some((
+                    KubeApi {
+                        server: r.server,
+                        ca_pem,
+                        identity,
+                        credential: r.credential,
+                    },
+                    r.namespace.or_else(|| Some("default".into())),
+                ))
+            }
+        }
+    }
+
     fn output(&mut self, plan: OutputPlan) -> Option<OutputSpec> {
         let kind = match plan.kind {
             OutputKindPlan::File {
@@ -190,19 +276,17 @@ impl Builder<'_> {
                 ca_pem: self.ca(&ca_file)?,
             })),
             OutputKindPlan::Kubernetes {
-                api_server,
+                api,
                 namespace,
                 name,
                 key,
                 format,
-                token_file,
-                ca_file,
             } => {
-                let namespace = match namespace {
+                let (api, context_namespace) = self.kube_api(api)?;
+                let namespace = match namespace.or(context_namespace) {
                     Some(ns) => Some(ns),
                     None => {
-                        let file = PathBuf::from(crate::output::kubernetes::SERVICE_ACCOUNT)
-                            .join("namespace");
+                        let file = PathBuf::from(crate::kube::SERVICE_ACCOUNT).join("namespace");
                         match crate::fsread::read_to_string(&file) {
                             Ok(ns) if !ns.trim().is_empty() => Some(ns.trim().to_string()),
                             _ => {
@@ -220,13 +304,11 @@ impl Builder<'_> {
                     }
                 };
                 OutputKind::KubernetesSecret(Box::new(KubernetesOutput {
-                    api_server,
+                    api,
                     namespace: namespace?,
                     name,
                     key,
                     format,
-                    token_file,
-                    ca_pem: self.ca(&ca_file)?,
                 }))
             }
         };

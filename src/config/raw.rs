@@ -166,6 +166,8 @@ pub struct RawOutput {
     pub name: S<String>,
     pub key: S<String>,
     pub api_server: S<String>,
+    pub kubeconfig: S<String>,
+    pub context: S<String>,
     // aws_secrets_manager (and `ca_file`)
     pub secret_id: S<String>,
     pub region: S<String>,

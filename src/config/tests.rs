@@ -888,3 +888,52 @@ fn an_edit_is_checked_against_the_clients_it_left_alone_and_its_errors_keep_thei
     let e = refused(&text);
     assert!(e.contains(&format!(":{line}:")), "{e}");
 }
+
+#[test]
+fn a_kubeconfig_file_gives_the_api_server_and_is_not_mixed_with_its_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("kubeconfig"),
+        "current-context: prod\nclusters:\n- {name: c, cluster: {server: \"https://k8s.example.com:6443\"}}\nusers:\n- {name: u, user: {tokenFile: sa.token}}\ncontexts:\n- {name: prod, context: {cluster: c, user: u, namespace: shop}}\n- {name: other, context: {cluster: c, user: u}}\n",
+    )
+    .unwrap();
+    let output = "[[clients.shop.outputs]]\ntype = \"kubernetes_secret\"\nname = \"api\"\nkubeconfig = \"kubeconfig\"\n";
+    let path = dir.path().join("config.toml");
+    let c = load_str(&path, &format!("{MINIMAL}{output}"), &env).unwrap();
+    let OutputKind::KubernetesSecret(k) = &c.clients["shop"].outputs[1].kind else {
+        panic!("a kubernetes_secret output")
+    };
+    assert_eq!(k.api.server.as_str(), "https://k8s.example.com:6443/");
+    assert_eq!(k.namespace, "shop");
+    assert_eq!(
+        k.api.credential,
+        crate::kube::Credential::TokenFile(dir.path().join("sa.token"))
+    );
+    let other = format!("{MINIMAL}{output}context = \"other\"\n");
+    let c = load_str(&path, &other, &env).unwrap();
+    let OutputKind::KubernetesSecret(k) = &c.clients["shop"].outputs[1].kind else {
+        panic!("a kubernetes_secret output")
+    };
+    assert_eq!(k.namespace, "default", "kubectl's default namespace");
+
+    let mixed = format!("{MINIMAL}{output}api_server = \"https://x\"\ncontext = \"nope\"\n");
+    let e = load_str(&path, &mixed, &env).unwrap_err().to_string();
+    let lines: Vec<&str> = e.lines().collect();
+    assert_eq!(lines.len(), 2, "{e}");
+    // sorted by line: the kubeconfig key comes first
+    assert!(lines[1].ends_with("clients.shop.outputs[1].api_server: the kubeconfig file names the API server, its CA and the credentials: give either kubeconfig or this"), "{e}");
+    assert!(
+        lines[0].contains(&format!(
+            "clients.shop.outputs[1].kubeconfig: {}: has no context \"nope\" (it has: \"prod\", \"other\")",
+            dir.path().join("kubeconfig").display()
+        )),
+        "{e}"
+    );
+    let stray = MINIMAL.to_string()
+        + "[[clients.shop.outputs]]\ntype = \"kubernetes_secret\"\nname = \"api\"\napi_server = \"https://k8s.example.com\"\ncontext = \"prod\"\n";
+    let e = load(&stray).unwrap_err().to_string();
+    assert!(
+        e.contains("clients.shop.outputs[1].context: names a context of a kubeconfig file: set kubeconfig too"),
+        "{e}"
+    );
+}

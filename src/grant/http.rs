@@ -107,6 +107,15 @@ async fn get_capped(
 
 /// Builds the TLS configuration: Mozilla's roots (webpki-roots) plus `ca_pem`.
 pub fn tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, String> {
+    tls_config_with(ca_pem, None)
+}
+
+/// [`tls_config`], presenting `identity` when the server asks for a client
+/// certificate (mutual TLS).
+pub fn tls_config_with(
+    ca_pem: Option<&[u8]>,
+    identity: Option<&super::ClientIdentity>,
+) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
@@ -124,11 +133,19 @@ pub fn tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, String>
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup failed: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        None => config.with_no_client_auth(),
+        Some(id) => {
+            let (chain, key) = id.parts()?;
+            config
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("unusable client certificate or key: {e}"))?
+        }
+    };
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }

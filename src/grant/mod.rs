@@ -77,6 +77,53 @@ impl CaBundle {
     }
 }
 
+/// A client certificate chain and its private key (PEM), for mutual TLS.
+/// `Debug` never shows the key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientIdentity {
+    pub cert_pem: Vec<u8>,
+    key_pem: crate::secret::Secret,
+}
+
+impl ClientIdentity {
+    /// Checks that both parse, so a bad file is reported where it is named.
+    pub fn new(cert_pem: Vec<u8>, key_pem: Vec<u8>) -> Result<ClientIdentity, String> {
+        let key_pem =
+            String::from_utf8(key_pem).map_err(|_| "the client key is not PEM text".to_string())?;
+        let id = ClientIdentity {
+            cert_pem,
+            key_pem: crate::secret::Secret::new(key_pem),
+        };
+        // rustls checks the key matches the certificate (and that the
+        // certificate is one it can use: X.509 v3)
+        http::tls_config_with(None, Some(&id))?;
+        Ok(id)
+    }
+
+    pub fn parts(
+        &self,
+    ) -> Result<
+        (
+            Vec<rustls::pki_types::CertificateDer<'static>>,
+            rustls::pki_types::PrivateKeyDer<'static>,
+        ),
+        String,
+    > {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_slice_iter(&self.cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("cannot read the client certificate (PEM): {e}"))?;
+        if chain.is_empty() {
+            return Err("no PEM certificate in the client certificate".into());
+        }
+        // the parser's error names the PEM section, never the key's bytes
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.expose().as_bytes())
+            .map_err(|e| format!("cannot read the client key (PEM): {e}"))?;
+        Ok((chain, key))
+    }
+}
+
 impl std::fmt::Debug for CaBundle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "CaBundle({} bytes)", self.pem.len())

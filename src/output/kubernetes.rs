@@ -1,43 +1,38 @@
 //! `type = "kubernetes_secret"`: one server-side apply of a Secret's data,
 //! with field manager `tokenkeeper`, so it composes with other controllers.
-//! In a pod it uses the service account (token, CA, namespace,
-//! KUBERNETES_SERVICE_HOST/PORT); `api_server`, `token_file` and `ca_file`
-//! override them (out of cluster, or for tests).
+//! How the API server is reached (pod, explicit, kubeconfig) is
+//! [`crate::kube`]'s.
 
 use super::render::Format;
 use super::{OutputError, OutputReason as R, WriteOutcome};
+use crate::kube::{KubeApi, KubeClient};
 use crate::token::Token;
 use base64::Engine;
-use std::path::PathBuf;
-use std::sync::Arc;
-use url::Url;
+use reqwest::header::HeaderValue;
 
-pub const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 pub const FIELD_MANAGER: &str = "tokenkeeper";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct KubernetesOutput {
-    pub api_server: Url,
+    pub api: KubeApi,
     pub namespace: String,
     pub name: String,
     pub key: String,
     pub format: Format,
-    pub token_file: PathBuf,
-    pub ca_pem: Option<Arc<crate::grant::CaBundle>>,
 }
 
 pub struct KubernetesWriter {
     spec: KubernetesOutput,
-    http: reqwest::Client,
+    kube: KubeClient,
     last: tokio::sync::Mutex<Option<String>>,
 }
 
 impl KubernetesWriter {
     pub fn new(spec: KubernetesOutput) -> Result<KubernetesWriter, OutputError> {
-        let http = super::http_client(spec.ca_pem.as_deref().map(|c| &c.pem[..]))?;
+        let kube = KubeClient::new(spec.api.clone()).map_err(|e| R::Setup.because(e))?;
         Ok(KubernetesWriter {
             spec,
-            http,
+            kube,
             last: tokio::sync::Mutex::new(None),
         })
     }
@@ -58,21 +53,22 @@ impl KubernetesWriter {
     }
 
     /// Whether the Secret is not there (a GET answers 404).
-    async fn is_missing(&self, auth: &reqwest::header::HeaderValue) -> bool {
-        let url = format!(
-            "{}/api/v1/namespaces/{}/secrets/{}",
-            self.spec.api_server.as_str().trim_end_matches('/'),
-            self.spec.namespace,
-            self.spec.name
-        );
-        let answer = self
-            .http
+    async fn is_missing(&self, auth: Option<&HeaderValue>) -> bool {
+        let url = self.kube.url(&format!(
+            "/api/v1/namespaces/{}/secrets/{}",
+            self.spec.namespace, self.spec.name
+        ));
+        let mut get = self
+            .kube
+            .http()
             .get(url)
-            .header("Authorization", auth.clone())
-            .header("Accept", "application/json")
-            .send()
-            .await;
-        answer.is_ok_and(|r| r.status() == reqwest::StatusCode::NOT_FOUND)
+            .header("Accept", "application/json");
+        if let Some(auth) = auth {
+            get = get.header("Authorization", auth.clone());
+        }
+        get.send()
+            .await
+            .is_ok_and(|r| r.status() == reqwest::StatusCode::NOT_FOUND)
     }
 
     pub async fn write(&self, token: &Token) -> Result<WriteOutcome, OutputError> {
@@ -81,40 +77,32 @@ impl KubernetesWriter {
         if last.as_deref() == Some(content.expose()) {
             return Ok(WriteOutcome::Unchanged);
         }
-        let sa_token = crate::fsread::read_to_string(&self.spec.token_file).map_err(|e| {
-            R::Credentials.because(format!(
-                "cannot read the service account token {}: {e}",
-                self.spec.token_file.display()
-            ))
-        })?;
-        let mut auth =
-            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", sa_token.trim()))
-                .map_err(|_| {
-                    R::Credentials.because("the service account token is not a valid header value")
-                })?;
-        auth.set_sensitive(true);
-        let url = format!(
-            "{}/api/v1/namespaces/{}/secrets/{}?fieldManager={FIELD_MANAGER}&force=true",
-            self.spec.api_server.as_str().trim_end_matches('/'),
-            self.spec.namespace,
-            self.spec.name
-        );
+        let auth = self
+            .kube
+            .authorization()
+            .await
+            .map_err(|e| R::Credentials.because(e))?;
+        let url = self.kube.url(&format!(
+            "/api/v1/namespaces/{}/secrets/{}?fieldManager={FIELD_MANAGER}&force=true",
+            self.spec.namespace, self.spec.name
+        ));
         let body = Self::apply_body(&self.spec, content.expose()).to_string();
-        let resp = self
-            .http
+        let mut patch = self
+            .kube
+            .http()
             .patch(url)
-            .header("Authorization", auth.clone())
             .header("Content-Type", "application/apply-patch+yaml")
             .header("Accept", "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| {
-                R::Unreachable.because(format!(
-                    "cannot reach the Kubernetes API at {}: {e}",
-                    self.spec.api_server
-                ))
-            })?;
+            .body(body);
+        if let Some(auth) = &auth {
+            patch = patch.header("Authorization", auth.clone());
+        }
+        let resp = patch.send().await.map_err(|e| {
+            R::Unreachable.because(format!(
+                "cannot reach the Kubernetes API at {}: {e}",
+                self.kube.server()
+            ))
+        })?;
         let status = resp.status().as_u16();
         if (200..300).contains(&status) {
             *last = Some(content.expose().to_string());
@@ -129,6 +117,9 @@ impl KubernetesWriter {
                     .map(str::to_string)
             })
             .unwrap_or_else(|| format!("{} bytes", body.len()));
+        if status == 401 {
+            self.kube.forget_credential().await;
+        }
         let reason = if matches!(status, 401 | 403) {
             R::Credentials
         } else {
@@ -139,7 +130,7 @@ impl KubernetesWriter {
         // says only "is forbidden:"), so ask whether the Secret is there
         let missing = status == 403
             && (message.contains("cannot create")
-                || (!message.contains("cannot ") && self.is_missing(&auth).await));
+                || (!message.contains("cannot ") && self.is_missing(auth.as_ref()).await));
         let hint = if missing {
             " (the Secret does not exist, and creating it needs `create` on secrets, which RBAC cannot limit to one name: create the Secret once, empty, as packaging/kubernetes/secret-writer/rbac.yaml does)"
         } else {

@@ -2,8 +2,8 @@
 
 use crate::config::raw::{FormatKind, LayoutKind, OutputType, RawOutput, S};
 use crate::grant::http::acceptable_scheme;
+use crate::kube::SERVICE_ACCOUNT;
 use crate::output::Layout;
-use crate::output::kubernetes::SERVICE_ACCOUNT;
 use crate::output::render::{Format, Template};
 use crate::output::vault::VaultAuth;
 use std::ops::Range;
@@ -148,6 +148,8 @@ fn check_foreign_keys(v: &mut Validator<'_>, ox: &Ox<'_>) {
                 (f(&o.name), "name"),
                 (f(&o.key), "key"),
                 (f(&o.api_server), "api_server"),
+                (f(&o.kubeconfig), "kubeconfig"),
+                (f(&o.context), "context"),
             ]);
         }
         if kind == OutputType::File {
@@ -468,6 +470,90 @@ fn check_kubernetes(
     format: Option<FormatPlan>,
 ) -> Option<KindPlan> {
     let o = ox.o;
+    let api = check_kube_api(v, ox);
+    let name = ox.required(v, &o.name, "name");
+    let key_name = o
+        .key
+        .as_ref()
+        .map(|k| k.get_ref().clone())
+        .unwrap_or_else(|| "token".into());
+    if !key_name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        || key_name.is_empty()
+    {
+        v.error(
+            o.key.as_ref().map(|k| k.span()).unwrap_or(ox.span.clone()),
+            &ox.key("key"),
+            format!("{key_name:?} is not a valid Secret key (letters, digits, -, _, .)"),
+        );
+    }
+    let namespace = o.namespace.as_ref().map(|n| n.get_ref().clone());
+    let format = match format? {
+        FormatPlan::Ready(f) => f,
+        FormatPlan::TemplateFile(_) => return None,
+    };
+    let (api, name) = (api?, name?);
+    let server = match &api {
+        KubeApiPlan::Direct { api_server, .. } => api_server.to_string(),
+        KubeApiPlan::Kubeconfig { path, context } => format!(
+            "kubeconfig:{}#{}",
+            path.value.display(),
+            context.as_deref().unwrap_or_default()
+        ),
+    };
+    Some((
+        format!(
+            "k8s:{server}/{}/{}/{}",
+            namespace.clone().unwrap_or_default(),
+            name,
+            key_name
+        ),
+        OutputKindPlan::Kubernetes {
+            api,
+            namespace,
+            name,
+            key: key_name,
+            format,
+        },
+    ))
+}
+
+/// Where the API server is: a kubeconfig file (alone), or `api_server`,
+/// `token_file` and `ca_file`, each defaulting to the pod's.
+fn check_kube_api(v: &mut Validator<'_>, ox: &Ox<'_>) -> Option<KubeApiPlan> {
+    let o = ox.o;
+    if let Some(k) = &o.kubeconfig {
+        for (given, key) in [
+            (o.api_server.as_ref().map(|s| s.span()), "api_server"),
+            (o.token_file.as_ref().map(|s| s.span()), "token_file"),
+            (o.ca_file.as_ref().map(|s| s.span()), "ca_file"),
+        ] {
+            if let Some(span) = given {
+                v.error(
+                    span,
+                    &ox.key(key),
+                    "the kubeconfig file names the API server, its CA and the credentials: give either kubeconfig or this",
+                );
+            }
+        }
+        let path = v.path(k, &ox.key("kubeconfig"))?;
+        return Some(KubeApiPlan::Kubeconfig {
+            path: Located {
+                value: path,
+                span: k.span(),
+                key: ox.key("kubeconfig"),
+            },
+            context: o.context.as_ref().map(|c| c.get_ref().clone()),
+        });
+    }
+    if let Some(c) = &o.context {
+        v.error(
+            c.span(),
+            &ox.key("context"),
+            "names a context of a kubeconfig file: set kubeconfig too",
+        );
+    }
     let api_server = match &o.api_server {
         Some(a) => match Url::parse(a.get_ref()) {
             Ok(u) if acceptable_scheme(&u, false) => Some(u),
@@ -500,62 +586,26 @@ fn check_kubernetes(
                 v.error(
                     ox.span.clone(),
                     &ox.key("api_server"),
-                    "is required outside a pod (KUBERNETES_SERVICE_HOST is not set)",
+                    "is required outside a pod (KUBERNETES_SERVICE_HOST is not set): give api_server, token_file and ca_file, or kubeconfig",
                 );
                 None
             }
         },
     };
-    let name = ox.required(v, &o.name, "name");
-    let key_name = o
-        .key
-        .as_ref()
-        .map(|k| k.get_ref().clone())
-        .unwrap_or_else(|| "token".into());
-    if !key_name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        || key_name.is_empty()
-    {
-        v.error(
-            o.key.as_ref().map(|k| k.span()).unwrap_or(ox.span.clone()),
-            &ox.key("key"),
-            format!("{key_name:?} is not a valid Secret key (letters, digits, -, _, .)"),
-        );
-    }
     let token_file = match &o.token_file {
         Some(f) => v.path(f, &ox.key("token_file")),
         None => Some(PathBuf::from(SERVICE_ACCOUNT).join("token")),
     };
-    let ca = ox.ca_file(v).or_else(|| {
+    let ca_file = ox.ca_file(v).or_else(|| {
         o.api_server.is_none().then(|| Located {
             value: PathBuf::from(SERVICE_ACCOUNT).join("ca.crt"),
             span: ox.span.clone(),
             key: ox.key("ca_file"),
         })
     });
-    let namespace = o.namespace.as_ref().map(|n| n.get_ref().clone());
-    let format = match format? {
-        FormatPlan::Ready(f) => f,
-        FormatPlan::TemplateFile(_) => return None,
-    };
-    let (api_server, name, token_file) = (api_server?, name?, token_file?);
-    Some((
-        format!(
-            "k8s:{}/{}/{}/{}",
-            api_server,
-            namespace.clone().unwrap_or_default(),
-            name,
-            key_name
-        ),
-        OutputKindPlan::Kubernetes {
-            api_server,
-            namespace,
-            name,
-            key: key_name,
-            format,
-            token_file,
-            ca_file: ca,
-        },
-    ))
+    Some(KubeApiPlan::Direct {
+        api_server: api_server?,
+        token_file: token_file?,
+        ca_file,
+    })
 }

@@ -84,14 +84,29 @@ pub enum OutputKindPlan {
         ca_file: Option<Located<PathBuf>>,
     },
     Kubernetes {
-        api_server: Url,
-        /// `None`: the pod's, read from the service account at build.
+        api: KubeApiPlan,
+        /// `None`: the kubeconfig context's, else the pod's (read from the
+        /// service account at build).
         namespace: Option<String>,
         name: String,
         key: String,
         format: Format,
+    },
+}
+
+/// How a Kubernetes API server is reached.
+#[derive(Clone, Debug, PartialEq)]
+pub enum KubeApiPlan {
+    /// In a pod, or `api_server` + `token_file` + `ca_file`.
+    Direct {
+        api_server: Url,
         token_file: PathBuf,
         ca_file: Option<Located<PathBuf>>,
+    },
+    /// A kubeconfig file, read at build.
+    Kubeconfig {
+        path: Located<PathBuf>,
+        context: Option<String>,
     },
 }
 
