@@ -17,6 +17,9 @@
 //! serial beside serial and concurrent beside serial, on the default
 //! filesystem and each of `TOKENKEEPER_BENCH_DIRS` (see [`cost`]).
 //!
+//! `cargo bench --bench tokenkeeper -- cluster [N]`: three members and a
+//! three-node etcd sharing `N` clients (default 10,000); see [`cluster`].
+//!
 //! `cargo bench --bench tokenkeeper -- scale [N]`: one daemon of `N`
 //! clients (default 100,000): start, idle, `token NAME`, edits, SIGTERM.
 //!
@@ -30,8 +33,13 @@
 //! `strace -f -c` in a round of their own (skipped without strace).
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
+#[path = "tokenkeeper/cluster.rs"]
+mod cluster;
 #[path = "tokenkeeper/cost.rs"]
 mod cost;
+#[path = "../tests/util/etcd.rs"]
+#[allow(dead_code)]
+mod etcd;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -110,6 +118,17 @@ fn status_mib(pid: u32, key: &str) -> f64 {
 /// its pooled connections closed and the freed memory given back
 /// (daemon::trim trims between one and two quiet periods after it).
 const IDLE_AFTER: Duration = Duration::from_secs(2 * tokenkeeper::internals::QUIET.as_secs() + 1);
+
+/// For the etcd harness the tests share.
+fn wait_until(what: &str, limit: Duration, f: impl FnMut() -> bool) {
+    wait_every(Duration::from_millis(50), what, limit, f);
+}
+
+/// A port free on loopback now (for the etcd harness).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
 
 fn wait(what: &str, limit: Duration, f: impl FnMut() -> bool) -> Duration {
     wait_every(Duration::from_millis(5), what, limit, f)
@@ -579,6 +598,9 @@ fn main() {
     }
     if mode("scale") {
         return cost::scale_bench(sizes_or(&[100_000])[0]);
+    }
+    if mode("cluster") {
+        return cluster::cluster_bench(sizes_or(&[10_000])[0]);
     }
     if mode("cost") {
         return cost::cost_bench(sizes_or(&[10_000])[0]);

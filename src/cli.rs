@@ -134,7 +134,11 @@ pub fn main() -> ExitCode {
     default_crash_signals();
     crate::daemon::trim::tune_malloc();
     crate::install_crypto_provider();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_) | Command::Dev(_)) {
+        default_pipe_signal();
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(exit) => {
             let message = exit.to_string();
@@ -159,6 +163,17 @@ fn default_crash_signals() {
         unsafe {
             libc::signal(signal, libc::SIG_DFL);
         }
+    }
+}
+
+/// A command's output piped into `head` ends it quietly, as any Unix
+/// tool's does (Rust ignores SIGPIPE, and printing would panic); the daemon
+/// keeps ignoring it (a peer gone is an error it handles).
+fn default_pipe_signal() {
+    // SAFETY: sets a disposition to the default before any other thread
+    // exists; no code of ours becomes a handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -302,6 +317,12 @@ async fn token(name: &str, arg: &ConfigArg) -> Result<(), Exit> {
         println!("{}", token.access_token.expose());
         return Ok(());
     }
+    if config.daemon.cluster.is_some() && spec.request.grant.uses_refresh_tokens() {
+        return Err(Exit::failed(format!(
+            "tokenkeeper: {name}: no valid token in state_dir; {}",
+            daemon::once::CLUSTER_CHAIN
+        )));
+    }
     let reuse = |t: &crate::token::Token| reusable(&spec, t, SystemClock.now());
     fetch_here(&config, &spec, reuse).await
 }
@@ -426,12 +447,30 @@ async fn status_command(arg: &ConfigArg, json: bool) -> Result<(), Exit> {
             clients: clients
                 .into_iter()
                 .collect::<std::collections::BTreeMap<_, _>>(),
+            cluster: board.and_then(|f| f.cluster.clone()),
         };
         let text = serde_json::to_string_pretty(&shown).map_err(Exit::failed)?;
         println!("{text}");
         return Ok(());
     }
     println!("{header}");
+    if let Some(c) = board.and_then(|f| f.cluster.as_ref()) {
+        let owned = c
+            .owners
+            .values()
+            .filter(|o| o.as_deref() == Some(&*c.member))
+            .count();
+        let orphans = c.owners.values().filter(|o| o.is_none()).count();
+        println!(
+            "cluster: member {} of {} live ({}); owns {owned} of {} clients, {orphans} without an owner; {} lease transitions, {} store errors",
+            c.member,
+            c.members.len(),
+            c.members.join(", "),
+            c.owners.len(),
+            c.lease_transitions,
+            c.store_errors
+        );
+    }
     let colour = std::io::IsTerminal::is_terminal(&std::io::stdout())
         && std::env::var_os("NO_COLOR").is_none();
     print!("{}", status::table(&clients, now, colour));

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub(crate) mod clock;
+pub(crate) mod cluster;
 pub(crate) mod config;
 pub(crate) mod daemon;
 pub(crate) mod dev;
@@ -24,12 +25,13 @@ pub(crate) mod token;
 /// uses is found as dead.
 #[doc(hidden)]
 pub mod internals {
+    pub use crate::cluster::seal::SealKey;
     pub use crate::config::{ConfigError, raw, validate};
     pub use crate::daemon::trim::QUIET;
     pub use crate::grant::ResponseMapping;
     pub use crate::grant::response::{HttpAnswer, ParseContext, parse_answer};
     pub use crate::secret::Redactor;
-    pub use crate::state::StateStore;
+    pub use crate::state::{StateStore, read_record};
     pub use crate::token::Token;
 }
 

@@ -69,6 +69,29 @@ struct StateFile {
     seed: Option<String>,
 }
 
+/// The record of `token` (JSON; it holds secrets in the clear): what a
+/// state file's slot holds, and what cluster mode seals into the store.
+pub fn record(fingerprint: &str, seed: Option<&str>, token: &Token) -> io::Result<Secret> {
+    let file = StateFile {
+        version: VERSION,
+        fingerprint: fingerprint.to_string(),
+        access_token: token.access_token.expose().to_string(),
+        token_type: token.token_type.clone(),
+        issued_at_ms: unix_millis(token.issued_at),
+        expires_at_ms: unix_millis(token.expires_at),
+        refresh_token: token.refresh_token.as_ref().map(|s| s.expose().to_string()),
+        seed: seed.map(str::to_string),
+    };
+    Ok(Secret::new(
+        serde_json::to_string(&file).map_err(io::Error::other)?,
+    ))
+}
+
+/// A record [`record`] made, read back.
+pub fn read_record(bytes: &[u8]) -> Option<CachedToken> {
+    StateFile::parse(bytes).map(StateFile::cached)
+}
+
 impl StateFile {
     fn parse(bytes: &[u8]) -> Option<StateFile> {
         serde_json::from_slice::<StateFile>(bytes)
@@ -612,17 +635,7 @@ impl ChainLock {
     /// Saves `token` as the newest record, durably (fdatasync) before it
     /// returns.
     pub fn save(&mut self, fingerprint: &str, seed: Option<&str>, token: &Token) -> io::Result<()> {
-        let file = StateFile {
-            version: VERSION,
-            fingerprint: fingerprint.to_string(),
-            access_token: token.access_token.expose().to_string(),
-            token_type: token.token_type.clone(),
-            issued_at_ms: unix_millis(token.issued_at),
-            expires_at_ms: unix_millis(token.expires_at),
-            refresh_token: token.refresh_token.as_ref().map(|s| s.expose().to_string()),
-            seed: seed.map(str::to_string),
-        };
-        let payload = Secret::new(serde_json::to_string(&file).map_err(io::Error::other)?);
+        let payload = record(fingerprint, seed, token)?;
         self.write_record(payload.expose().as_bytes())
     }
 

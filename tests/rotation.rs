@@ -23,26 +23,32 @@ use std::time::{Duration, Instant};
 const PASSWORD: &str = "chain-Password-Value";
 
 #[derive(Default)]
-struct Strict {
+pub(crate) struct Strict {
     /// refresh token → (its family, used)
-    tokens: HashMap<String, (u64, bool)>,
+    pub(crate) tokens: HashMap<String, (u64, bool)>,
     /// family → its newest refresh token
-    newest: HashMap<u64, String>,
-    revoked: HashSet<u64>,
-    families: u64,
-    rotations: u64,
+    pub(crate) newest: HashMap<u64, String>,
+    pub(crate) revoked: HashSet<u64>,
+    pub(crate) families: u64,
+    pub(crate) rotations: u64,
     /// (the consumed token presented again, the successor it had)
-    losses: Vec<(String, String)>,
+    pub(crate) losses: Vec<(String, String)>,
     /// anything a correct client never does: a token never issued, a
     /// grant it was not configured for, a wrong password
-    violations: Vec<String>,
-    requests: u64,
-    lifetime: u64,
-    delay: Duration,
+    pub(crate) violations: Vec<String>,
+    pub(crate) requests: u64,
+    pub(crate) lifetime: u64,
+    pub(crate) delay: Duration,
+    /// Each rotation: its family, when, and who asked (the peer's address).
+    pub(crate) issued: Vec<(u64, std::time::Instant, std::net::IpAddr)>,
+    /// The peer of the request being answered.
+    peer: Option<std::net::IpAddr>,
 }
 
 impl Strict {
     fn issue(&mut self, family: u64) -> serde_json::Value {
+        let peer = self.peer.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+        self.issued.push((family, std::time::Instant::now(), peer));
         self.rotations += 1;
         let n = self.rotations;
         let next = format!("rt-{n:08}-{:016x}", rand::random::<u64>());
@@ -56,7 +62,7 @@ impl Strict {
         })
     }
 
-    fn seed(&mut self) -> String {
+    pub(crate) fn seed(&mut self) -> String {
         self.families += 1;
         let family = self.families;
         let seed = format!("rt-seed{family:04}-{:016x}", rand::random::<u64>());
@@ -68,6 +74,7 @@ impl Strict {
 
 async fn strict_handler(
     axum::extract::State(server): axum::extract::State<Arc<Mutex<Strict>>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     body: String,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
@@ -84,6 +91,7 @@ async fn strict_handler(
     let (answer, delay) = {
         let mut s = server.lock().unwrap();
         s.requests += 1;
+        s.peer = Some(peer.ip());
         let answer = match form.get("grant_type").map(String::as_str) {
             Some("password") if form.get("password").map(String::as_str) == Some(PASSWORD) => {
                 s.families += 1;
@@ -128,20 +136,25 @@ async fn strict_handler(
     }
 }
 
-struct StrictServer {
-    url: String,
+pub(crate) struct StrictServer {
+    pub(crate) url: String,
     state: Arc<Mutex<Strict>>,
     _http: LocalHttp,
 }
 
 impl StrictServer {
-    fn start(lifetime: u64, delay: Duration) -> StrictServer {
+    pub(crate) fn start(lifetime: u64, delay: Duration) -> StrictServer {
+        StrictServer::start_at("127.0.0.1:0", lifetime, delay)
+    }
+
+    /// The same, listening on `addr`.
+    pub(crate) fn start_at(addr: &str, lifetime: u64, delay: Duration) -> StrictServer {
         let state = Arc::new(Mutex::new(Strict {
             lifetime,
             delay,
             ..Strict::default()
         }));
-        let http = LocalHttp::serve(|_| {
+        let http = LocalHttp::serve_at(addr, |_| {
             axum::Router::new()
                 .fallback(axum::routing::post(strict_handler))
                 .with_state(state.clone())
@@ -153,7 +166,7 @@ impl StrictServer {
         }
     }
 
-    fn s(&self) -> std::sync::MutexGuard<'_, Strict> {
+    pub(crate) fn s(&self) -> std::sync::MutexGuard<'_, Strict> {
         self.state.lock().unwrap()
     }
 }

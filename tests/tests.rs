@@ -7,6 +7,7 @@
 mod util;
 
 mod chaos;
+mod cluster;
 mod commands;
 mod faults;
 mod files;

@@ -3,10 +3,12 @@
 //! resolved; every failure is collected, with the key that caused it.
 
 use super::validate::{
-    ClientPlan, FormatPlan, GrantPlan, KubeApiPlan, Located, OutputKindPlan, OutputPlan,
-    SecretSource,
+    BackendPlan, ClientPlan, ClusterPlan, FormatPlan, GrantPlan, KubeApiPlan, Located,
+    OutputKindPlan, OutputPlan, SecretSource,
 };
 use super::{ClientSpec, Diagnostic};
+use crate::cluster::seal::SealKey;
+use crate::cluster::{ClusterSpec, EtcdSpec};
 use crate::grant::{CaBundle, ClientIdentity, GrantSpec, TokenRequestSpec};
 use crate::kube::{Credential, KubeApi, kubeconfig};
 use crate::output::Layout;
@@ -512,6 +514,110 @@ pub type Built = (BTreeMap<String, Arc<ClientSpec>>, Vec<FileSeen>);
 /// The plan is consumed: what validation made is moved into the specs.
 /// `known`: the file outputs of the clients left out (see
 /// [`overlapping_files`]).
+/// `[cluster]`: reads the encryption key, the CA, the client certificate
+/// and the password; the member's name defaults to the host's.
+pub fn cluster(
+    plan: ClusterPlan,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ClusterSpec, Vec<Diagnostic>> {
+    let mut b = Builder {
+        diagnostics: Vec::new(),
+        env,
+        cas: HashMap::new(),
+    };
+    let name = plan.name.clone().or_else(|| {
+        let host = env("POD_NAME")
+            .or_else(|| env("HOSTNAME"))
+            .filter(|h| !h.trim().is_empty())
+            .or_else(|| {
+                crate::fsread::read_to_string(std::path::Path::new("/proc/sys/kernel/hostname"))
+                    .ok()
+            })
+            .map(|h| h.trim().to_string());
+        if host.is_none() {
+            b.diagnostics.push(Diagnostic {
+                span: None,
+                key: "cluster.name".into(),
+                message: "is required: the host's name cannot be read".into(),
+            });
+        }
+        host
+    });
+    let key = match crate::fsread::read_limited(&plan.encryption_key.value, 4096) {
+        Ok(bytes) => match SealKey::from_file_content(&bytes) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                let at = plan.encryption_key.value.display().to_string();
+                b.error(&plan.encryption_key, format!("{at}: {e}"));
+                None
+            }
+        },
+        Err(e) => {
+            let at = plan.encryption_key.value.display().to_string();
+            b.error(&plan.encryption_key, format!("cannot read {at}: {e}"));
+            None
+        }
+    };
+    let etcd = match plan.backend {
+        BackendPlan::Etcd {
+            endpoints,
+            ca_file,
+            client_cert,
+            login,
+            prefix,
+        } => {
+            let ca_pem = b.ca(&ca_file);
+            let identity = match client_cert {
+                None => Some(None),
+                Some((cert, key)) => {
+                    let read = |f: &Located<PathBuf>| {
+                        crate::fsread::read(&f.value)
+                            .map_err(|e| format!("cannot read {}: {e}", f.value.display()))
+                    };
+                    match read(&cert)
+                        .and_then(|c| read(&key).and_then(|k| ClientIdentity::new(c, k)))
+                    {
+                        Ok(id) => Some(Some(Arc::new(id))),
+                        Err(e) => {
+                            b.error(&cert, e);
+                            None
+                        }
+                    }
+                }
+            };
+            let login = match login {
+                None => Some(None),
+                Some((user, file)) => b
+                    .secret(&Located {
+                        value: SecretSource::File(file.value.clone()),
+                        span: file.span.clone(),
+                        key: file.key.clone(),
+                    })
+                    .map(|p| Some((user, p))),
+            };
+            match (ca_pem, identity, login) {
+                (Some(ca_pem), Some(identity), Some(login)) => Some(EtcdSpec {
+                    endpoints,
+                    ca_pem,
+                    identity,
+                    login,
+                    prefix,
+                }),
+                _ => None,
+            }
+        }
+    };
+    match (name, key, etcd) {
+        (Some(name), Some(key), Some(etcd)) if b.diagnostics.is_empty() => Ok(ClusterSpec {
+            name,
+            lease_ttl: plan.lease_ttl,
+            key,
+            etcd,
+        }),
+        _ => Err(b.diagnostics),
+    }
+}
+
 pub fn build(
     plans: Vec<ClientPlan>,
     env: &dyn Fn(&str) -> Option<String>,

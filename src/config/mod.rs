@@ -126,6 +126,8 @@ pub struct DaemonSettings {
     pub ready_timeout: std::time::Duration,
     /// How often file outputs are checked on disk (zero: never).
     pub check_outputs: std::time::Duration,
+    /// `[cluster]`: read at start (a change needs a restart).
+    pub cluster: Option<Arc<crate::cluster::ClusterSpec>>,
 }
 
 #[derive(Clone, Debug)]
@@ -321,6 +323,16 @@ fn built(
 ) -> Result<Config, ConfigError> {
     let fail = |diagnostics| ConfigError::new(path, text, remap(diagnostics));
     let index = indexed.then(|| Index::new(text, &clients));
+    let cluster = match daemon.cluster {
+        None => None,
+        Some(plan) => match build::cluster(plan, env) {
+            Ok(spec) => Some(Arc::new(spec)),
+            Err(found) => {
+                diagnostics.extend(found);
+                None
+            }
+        },
+    };
     let (clients, index) = match build::build(clients, env, &[]) {
         Ok((clients, files)) if diagnostics.is_empty() => (
             clients,
@@ -340,6 +352,7 @@ fn built(
             listen: daemon.listen,
             ready_timeout: daemon.ready_timeout,
             check_outputs: daemon.check_outputs,
+            cluster,
         },
         clients,
         // what a reload compares: only a config that is reloaded needs it

@@ -41,7 +41,9 @@ fn walk<'t>(text: &'t str, mut each: impl FnMut(usize, &'t str, Owner<'t>)) -> O
             in_tables = true;
             let header = header(trimmed)?;
             owner = match header.split_once('.') {
-                _ if header == "daemon" || header == "defaults" => Owner::Shared,
+                _ if header == "daemon" || header == "defaults" || header == "cluster" => {
+                    Owner::Shared
+                }
                 Some(("defaults", _)) => Owner::Shared,
                 Some(("clients", rest)) => Owner::Client(rest.split('.').next().unwrap_or(rest)),
                 // `[clients]`, or a table tokenkeeper does not know (whose

@@ -22,6 +22,36 @@ pub struct RawDaemon {
     pub check_outputs: S<String>,
 }
 
+/// `[cluster]`: members sharing clients through a store (etcd).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub backend: S<ClusterBackend>,
+    pub name: S<String>,
+    pub lease_ttl: S<String>,
+    pub encryption_key_file: S<String>,
+    // etcd
+    pub endpoints: S<Vec<String>>,
+    pub ca_file: S<String>,
+    pub cert_file: S<String>,
+    pub key_file: S<String>,
+    pub username: S<String>,
+    pub password_file: S<String>,
+    pub prefix: S<String>,
+    // kubernetes
+    pub namespace: S<String>,
+    pub api_server: S<String>,
+    pub token_file: S<String>,
+    pub lease_prefix: S<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterBackend {
+    Etcd,
+    Kubernetes,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -184,6 +214,8 @@ pub struct RawOutput {
 pub struct RawConfig {
     pub daemon: RawDaemon,
     pub defaults: RawDefaults,
+    /// `[cluster]`, when there is one.
+    pub cluster: Option<Spanned<RawCluster>>,
     /// Client name with the span of its key, and its table.
     pub clients: Vec<(Spanned<String>, RawClient)>,
     /// Client tables that could not be read (their errors are already reported).
@@ -219,7 +251,8 @@ fn from_toml(e: toml::de::Error, key: &str, text: &str) -> Diagnostic {
 }
 
 /// Keys whose values are durations.
-const DURATIONS: [&str; 11] = [
+const DURATIONS: [&str; 12] = [
+    "lease_ttl",
     "refresh_before",
     "min_interval",
     "timeout",
@@ -345,6 +378,13 @@ pub fn parse_only(text: &str, only: Option<&str>) -> (RawConfig, Vec<Diagnostic>
                 raw.defaults =
                     section(value, "defaults", text, &mut diagnostics).unwrap_or_default()
             }
+            "cluster" => {
+                let span = value.span();
+                raw.cluster = Some(Spanned::new(
+                    span,
+                    section(value, "cluster", text, &mut diagnostics).unwrap_or_default(),
+                ))
+            }
             "clients" => {
                 let span = value.span();
                 match value.into_inner() {
@@ -397,7 +437,9 @@ pub fn parse_only(text: &str, only: Option<&str>) -> (RawConfig, Vec<Diagnostic>
             other => diagnostics.push(Diagnostic {
                 span: Some(key.span()),
                 key: other.to_string(),
-                message: "unknown top-level key, expected `daemon`, `defaults` or `clients`".into(),
+                message:
+                    "unknown top-level key, expected `daemon`, `defaults`, `cluster` or `clients`"
+                        .into(),
             }),
         }
     }

@@ -402,7 +402,7 @@ fn syntax_errors_and_empty_files() {
     );
     check(
         "colour = 1\n[clients]\n",
-        "/etc/tk/config.toml:1:1: colour: unknown top-level key, expected `daemon`, `defaults` or `clients`\n/etc/tk/config.toml: clients: no client is configured; add a [clients.NAME] table",
+        "/etc/tk/config.toml:1:1: colour: unknown top-level key, expected `daemon`, `defaults`, `cluster` or `clients`\n/etc/tk/config.toml: clients: no client is configured; add a [clients.NAME] table",
     );
     check(
         &MINIMAL

@@ -6,6 +6,7 @@
 //! whole loop runs under paused time in tests.
 
 use crate::clock::Clock;
+use crate::cluster::{Seat, Stored};
 use crate::config::ClientSpec;
 use crate::grant::{FetchError, GrantSpec, Reason, TokenSource};
 use crate::schedule::{self, RefreshBasis};
@@ -15,6 +16,7 @@ use crate::telemetry::metrics::ClientMetrics;
 use crate::telemetry::status::StatusBoard;
 use crate::token::{Token, rfc3339, unix_seconds};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +32,11 @@ pub const EXPLICIT_FLOOR: Duration = Duration::from_secs(1);
 /// machine wakes every task at once (`wall_moved`), so an idle client's
 /// task is not woken before its refresh is due.
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
+
+/// Cluster mode: a request is not sent with less of the lease left than this.
+const MIN_LEASE_BUDGET: Duration = Duration::from_millis(100);
+/// Cluster mode: how soon an owner whose lease's renewal is late tries again.
+const FENCE_RETRY: Duration = Duration::from_millis(250);
 
 /// A source of jitter samples in [0, 1).
 pub type Jitter = Arc<dyn Fn() -> f64 + Send + Sync>;
@@ -68,6 +75,14 @@ pub struct ClientTask<S: TokenSource> {
     /// before it builds its (large) request, so thousands of clients due at
     /// once queue cheaply.
     pub slots: Arc<crate::limiter::Limiter>,
+    /// Cluster mode: this client's seat (who owns it, what the store holds).
+    pub seat: Option<Seat>,
+    /// Cluster mode: the remote outputs' channel, fed only with the tokens
+    /// this member fetched as the client's owner.
+    pub publish_remote: Option<watch::Sender<Option<Arc<Token>>>>,
+    /// Cluster mode: whether this member owned the client when the task
+    /// last looked (a gained client is planned anew).
+    pub was_owned: AtomicBool,
 }
 
 /// Refreshes in flight at once, across every client of a daemon; a refresh
@@ -93,6 +108,8 @@ struct Chain<'a> {
 enum Pass {
     /// Cancelled before anything was sent.
     Cancelled,
+    /// Cluster mode: another member owns the client.
+    NotOwner,
     /// Another process refreshed the chain meanwhile; its token is fresh.
     Adopted(Token),
     Fetched(Result<Token, FetchError>),
@@ -169,6 +186,13 @@ impl<S: TokenSource> ClientTask<S> {
         let mut failures: u32 = 0;
         let mut warned_basis = false;
         let (mut refresh_open, mut wall_open) = (true, true);
+        let mut seat_rx = self
+            .seat
+            .as_ref()
+            .map(|s| (s.stored.clone(), s.owned.clone(), s.cut_off.clone()));
+        if self.seat.is_some() {
+            next = self.follow(&mut current, &mut known_issue, next);
+        }
         async move {
             loop {
                 // sleep until `next`, a forced refresh, or shutdown
@@ -206,6 +230,19 @@ impl<S: TokenSource> ClientTask<S> {
                                 wall_open = false;
                             }
                         }
+                        _ = seat_changed(&mut seat_rx) => {
+                            next = self.follow(&mut current, &mut known_issue, next);
+                            // an ask this member could not answer (another
+                            // owned the client): answered by a token issued
+                            // since, or by this member once it owns it
+                            if let Some(asked) = asked_at {
+                                if current.as_ref().is_some_and(|t| t.issued_at >= asked) {
+                                    asked_at = None;
+                                } else if self.was_owned.load(Ordering::Relaxed) {
+                                    next = self.clock.now();
+                                }
+                            }
+                        }
                         _ = tokio::time::sleep(wait.min(MAX_SLEEP)) => {}
                     }
                 }
@@ -223,36 +260,20 @@ impl<S: TokenSource> ClientTask<S> {
                 // and a burst must not pile up thousands of unsaved tokens
                 let started = self.clock.now();
                 last_attempt = Some(started);
-                let result = match &self.state {
-                    // boxed, like every large await here: an idle task should be small
-                    Some(state) if self.spec.request.grant.uses_refresh_tokens() => {
-                        let chain = Chain {
-                            refresh_token: &mut refresh_token,
-                            known_issue: &mut known_issue,
-                            unsaved: &mut unsaved,
-                            asked_at: asked_at.take(),
-                        };
-                        match Box::pin(self.chain_pass(state, chain)).await {
-                            Pass::Cancelled => return,
-                            Pass::Adopted(token) => {
-                                let token = Arc::new(token);
-                                next = self.adopt(
-                                    &token,
-                                    "using the token another tokenkeeper has just written",
-                                );
-                                let now = self.clock.now();
-                                self.board.update(&name, |s| s.asks.ended(Some(now)));
-                                failures = 0;
-                                current = Some(token);
-                                continue;
-                            }
-                            // (a rotated refresh token is saved even with a
-                            // token that cannot be used)
-                            Pass::Fetched(result) => self.usable(result),
-                        }
+                let ask = asked_at.take();
+                let chain = Chain {
+                    refresh_token: &mut refresh_token,
+                    known_issue: &mut known_issue,
+                    unsaved: &mut unsaved,
+                    asked_at: ask,
+                };
+                // boxed, like every large await here: an idle task should be small
+                let pass = match (&self.seat, &self.state) {
+                    (Some(seat), _) => Box::pin(self.cluster_pass(seat, chain)).await,
+                    (None, Some(state)) if self.spec.request.grant.uses_refresh_tokens() => {
+                        Box::pin(self.chain_pass(state, chain)).await
                     }
                     _ => {
-                        asked_at = None;
                         let result = tokio::select! {
                             _ = self.cancel.cancelled() => return,
                             r = Box::pin(crate::grant::obtain(&*self.source, &self.spec.request, refresh_token.as_ref(), started)) => self.usable(r),
@@ -262,8 +283,40 @@ impl<S: TokenSource> ClientTask<S> {
                             // this point restarts from this token
                             Box::pin(self.persist(token)).await;
                         }
-                        result
+                        Pass::Fetched(result)
                     }
+                };
+                let result = match pass {
+                    Pass::Cancelled => return,
+                    Pass::NotOwner => {
+                        // the ask stands, for when this member owns the client
+                        asked_at = ask;
+                        let owned = self.seat.as_ref().is_some_and(|s| *s.owned.borrow());
+                        next = if owned {
+                            // owned, but the lease's renewal is late (a busy
+                            // store, a busy host): tried again shortly, once
+                            // it is renewed or the client has moved
+                            self.clock.now() + FENCE_RETRY
+                        } else {
+                            self.follow(&mut current, &mut known_issue, next)
+                        };
+                        continue;
+                    }
+                    Pass::Adopted(token) => {
+                        let token = Arc::new(token);
+                        next = self.adopt(
+                            &token,
+                            "using the token another tokenkeeper has just written",
+                        );
+                        let now = self.clock.now();
+                        self.board.update(&name, |s| s.asks.ended(Some(now)));
+                        failures = 0;
+                        current = Some(token);
+                        continue;
+                    }
+                    // (a rotated refresh token is saved even with a token
+                    // that cannot be used)
+                    Pass::Fetched(result) => self.usable(result),
                 };
                 let took = self.clock.now().duration_since(started).unwrap_or_default();
                 // a paused chain sent nothing
@@ -281,6 +334,9 @@ impl<S: TokenSource> ClientTask<S> {
                         self.record_token(&token);
                         self.metrics.success(token.issued_at);
                         let _ = self.publish.send(Some(token.clone()));
+                        if let Some(remote) = &self.publish_remote {
+                            let _ = remote.send(Some(token.clone()));
+                        }
                         failures = 0;
                         let plan = self.plan(&token);
                         next = plan.at;
@@ -486,6 +542,218 @@ impl<S: TokenSource> ClientTask<S> {
         Pass::Fetched(result)
     }
 
+    /// Cluster mode, after the seat changed (or a pass found another
+    /// member owns the client): publishes a newer token the store holds,
+    /// and says when this task next has something to do — the token's
+    /// refresh point if this member owns the client, else only when the
+    /// seat changes again.
+    fn follow(
+        &self,
+        current: &mut Option<Arc<Token>>,
+        known_issue: &mut Option<SystemTime>,
+        next: SystemTime,
+    ) -> SystemTime {
+        let (next, adopted) = self.follow_store(current, known_issue, next);
+        if let (Some(token), Some(state)) = (adopted, self.state.clone()) {
+            // what `token NAME` and a restart while the store is away read
+            // (in the background: a write per adopted token)
+            let spec = self.spec.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Ok(Some(mut lock)) = state.try_lock(&spec.name) {
+                    let _ = save(&mut lock, &spec, &token);
+                }
+            });
+        }
+        next
+    }
+
+    fn follow_store(
+        &self,
+        current: &mut Option<Arc<Token>>,
+        known_issue: &mut Option<SystemTime>,
+        next: SystemTime,
+    ) -> (SystemTime, Option<Arc<Token>>) {
+        let Some(seat) = &self.seat else {
+            return (next, None);
+        };
+        let mut adopted = None;
+        let now = self.clock.now();
+        let owned = *seat.owned.borrow() || self.on_its_own(seat);
+        let stored = seat.stored.borrow().clone();
+        match stored {
+            Stored::Record(r) if Some(r.cached.token.issued_at) > *known_issue => {
+                if r.cached.fingerprint != self.spec.request.fingerprint() {
+                    tracing::warn!(client = %self.spec.name, "the cluster store holds a token for another configuration of this client (members must configure it alike): not used here");
+                } else if r
+                    .cached
+                    .token
+                    .unusable(now, self.spec.policy.min_valid)
+                    .is_none()
+                {
+                    *known_issue = Some(r.cached.token.issued_at);
+                    let token = Arc::new(r.cached.token.clone());
+                    let due = self.adopt(&token, "using the token the cluster's owner wrote");
+                    *current = Some(token.clone());
+                    adopted = Some(token);
+                    if owned {
+                        return (due, adopted);
+                    }
+                }
+            }
+            Stored::Unreadable(why) => {
+                tracing::error!(client = %self.spec.name, "the cluster store's record of this client {why}: it is neither used nor overwritten (give every member the same encryption_key_file)");
+            }
+            _ => {}
+        }
+        let gained = owned && !self.was_owned.swap(owned, Ordering::Relaxed);
+        self.was_owned.store(owned, Ordering::Relaxed);
+        let next = match (owned, current) {
+            // just gained: due when its token is (a refresh planned while
+            // it was owned, a backoff among them, stands)
+            (true, Some(t)) if gained => self.plan(t).at.min(next.max(now)),
+            (true, Some(_)) => next,
+            (true, None) => now,
+            (false, _) => now + MAX_SLEEP,
+        };
+        (next, adopted)
+    }
+
+    /// Cluster mode, cut off from the store for longer than a lease: a
+    /// client without a refresh-token chain is refreshed here on its own
+    /// (a chain never is without the lease).
+    fn on_its_own(&self, seat: &Seat) -> bool {
+        *seat.cut_off.borrow() && !self.spec.request.grant.uses_refresh_tokens()
+    }
+
+    /// Cluster mode: one refresh by the client's owner. Under the seat's
+    /// busy lock (the client is not handed over meanwhile) and the lease's
+    /// fence: the store's record is read (the chain's truth), the request
+    /// is cut before the lease could have run out, and the answer is
+    /// written back only if this member still holds the lease and the
+    /// record is the one it read.
+    async fn cluster_pass(&self, seat: &Seat, chain: Chain<'_>) -> Pass {
+        let paused = |why: String| Pass::Fetched(Err(FetchError::transient(Reason::State, why)));
+        let _busy = tokio::select! {
+            _ = self.cancel.cancelled() => return Pass::Cancelled,
+            held = seat.busy() => held,
+        };
+        let Some(fence) = seat.fence() else {
+            if self.on_its_own(seat) {
+                let result = tokio::select! {
+                    _ = self.cancel.cancelled() => return Pass::Cancelled,
+                    r = Box::pin(crate::grant::obtain(&*self.source, &self.spec.request, None, self.clock.now())) => r,
+                };
+                if let Ok(token) = &result {
+                    Box::pin(self.persist(token)).await;
+                }
+                return Pass::Fetched(result);
+            }
+            return Pass::NotOwner;
+        };
+        let now = self.clock.now();
+        let begun = tokio::select! {
+            _ = self.cancel.cancelled() => return Pass::Cancelled,
+            begun = tokio::time::timeout_at(fence.until, seat.begin(&fence)) => begun,
+        };
+        let (stored, unfinished) = match begun {
+            Err(_) => {
+                return paused(
+                    "the cluster store did not answer within the lease: not refreshing without reading the chain".into(),
+                );
+            }
+            Ok(Err(e)) => {
+                return paused(format!(
+                    "cluster store: {e}; not refreshing without reading the chain"
+                ));
+            }
+            Ok(Ok(None)) => return Pass::NotOwner,
+            Ok(Ok(Some(begun))) => begun,
+        };
+        let (cached, revision) = match stored {
+            Stored::Unreadable(why) => {
+                return paused(format!(
+                    "the cluster store's record of this client {why}: it is neither used nor overwritten (give every member the same encryption_key_file)"
+                ));
+            }
+            Stored::Record(r) => (Some(r.cached.clone()), r.revision),
+            Stored::Nothing => (None, 0),
+        };
+        let resume = crate::state::resume_from(cached, &self.spec.request, now);
+        if resume.issued_at.is_some() {
+            *chain.refresh_token = resume.refresh_token.clone();
+        }
+        // the last refresh begun never ended: its refresh token may be
+        // spent. A password client starts a new chain rather than present
+        // it again (a server with reuse detection would revoke the family);
+        // a refresh-token client has no other way, and tries it.
+        let password = matches!(
+            self.spec.request.grant,
+            crate::grant::GrantSpec::Password { .. }
+        );
+        if unfinished && password && chain.refresh_token.is_some() {
+            tracing::warn!(client = %self.spec.name, "the last refresh of this chain did not end (its member stopped with the request in flight, or the request was cut): its refresh token may be spent, so the password grant starts a new chain instead of presenting it again");
+            *chain.refresh_token = None;
+        }
+        if resume.issued_at > *chain.known_issue {
+            *chain.known_issue = resume.issued_at;
+            if let Some(token) = resume.token {
+                let fresh = self.plan(&token).at > now;
+                if fresh && chain.asked_at.is_none_or(|asked| asked <= token.issued_at) {
+                    return Pass::Adopted(token);
+                }
+            }
+        }
+        let budget = fence
+            .until
+            .saturating_duration_since(tokio::time::Instant::now());
+        if budget < MIN_LEASE_BUDGET {
+            return paused("this member's lease runs out too soon for a request".into());
+        }
+        let request = crate::grant::obtain(
+            &*self.source,
+            &self.spec.request,
+            chain.refresh_token.as_ref(),
+            now,
+        );
+        let result = match tokio::time::timeout(budget, Box::pin(request)).await {
+            Ok(result) => result,
+            Err(_) => Err(FetchError::transient(
+                Reason::Timeout,
+                "no answer before this member's lease could run out: the request was cut",
+            )),
+        };
+        // the endpoint answered without rotating, or was never reached: the
+        // refresh ended (a cut or garbled answer may have rotated: the mark stays)
+        if let Err(e) = &result
+            && matches!(
+                e.reason,
+                Reason::Refused | Reason::RateLimited | Reason::ServerError | Reason::Connect
+            )
+            && let Err(store) = seat.settle(&fence).await
+        {
+            tracing::debug!(client = %self.spec.name, error = %store, "cannot clear the in-flight mark");
+        }
+        if let Ok(token) = &result {
+            let cached = crate::state::CachedToken {
+                fingerprint: self.spec.request.fingerprint(),
+                seed: self.spec.request.refresh_seed(),
+                token: token.clone(),
+            };
+            match seat.save(&fence, revision, &cached).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::error!(client = %self.spec.name, "this member lost the lease, or the store's record moved on, while it refreshed: the new token is used here but was not stored");
+                }
+                Err(e) => {
+                    tracing::error!(client = %self.spec.name, error = %e, "cannot write the new token to the cluster store: it is used here but was not stored");
+                }
+            }
+            // what this host serves after a restart while the store is away
+            Box::pin(self.persist(token)).await;
+        }
+        Pass::Fetched(result)
+    }
+
     /// Saves a token of a client without a chain (a failure costs only a
     /// request at the next start), under the lock so that two writers never
     /// write the same slot.
@@ -550,6 +818,28 @@ impl<S: TokenSource> ClientTask<S> {
                 "token request failed: {error}; {token_state}"
             );
         }
+    }
+}
+
+/// Resolves when the seat's record or ownership changed (never without a
+/// seat, or once its channels are closed).
+async fn seat_changed(
+    seat: &mut Option<(
+        watch::Receiver<Stored>,
+        watch::Receiver<bool>,
+        watch::Receiver<bool>,
+    )>,
+) {
+    let Some((stored, owned, cut_off)) = seat else {
+        return std::future::pending().await;
+    };
+    let changed = tokio::select! {
+        r = stored.changed() => r,
+        r = owned.changed() => r,
+        r = cut_off.changed() => r,
+    };
+    if changed.is_err() {
+        *seat = None;
     }
 }
 

@@ -191,6 +191,9 @@ async fn once_client<S: TokenSource>(
     ok
 }
 
+/// Why a command does not refresh a chain in cluster mode.
+pub const CLUSTER_CHAIN: &str = "cluster mode: this refresh-token chain is refreshed only by its owner among the members (it holds the lease); a command does not refresh it — the daemon writes the current token to the outputs and state_dir";
+
 /// `tokenkeeper once`: every client at once; true when every client got a
 /// token into every output.
 pub async fn once<S: TokenSource>(
@@ -200,7 +203,13 @@ pub async fn once<S: TokenSource>(
     clock: Arc<dyn Clock>,
 ) -> bool {
     let mut tasks = tokio::task::JoinSet::new();
+    let mut all_ok = true;
     for spec in config.clients.values() {
+        if config.daemon.cluster.is_some() && spec.request.grant.uses_refresh_tokens() {
+            tracing::error!(client = %spec.name, "{CLUSTER_CHAIN}");
+            all_ok = false;
+            continue;
+        }
         tasks.spawn(once_client(
             source.clone(),
             spec.clone(),
@@ -208,7 +217,6 @@ pub async fn once<S: TokenSource>(
             clock.clone(),
         ));
     }
-    let mut all_ok = true;
     while let Some(result) = tasks.join_next().await {
         all_ok &= result.unwrap_or(false);
     }

@@ -41,6 +41,8 @@ struct Running {
     outputs: Vec<JoinHandle<()>>,
     /// The client task's token channel, for output workers started later.
     tokens: watch::Receiver<Option<Arc<Token>>>,
+    /// Cluster mode: the remote outputs' channel.
+    remote: Option<watch::Receiver<Option<Arc<Token>>>>,
     /// Wakes the client task for `tokenkeeper refresh`.
     ask: Arc<Notify>,
 }
@@ -68,6 +70,8 @@ pub struct Supervisor<S: TokenSource> {
     retired: Vec<JoinHandle<()>>,
     /// What the output workers share (`[daemon] check_outputs` among it).
     outputs_ctx: Arc<OutputContext>,
+    /// Cluster mode: this member.
+    member: Option<Arc<crate::cluster::Member>>,
 }
 
 impl<S: TokenSource> Supervisor<S> {
@@ -97,7 +101,14 @@ impl<S: TokenSource> Supervisor<S> {
             running: BTreeMap::new(),
             retired: Vec::new(),
             outputs_ctx,
+            member: None,
         }
+    }
+
+    /// Cluster mode: clients are refreshed by their owner in the cluster.
+    pub fn cluster(mut self, member: Option<Arc<crate::cluster::Member>>) -> Self {
+        self.member = member;
+        self
     }
 
     /// Checks file outputs on disk this often (zero, the default: never).
@@ -111,11 +122,13 @@ impl<S: TokenSource> Supervisor<S> {
         self
     }
 
-    /// Starts one worker per output of `spec` on `tokens`.
+    /// Starts one worker per output of `spec` on `tokens` (remote outputs
+    /// on `remote`, in cluster mode: the tokens this member fetched as owner).
     fn start_outputs(
         &self,
         spec: &Arc<ClientSpec>,
         tokens: &watch::Receiver<Option<Arc<Token>>>,
+        remote: Option<&watch::Receiver<Option<Arc<Token>>>>,
         cancel: &CancellationToken,
     ) -> (Arc<ClientMetrics>, Vec<JoinHandle<()>>) {
         let labels: Vec<String> = spec.outputs.iter().map(|o| o.label()).collect();
@@ -123,6 +136,12 @@ impl<S: TokenSource> Supervisor<S> {
         let metrics = self.metrics.client(&spec.name, &labels);
         let tasks = (0..spec.outputs.len())
             .map(|index| {
+                let is_file =
+                    matches!(spec.outputs[index].kind, crate::output::OutputKind::File(_));
+                let tokens = match remote {
+                    Some(remote) if !is_file => remote,
+                    _ => tokens,
+                };
                 tokio::spawn(run_output(
                     spec.clone(),
                     index,
@@ -142,7 +161,15 @@ impl<S: TokenSource> Supervisor<S> {
         let outputs_cancel = cancel.child_token();
         let resume = resume(self.state.as_ref(), &spec, self.clock.now());
         let (publish, tokens) = watch::channel(None);
-        let (metrics, outputs) = self.start_outputs(&spec, &tokens, &outputs_cancel);
+        let (publish_remote, remote) = match self.member {
+            Some(_) => {
+                let (tx, rx) = watch::channel(None);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        let (metrics, outputs) =
+            self.start_outputs(&spec, &tokens, remote.as_ref(), &outputs_cancel);
         let ask = Arc::new(Notify::new());
         let task = ClientTask {
             spec: spec.clone(),
@@ -158,6 +185,9 @@ impl<S: TokenSource> Supervisor<S> {
             wall_moved: self.wall_tx.subscribe(),
             ask: ask.clone(),
             cancel: cancel.clone(),
+            seat: self.member.as_ref().map(|m| m.seat(&spec.name)),
+            publish_remote,
+            was_owned: Default::default(),
         };
         let client = tokio::spawn(task.run(Start { resume, force }));
         self.running.insert(
@@ -169,6 +199,7 @@ impl<S: TokenSource> Supervisor<S> {
                 outputs_cancel,
                 outputs,
                 tokens,
+                remote,
                 ask,
             },
         );
@@ -185,7 +216,12 @@ impl<S: TokenSource> Supervisor<S> {
         running.outputs_cancel.cancel();
         self.retired.append(&mut running.outputs);
         running.outputs_cancel = running.cancel.child_token();
-        let (_, outputs) = self.start_outputs(&spec, &running.tokens, &running.outputs_cancel);
+        let (_, outputs) = self.start_outputs(
+            &spec,
+            &running.tokens,
+            running.remote.as_ref(),
+            &running.outputs_cancel,
+        );
         running.outputs = outputs;
         running.spec = spec;
         self.running.insert(running.spec.name.clone(), running);
@@ -232,6 +268,10 @@ impl<S: TokenSource> Supervisor<S> {
     fn apply_diff(&mut self, d: Diff, new: &BTreeMap<String, Arc<ClientSpec>>, first: bool) {
         for name in &d.removed {
             self.stop_client(name);
+            if let Some(member) = &self.member {
+                let (member, name) = (member.clone(), name.clone());
+                tokio::spawn(async move { member.leave(&name).await });
+            }
             self.board.remove(name);
             self.metrics.remove_client(name);
             tracing::info!(client = %name, "client removed; its files stay in place");
@@ -391,7 +431,7 @@ fn reload<S: TokenSource>(
                 tracing::warn!("{warning}");
             }
             if new.daemon != current.daemon {
-                tracing::warn!("changes to [daemon] take effect at the next restart");
+                tracing::warn!("changes to [daemon] and [cluster] take effect at the next restart");
             }
             *current = apply_config(supervisor, new);
             true
@@ -429,7 +469,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     use anyhow::Context;
     let state = StateStore::open(&config.daemon.state_dir).context("cannot use state_dir")?;
     let board = Arc::new(StatusBoard::default());
-    let metrics = Arc::new(Metrics::default());
+    let member = match &config.daemon.cluster {
+        None => None,
+        Some(spec) => {
+            let member = crate::cluster::Member::new(spec.clone())
+                .map_err(|e| anyhow::anyhow!("cannot set up the cluster member: {e}"))?;
+            tracing::info!(member = %member.name(), endpoints = spec.etcd.endpoints.len(), lease_ttl_s = spec.lease_ttl.as_secs(), "cluster mode: clients are refreshed by their owner among the members");
+            Some(member)
+        }
+    };
+    let metrics = Arc::new(Metrics::default().with_cluster(member.clone()));
     let telemetry_cancel = CancellationToken::new();
     if let Some(listen) = config.daemon.listen {
         let bound = crate::telemetry::server::serve(
@@ -486,6 +535,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         super::trim::malloc_trim,
     ));
 
+    let member_cancel = CancellationToken::new();
+    let member_task = member
+        .clone()
+        .map(|m| tokio::spawn(m.run(member_cancel.clone())));
+    board.set_cluster(member.clone());
     let source = Arc::new(HttpTokenSource::new());
     let board_for_notify = board.clone();
     let mut supervisor = Supervisor::new(
@@ -496,7 +550,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         board,
         metrics.clone(),
     )
-    .check_outputs(config.daemon.check_outputs);
+    .check_outputs(config.daemon.check_outputs)
+    .cluster(member);
     tracing::info!(config = %config.path.display(), clients = config.clients.len(), version = env!("CARGO_PKG_VERSION"), "tokenkeeper started");
     for warning in config.warnings() {
         tracing::warn!("{warning}");
@@ -553,6 +608,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
     }
     supervisor.shutdown().await;
+    // the lease goes last: no refresh of this member's is in flight now
+    member_cancel.cancel();
+    if let Some(task) = member_task
+        && tokio::time::timeout(Duration::from_secs(3), task)
+            .await
+            .is_err()
+    {
+        tracing::warn!(
+            "the cluster member did not leave in time: the others take over when its lease expires"
+        );
+    }
     telemetry_cancel.cancel();
     let written = match status_board.to_json() {
         Ok(json) => tokio::task::spawn_blocking(move || {

@@ -304,7 +304,66 @@ impl Default for Metrics {
     }
 }
 
+/// Cluster mode: the member's view, read at each scrape.
+struct ClusterSeries(Arc<crate::cluster::Member>);
+
+impl std::fmt::Debug for ClusterSeries {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClusterSeries")
+    }
+}
+
+impl Collector for ClusterSeries {
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        use std::sync::atomic::Ordering::Relaxed;
+        let member = &self.0;
+        let (members, owners) = member.view();
+        let me = member.name();
+        let m = e.encode_descriptor(
+            "cluster_members",
+            "Live members of the cluster, as this member sees them",
+            None,
+            GAUGE,
+        )?;
+        ConstGauge::new(members.len() as i64).encode(m)?;
+        let mut m = e.encode_descriptor(
+            "cluster_owned",
+            "1 while this member owns the client (it alone refreshes it); summed over the members, 1 per client",
+            None,
+            GAUGE,
+        )?;
+        for (client, owner) in &owners {
+            let owned = i64::from(owner.as_deref() == Some(me));
+            ConstGauge::new(owned).encode(m.encode_family(&[("client", client.as_str())])?)?;
+        }
+        let m = e.encode_descriptor(
+            "cluster_lease_transitions",
+            "Clients this member gained or lost",
+            None,
+            COUNTER,
+        )?;
+        ConstCounter::new(member.stats.transitions.load(Relaxed)).encode(m)?;
+        let m = e.encode_descriptor(
+            "cluster_store_errors",
+            "Failed calls to the cluster store, and refused fenced writes",
+            None,
+            COUNTER,
+        )?;
+        ConstCounter::new(member.stats.store_errors.load(Relaxed)).encode(m)?;
+        Ok(())
+    }
+}
+
 impl Metrics {
+    /// Cluster mode: the member's series too.
+    pub fn with_cluster(mut self, member: Option<Arc<crate::cluster::Member>>) -> Metrics {
+        if let Some(member) = member {
+            self.registry
+                .register_collector(Box::new(ClusterSeries(member)));
+        }
+        self
+    }
+
     /// The series of client `name`, whose outputs have these labels. A
     /// client that (re)starts after a change keeps its counts, and those of
     /// the outputs it still has; the others are forgotten. (The stopped

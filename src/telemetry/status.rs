@@ -9,8 +9,8 @@ use litemap::LiteMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use tokio::sync::Notify;
 
@@ -88,6 +88,33 @@ pub struct StatusFile<C = BTreeMap<String, ClientStatus>> {
     pub pid: u32,
     pub written_at: i64,
     pub clients: C,
+    /// Cluster mode: this member, the live members, each client's owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub member: String,
+    pub members: Vec<String>,
+    /// By client: the member that owns it (`null`: none right now).
+    pub owners: BTreeMap<String, Option<String>>,
+    pub lease_transitions: u64,
+    pub store_errors: u64,
+}
+
+impl ClusterStatus {
+    pub fn of(member: &crate::cluster::Member) -> ClusterStatus {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (members, owners) = member.view();
+        ClusterStatus {
+            member: member.name().to_string(),
+            members,
+            owners,
+            lease_transitions: member.stats.transitions.load(Relaxed),
+            store_errors: member.stats.store_errors.load(Relaxed),
+        }
+    }
 }
 
 impl<C> StatusFile<C> {
@@ -97,6 +124,7 @@ impl<C> StatusFile<C> {
             pid: std::process::id(),
             written_at: crate::token::unix_seconds(crate::clock::SystemClock.now()),
             clients,
+            cluster: None,
         }
     }
 }
@@ -108,6 +136,8 @@ pub struct StatusBoard {
     settled: Notify,
     /// Bumped on every change (for [`crate::daemon::trim`]).
     generation: AtomicU64,
+    /// Cluster mode: the member, for the status's `cluster`.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Member>>,
 }
 
 impl StatusBoard {
@@ -196,7 +226,19 @@ impl StatusBoard {
 
     /// The status file's JSON as of now.
     pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
-        self.read(|clients| serde_json::to_vec(&StatusFile::now(clients)))
+        let cluster = self.cluster.get().map(|m| ClusterStatus::of(m));
+        self.read(|clients| {
+            let mut file = StatusFile::now(clients);
+            file.cluster = cluster;
+            serde_json::to_vec(&file)
+        })
+    }
+
+    /// Cluster mode: the status names the member's view.
+    pub fn set_cluster(&self, member: Option<Arc<crate::cluster::Member>>) {
+        if let Some(m) = member {
+            let _ = self.cluster.set(m);
+        }
     }
 }
 

@@ -67,7 +67,13 @@ pub struct LocalHttp {
 impl LocalHttp {
     /// Serves the app that `app` builds from the server's base address.
     pub fn serve(app: impl FnOnce(&str) -> axum::Router) -> LocalHttp {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        LocalHttp::serve_at("127.0.0.1:0", app)
+    }
+
+    /// The same on `addr` (an address of a test's network namespace's
+    /// veth, say); handlers may ask for the peer (`ConnectInfo`).
+    pub fn serve_at(addr: &str, app: impl FnOnce(&str) -> axum::Router) -> LocalHttp {
+        let listener = std::net::TcpListener::bind(addr).unwrap();
         listener.set_nonblocking(true).unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let app = app(&base);
@@ -79,6 +85,7 @@ impl LocalHttp {
                 .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
                 let _ = axum::serve(listener, app)
                     .with_graceful_shutdown(async move {
                         let _ = rx.await;

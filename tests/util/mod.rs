@@ -8,12 +8,18 @@
 //! * [`servers`]: real servers on loopback (oidc-provider, Glewlwyd,
 //!   oauth2-mock-server, OpenBao, moto) and a throwaway CA.
 //! * [`fault`]: the in-test token endpoint whose every answer a test scripts.
+//! * [`etcd`]: a real three-node etcd on loopback (cluster mode's store);
+//!   [`netns`]: a network namespace to cut a member off from it.
 
+mod etcd;
 mod fault;
+mod netns;
 mod sandbox;
 mod servers;
 
+pub use etcd::*;
 pub use fault::*;
+pub use netns::*;
 pub use sandbox::*;
 pub use servers::*;
 

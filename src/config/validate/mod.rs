@@ -8,6 +8,7 @@
 //! * [`output`]: one output, by kind; [`hooks`]: its hooks.
 
 mod client;
+mod cluster;
 mod hooks;
 mod output;
 mod plan;
@@ -288,6 +289,10 @@ pub fn validate(
             "daemon.check_outputs",
             Duration::from_secs(10),
         ),
+        cluster: raw
+            .cluster
+            .as_ref()
+            .and_then(|c| cluster::validate_cluster(&mut v, c)),
     };
 
     let defaults = &raw.defaults;

@@ -141,6 +141,28 @@ pub struct DaemonPlan {
     pub listen: Option<SocketAddr>,
     pub ready_timeout: Duration,
     pub check_outputs: Duration,
+    pub cluster: Option<ClusterPlan>,
+}
+
+/// `[cluster]`, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterPlan {
+    /// `None`: the host's name, read at build.
+    pub name: Option<String>,
+    pub lease_ttl: Duration,
+    pub encryption_key: Located<PathBuf>,
+    pub backend: BackendPlan,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum BackendPlan {
+    Etcd {
+        endpoints: Vec<Url>,
+        ca_file: Option<Located<PathBuf>>,
+        client_cert: Option<(Located<PathBuf>, Located<PathBuf>)>,
+        login: Option<(String, Located<PathBuf>)>,
+        prefix: String,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -145,6 +145,9 @@ fn start_on(
         wall_moved,
         ask: ask.clone(),
         cancel: cancel.clone(),
+        seat: None,
+        publish_remote: None,
+        was_owned: Default::default(),
     };
     tokio::spawn(task.run(start));
     Harness {

@@ -41,6 +41,12 @@ native sidecar (an init container with restartPolicy: Always). */}}
   {{- if eq .Values.mode "sidecar" }}
   restartPolicy: Always
   {{- end }}
+  {{- if .Values.cluster.enabled }}
+  env:
+    # the member's name in the cluster
+    - name: POD_NAME
+      valueFrom: {fieldRef: {fieldPath: metadata.name}}
+  {{- end }}
   ports:
     - {name: metrics, containerPort: {{ .Values.metrics.port }}}
   startupProbe:
@@ -64,6 +70,12 @@ native sidecar (an init container with restartPolicy: Always). */}}
     {{- if eq .Values.mode "sidecar" }}
     - {name: tokens, mountPath: {{ .Values.sidecar.tokensMountPath }}}
     {{- end }}
+    {{- if .Values.cluster.enabled }}
+    - {name: cluster-key, mountPath: /etc/tokenkeeper/cluster, readOnly: true}
+    {{- if .Values.cluster.tlsSecret }}
+    - {name: etcd-tls, mountPath: /etc/tokenkeeper/etcd, readOnly: true}
+    {{- end }}
+    {{- end }}
 {{- end -}}
 
 {{- define "tokenkeeper.volumes" -}}
@@ -76,6 +88,14 @@ native sidecar (an init container with restartPolicy: Always). */}}
 {{- if eq .Values.mode "sidecar" }}
 - name: tokens
   emptyDir: {medium: Memory, sizeLimit: 1Mi}
+{{- end }}
+{{- if .Values.cluster.enabled }}
+- name: cluster-key
+  secret: {secretName: {{ .Values.cluster.keySecret }}, defaultMode: 0440}
+{{- if .Values.cluster.tlsSecret }}
+- name: etcd-tls
+  secret: {secretName: {{ .Values.cluster.tlsSecret }}, defaultMode: 0440}
+{{- end }}
 {{- end }}
 {{- end -}}
 
