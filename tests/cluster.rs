@@ -113,6 +113,44 @@ fn stored_refresh_tokens(etcd: &EtcdCluster, key: &str) -> HashSet<String> {
     found
 }
 
+/// Two members on `etcd` with one client-credentials client and one
+/// password chain (3 s tokens), once both hold both tokens.
+struct Two {
+    _fault: FaultServer,
+    strict: StrictServer,
+    key: String,
+    text: String,
+    a: Member,
+    b: Member,
+}
+
+fn two_members(etcd: &EtcdCluster) -> Two {
+    let fault = FaultServer::start(Some(3));
+    let strict = StrictServer::start(3, Duration::ZERO);
+    let key = key_text();
+    let text = clients(&fault, 1, &strict, 1);
+    let mut a = Member::new("host-a", etcd, &key, "1s", &text);
+    let mut b = Member::new("host-b", etcd, &key, "1s", &text);
+    a.start();
+    b.start();
+    a.daemon
+        .as_ref()
+        .unwrap()
+        .wait_until("both hold both tokens", || {
+            [&a, &b]
+                .iter()
+                .all(|m| m.token("cc0").is_some() && m.token("chain0").is_some())
+        });
+    Two {
+        _fault: fault,
+        strict,
+        key,
+        text,
+        a,
+        b,
+    }
+}
+
 /// Client tables: `cc` client-credentials clients on `fault` (one path
 /// each) and `chains` password-grant chains on `strict`, tokens of
 /// `lifetime` seconds.
@@ -480,22 +518,14 @@ fn a_member_with_another_key_or_a_taken_name_changes_nothing_and_says_so() {
 #[test]
 fn the_store_down_keeps_tokens_served_and_a_node_may_die() {
     let mut etcd = EtcdCluster::start(3);
-    let fault = FaultServer::start(Some(3));
-    let strict = StrictServer::start(3, Duration::ZERO);
-    let key = key_text();
-    let text = clients(&fault, 1, &strict, 1);
-    let mut a = Member::new("host-a", &etcd, &key, "1s", &text);
-    let mut b = Member::new("host-b", &etcd, &key, "1s", &text);
-    a.start();
-    b.start();
-    a.daemon
-        .as_ref()
-        .unwrap()
-        .wait_until("both hold both tokens", || {
-            [&a, &b]
-                .iter()
-                .all(|m| m.token("cc0").is_some() && m.token("chain0").is_some())
-        });
+    // (bound, so that they live to the end)
+    let Two {
+        _fault,
+        strict,
+        mut a,
+        b: _b,
+        ..
+    } = two_members(&etcd);
 
     // one node of three killed, and started again: the chains go on
     etcd.kill_node(0);
@@ -591,22 +621,14 @@ fn check_explains_a_bad_cluster_section() {
 #[test]
 fn members_reach_etcd_over_tls_with_client_certificates() {
     let etcd = EtcdCluster::start_tls(1);
-    let fault = FaultServer::start(Some(3));
-    let strict = StrictServer::start(3, Duration::ZERO);
-    let key = key_text();
-    let text = clients(&fault, 1, &strict, 1);
-    let mut a = Member::new("host-a", &etcd, &key, "1s", &text);
-    let mut b = Member::new("host-b", &etcd, &key, "1s", &text);
-    a.start();
-    b.start();
-    a.daemon
-        .as_ref()
-        .unwrap()
-        .wait_until("both hold both tokens over TLS", || {
-            [&a, &b]
-                .iter()
-                .all(|m| m.token("cc0").is_some() && m.token("chain0").is_some())
-        });
+    let Two {
+        _fault,
+        strict,
+        key,
+        text,
+        a: _a,
+        b: _b,
+    } = two_members(&etcd);
     let rotations = strict.s().rotations;
     wait_until("the chain rotates", Duration::from_secs(10), || {
         strict.s().rotations >= rotations + 2

@@ -147,8 +147,9 @@ struct Inner {
     /// Bumped when a member joins or leaves: each seat's rank is
     /// computed again.
     members_gen: u64,
-    /// Owners or seats changed since `update_owned` last looked.
-    moved: bool,
+    /// The seats whose owner changed since `update_owned` last looked
+    /// (`None`: every seat is to be looked at).
+    moved: Option<Vec<String>>,
     /// Whether the lease was live, and which, when it last looked.
     was_live: Option<(bool, i64)>,
     owners: HashMap<String, (String, i64)>,
@@ -163,6 +164,15 @@ struct SeatSlot {
     /// The member ranked first, as of `members_gen` (`ranked`).
     first: Option<String>,
     ranked: u64,
+}
+
+impl Inner {
+    /// `client`'s owner changed (or its seat is new).
+    fn moved_one(&mut self, client: &str) {
+        if let Some(list) = &mut self.moved {
+            list.push(client.to_string());
+        }
+    }
 }
 
 impl Member {
@@ -202,7 +212,7 @@ impl Member {
     pub fn seat(self: &Arc<Member>, client: &str) -> Seat {
         let mut inner = self.lock();
         let stored_now = inner.records.get(client).cloned().unwrap_or_default();
-        inner.moved = true;
+        inner.moved_one(client);
         let slot = inner
             .seats
             .entry(client.to_string())
@@ -237,16 +247,21 @@ impl Member {
                 .then_some(lease)
         };
         if let Some(lease) = held {
-            let key = self.key("owners", client);
-            let _ = self
-                .etcd
-                .txn(
-                    vec![ops::has_lease(&key, lease)],
-                    vec![ops::delete(&key)],
-                    vec![],
-                )
-                .await;
+            let _ = self.release(client, lease).await;
         }
+    }
+
+    /// Deletes the owner key of `client` if it is still on `lease`.
+    async fn release(&self, client: &str, lease: i64) -> Result<(), StoreError> {
+        let key = self.key("owners", client);
+        self.etcd
+            .txn(
+                vec![ops::has_lease(&key, lease)],
+                vec![ops::delete(&key)],
+                vec![],
+            )
+            .await
+            .map(drop)
     }
 
     /// The live members, and who owns each seated client (for `/status`).
@@ -475,7 +490,7 @@ impl Member {
             inner.members.clear();
             inner.members_gen += 1;
             inner.owners.clear();
-            inner.moved = true;
+            inner.moved = None;
             let gone: Vec<String> = inner.records.keys().cloned().collect();
             drop(inner);
             for client in gone {
@@ -499,7 +514,9 @@ impl Member {
             return false;
         };
         let mut inner = self.lock();
-        inner.moved |= kind == "members" || kind == "owners";
+        if kind == "owners" {
+            inner.moved_one(name);
+        }
         match (kind, put) {
             ("members", Some(kv)) => {
                 let joined = inner
@@ -560,12 +577,15 @@ impl Member {
         let live = inner.lease != 0
             && inner.registered
             && inner.valid_until.is_some_and(|u| Instant::now() < u);
-        // each seat looked at only when something it depends on moved
-        let moved = std::mem::take(&mut inner.moved);
-        if !moved && inner.was_live == Some((live, inner.lease)) {
+        // a seat is looked at when its owner changed, every seat when the
+        // lease did
+        let moved = inner.moved.replace(Vec::new());
+        let lease_moved = inner.was_live != Some((live, inner.lease));
+        if !lease_moved && moved.as_ref().is_some_and(Vec::is_empty) {
             return;
         }
         inner.was_live = Some((live, inner.lease));
+        let some = if lease_moved { None } else { moved };
         let cut_off = !live
             && inner
                 .failing_since
@@ -573,7 +593,7 @@ impl Member {
         if set(&self.cut_off, cut_off) && cut_off {
             tracing::warn!(member = %self.spec.name, "cut off from the cluster store for longer than a lease: clients without a refresh-token chain are refreshed here on their own until it is back; chains wait");
         }
-        for (client, slot) in &inner.seats {
+        let look = |client: &String, slot: &SeatSlot| {
             let owned = live
                 && inner
                     .owners
@@ -582,6 +602,16 @@ impl Member {
             if set(&slot.owned, owned) {
                 self.stats.transitions.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(member = %self.spec.name, client = %client, owned, "ownership changed");
+            }
+        };
+        match &some {
+            None => inner.seats.iter().for_each(|(c, slot)| look(c, slot)),
+            Some(clients) => {
+                for c in clients {
+                    if let Some(slot) = inner.seats.get(c) {
+                        look(c, slot);
+                    }
+                }
             }
         }
     }
@@ -675,25 +705,17 @@ impl Member {
             }
             let member = self.clone();
             running.spawn(async move {
-                let key = member.key("owners", &client);
-                let done = member
-                    .etcd
-                    .txn(
-                        vec![ops::has_lease(&key, lease)],
-                        vec![ops::delete(&key)],
-                        vec![],
-                    )
-                    .await;
+                let done = member.release(&client, lease).await;
                 if done.is_ok() {
                     // not owned from here on, whatever the watch says when
                     let mut inner = member.lock();
                     inner.owners.remove(&client);
-                    inner.moved = true;
+                    inner.moved_one(&client);
                     drop(inner);
                     member.update_owned();
                 }
                 drop(held);
-                done.map(drop)
+                done
             });
         }
         while let Some(done) = running.join_next().await {

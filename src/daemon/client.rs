@@ -37,6 +37,9 @@ const MAX_SLEEP: Duration = Duration::from_secs(3600);
 const MIN_LEASE_BUDGET: Duration = Duration::from_millis(100);
 /// Cluster mode: how soon an owner whose lease's renewal is late tries again.
 const FENCE_RETRY: Duration = Duration::from_millis(250);
+/// Cluster mode: an ask a member could not answer (it did not own the
+/// client) is answered if the client becomes its own within this.
+const ASK_KEPT: Duration = Duration::from_secs(2);
 
 /// A source of jitter samples in [0, 1).
 pub type Jitter = Arc<dyn Fn() -> f64 + Send + Sync>;
@@ -231,15 +234,20 @@ impl<S: TokenSource> ClientTask<S> {
                             }
                         }
                         _ = seat_changed(&mut seat_rx) => {
+                            let had = current.as_ref().map(|t| t.issued_at);
                             next = self.follow(&mut current, &mut known_issue, next);
                             // an ask this member could not answer (another
-                            // owned the client): answered by a token issued
-                            // since, or by this member once it owns it
+                            // owned the client): answered by the owner's
+                            // next token, or by this member once it owns it
+                            // (only a recent ask: one a view that lagged
+                            // behind the store could not answer)
                             if let Some(asked) = asked_at {
-                                if current.as_ref().is_some_and(|t| t.issued_at >= asked) {
+                                let now = self.clock.now();
+                                let recent = now.duration_since(asked).is_ok_and(|d| d < ASK_KEPT);
+                                if current.as_ref().map(|t| t.issued_at) != had || !recent {
                                     asked_at = None;
                                 } else if self.was_owned.load(Ordering::Relaxed) {
-                                    next = self.clock.now();
+                                    next = now;
                                 }
                             }
                         }

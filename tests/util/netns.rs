@@ -87,28 +87,24 @@ impl Netns {
 
     /// Packets from inside to `addr` vanish from now on.
     pub fn cut(&self, addr: &str) {
-        ip(&[
-            "netns",
-            "exec",
-            &self.name,
-            "ip",
-            "route",
-            "add",
-            "blackhole",
-            &format!("{addr}/32"),
-        ]);
+        self.blackhole("add", addr);
     }
 
     pub fn heal(&self, addr: &str) {
+        self.blackhole("del", addr);
+    }
+
+    fn blackhole(&self, verb: &str, addr: &str) {
+        let to = format!("{addr}/32");
         ip(&[
             "netns",
             "exec",
             &self.name,
             "ip",
             "route",
-            "del",
+            verb,
             "blackhole",
-            &format!("{addr}/32"),
+            &to,
         ]);
     }
 }
