@@ -138,36 +138,20 @@ pub(super) fn validate_cluster(
                 located(v, &c.cert_file, "cert_file"),
                 located(v, &c.key_file, "key_file"),
             );
-            if cert.is_some() != client_key.is_some() {
-                v.error(
-                    c.cert_file
-                        .as_ref()
-                        .or(c.key_file.as_ref())
-                        .map(|s| s.span()),
-                    &key(if cert.is_some() {
-                        "key_file"
-                    } else {
-                        "cert_file"
-                    }),
-                    "cert_file and key_file come together (a client certificate and its key)",
-                );
-            }
+            together(
+                v,
+                (&c.cert_file, "cert_file"),
+                (&c.key_file, "key_file"),
+                "cert_file and key_file come together (a client certificate and its key)",
+            );
+            together(
+                v,
+                (&c.username, "username"),
+                (&c.password_file, "password_file"),
+                "username and password_file come together",
+            );
             let password = located(v, &c.password_file, "password_file");
             let username = c.username.as_ref().map(|u| u.get_ref().clone());
-            if username.is_some() != password.is_some() {
-                v.error(
-                    c.username
-                        .as_ref()
-                        .or(c.password_file.as_ref())
-                        .map(|s| s.span()),
-                    &key(if username.is_some() {
-                        "password_file"
-                    } else {
-                        "username"
-                    }),
-                    "username and password_file come together",
-                );
-            }
             let prefix = c
                 .prefix
                 .as_ref()
@@ -194,4 +178,20 @@ pub(super) fn validate_cluster(
         encryption_key: encryption_key?,
         backend: backend?,
     })
+}
+
+/// Two keys given together or not at all: the one missing is named.
+fn together(v: &mut Validator<'_>, a: (&S<String>, &str), b: (&S<String>, &str), why: &str) {
+    if a.0.is_some() != b.0.is_some() {
+        let (given, missing) = if a.0.is_some() {
+            (a.0, b.1)
+        } else {
+            (b.0, a.1)
+        };
+        v.error(
+            given.as_ref().map(|s| s.span()),
+            &format!("cluster.{missing}"),
+            why,
+        );
+    }
 }
