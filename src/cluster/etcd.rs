@@ -6,6 +6,7 @@
 //! Every call tries the endpoints in turn, starting from the last that
 //! answered; `Unreachable` means none did.
 
+use super::store::{Begun, Change, Feed};
 use crate::secret::Secret;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -54,6 +55,8 @@ pub struct Etcd {
     preferred: AtomicUsize,
     login: Option<(String, Secret)>,
     auth: tokio::sync::Mutex<Option<String>>,
+    /// Every key of the cluster is under it.
+    prefix: String,
 }
 
 /// Longest wait for one call to one endpoint.
@@ -86,6 +89,7 @@ impl Etcd {
             preferred: AtomicUsize::new(0),
             login: spec.login.clone(),
             auth: tokio::sync::Mutex::new(None),
+            prefix: spec.prefix.clone(),
         })
     }
 
@@ -282,6 +286,179 @@ impl Etcd {
     }
 }
 
+/// The cluster's operations ([`super::store::Store`]) as keys under
+/// `prefix`: `members/NAME` and `owners/CLIENT` on their member's lease,
+/// `tokens/CLIENT` (the sealed record), `inflight/CLIENT` (a refresh begun).
+impl Etcd {
+    fn key(&self, kind: &str, name: &str) -> String {
+        format!("{}{kind}/{name}", self.prefix)
+    }
+
+    pub async fn register(
+        &self,
+        name: &str,
+        instance: &str,
+        lease: i64,
+    ) -> Result<bool, StoreError> {
+        let key = self.key("members", name);
+        let (ok, answer) = self
+            .txn(
+                vec![ops::absent(&key)],
+                vec![ops::put(&key, instance.as_bytes(), lease)],
+                vec![ops::get(&key)],
+            )
+            .await?;
+        if ok {
+            return Ok(true);
+        }
+        let Some(kv) = first_kv(&answer["responses"][0]) else {
+            return Ok(false);
+        };
+        if kv.value != instance.as_bytes() {
+            return Ok(false);
+        }
+        if kv.lease == lease {
+            return Ok(true);
+        }
+        // this process's key on its earlier lease (etcd restored it after
+        // a restart of every node): moved onto the new one, or it would
+        // vanish with the old
+        let (moved, _) = self
+            .txn(
+                vec![ops::mod_revision(&key, kv.mod_revision)],
+                vec![ops::put(&key, instance.as_bytes(), lease)],
+                vec![],
+            )
+            .await?;
+        Ok(moved)
+    }
+
+    pub async fn snapshot(&self) -> Result<(Vec<Change>, Feed), StoreError> {
+        let (rev, kvs) = self.range_prefix(&self.prefix).await?;
+        let changes = kvs
+            .iter()
+            .filter_map(|kv| change(&self.prefix, &kv.key, Some(kv)))
+            .collect();
+        let watch = self.watch(&self.prefix, rev + 1).await?;
+        Ok((changes, Feed::Etcd(watch, self.prefix.clone())))
+    }
+
+    pub async fn take(&self, client: &str, name: &str, lease: i64) -> Result<(), StoreError> {
+        let key = self.key("owners", client);
+        self.txn(
+            vec![ops::absent(&key)],
+            vec![ops::put(&key, name.as_bytes(), lease)],
+            vec![],
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn release(&self, client: &str, lease: i64) -> Result<(), StoreError> {
+        let key = self.key("owners", client);
+        self.txn(
+            vec![ops::has_lease(&key, lease)],
+            vec![ops::delete(&key)],
+            vec![],
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn begin(
+        &self,
+        client: &str,
+        name: &str,
+        lease: i64,
+    ) -> Result<Option<Begun>, StoreError> {
+        let (owners, tokens, inflight) = (
+            self.key("owners", client),
+            self.key("tokens", client),
+            self.key("inflight", client),
+        );
+        let (ok, answer) = self
+            .txn(
+                vec![ops::has_lease(&owners, lease)],
+                vec![
+                    ops::get(&tokens),
+                    ops::get(&inflight),
+                    ops::put(&inflight, name.as_bytes(), 0),
+                ],
+                vec![],
+            )
+            .await?;
+        if !ok {
+            return Ok(None);
+        }
+        let responses = &answer["responses"];
+        Ok(Some(Begun {
+            sealed: first_kv(&responses[0]).map(|kv| (kv.value, kv.mod_revision)),
+            unfinished: first_kv(&responses[1]).is_some(),
+        }))
+    }
+
+    pub async fn settle(&self, client: &str, lease: i64) -> Result<(), StoreError> {
+        let (owners, inflight) = (self.key("owners", client), self.key("inflight", client));
+        self.txn(
+            vec![ops::has_lease(&owners, lease)],
+            vec![ops::delete(&inflight)],
+            vec![],
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn save(
+        &self,
+        client: &str,
+        lease: i64,
+        revision: i64,
+        sealed: &[u8],
+    ) -> Result<bool, StoreError> {
+        let (owners, tokens, inflight) = (
+            self.key("owners", client),
+            self.key("tokens", client),
+            self.key("inflight", client),
+        );
+        let unchanged = if revision == 0 {
+            ops::absent(&tokens)
+        } else {
+            ops::mod_revision(&tokens, revision)
+        };
+        let (ok, _) = self
+            .txn(
+                vec![ops::has_lease(&owners, lease), unchanged],
+                vec![ops::put(&tokens, sealed, 0), ops::delete(&inflight)],
+                vec![],
+            )
+            .await?;
+        Ok(ok)
+    }
+}
+
+/// A key's change under `prefix` as the cluster's [`Change`].
+pub fn change(prefix: &str, key: &str, put: Option<&Kv>) -> Option<Change> {
+    let (kind, name) = key.strip_prefix(prefix)?.split_once('/')?;
+    let name = name.to_string();
+    Some(match (kind, put) {
+        ("members", Some(kv)) => Change::Member {
+            name,
+            instance: String::from_utf8_lossy(&kv.value).into_owned(),
+            lease: kv.lease,
+        },
+        ("members", None) => Change::MemberGone(name),
+        ("owners", put) => Change::Owner {
+            client: name,
+            owner: put.map(|kv| (String::from_utf8_lossy(&kv.value).into_owned(), kv.lease)),
+        },
+        ("tokens", put) => Change::Token {
+            client: name,
+            sealed: put.map(|kv| (kv.value.clone(), kv.mod_revision)),
+        },
+        _ => return None,
+    })
+}
+
 /// An open watch: a stream of JSON objects, one per line.
 pub struct Watch {
     resp: reqwest::Response,
@@ -398,13 +575,10 @@ fn error_text(v: &Value, status: reqwest::StatusCode) -> String {
 }
 
 fn describe(endpoint: &Url, e: &reqwest::Error) -> String {
-    let mut text = format!("cannot reach etcd at {endpoint}: {e}");
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
+    format!(
+        "cannot reach etcd at {endpoint}: {}",
+        crate::grant::http::describe(e)
+    )
 }
 
 /// The compare and requests the members use, by name.

@@ -26,18 +26,22 @@
 //! that point; the write of the answer compares the owner key's lease.
 
 pub mod etcd;
+pub mod kubernetes;
 pub mod seal;
+pub mod store;
 
 use crate::grant::{CaBundle, ClientIdentity};
 use crate::secret::Secret;
 use crate::state::CachedToken;
-use etcd::{Etcd, StoreError, ops};
+use etcd::{Etcd, StoreError};
+use kubernetes::{KubeSpec, KubeStore};
 use seal::SealKey;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use store::{Change, Store};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -48,7 +52,14 @@ pub struct ClusterSpec {
     pub name: String,
     pub lease_ttl: Duration,
     pub key: SealKey,
-    pub etcd: EtcdSpec,
+    pub backend: BackendSpec,
+}
+
+/// The engine the members share.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BackendSpec {
+    Etcd(EtcdSpec),
+    Kubernetes(KubeSpec),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -119,7 +130,7 @@ pub struct Stats {
 /// seats of its clients.
 pub struct Member {
     spec: Arc<ClusterSpec>,
-    etcd: Etcd,
+    store: Store,
     instance: String,
     inner: Mutex<Inner>,
     /// Members or owners changed: rebalance.
@@ -143,7 +154,8 @@ struct Inner {
     /// Since when calls to the store fail.
     failing_since: Option<Instant>,
     duplicate_said: bool,
-    members: BTreeMap<String, String>,
+    /// The live members: their instance and lease.
+    members: BTreeMap<String, (String, i64)>,
     /// Bumped when a member joins or leaves: each seat's rank is
     /// computed again.
     members_gen: u64,
@@ -166,7 +178,23 @@ struct SeatSlot {
     ranked: u64,
 }
 
+fn live_owner<'a>(
+    owners: &'a HashMap<String, (String, i64)>,
+    members: &BTreeMap<String, (String, i64)>,
+    client: &str,
+) -> Option<&'a (String, i64)> {
+    owners
+        .get(client)
+        .filter(|(m, l)| members.get(m).is_some_and(|(_, live)| live == l))
+}
+
 impl Inner {
+    /// The owner of `client`, while its lease is a live member's (on
+    /// Kubernetes a Lease stays when its member is gone).
+    fn owner(&self, client: &str) -> Option<&(String, i64)> {
+        live_owner(&self.owners, &self.members, client)
+    }
+
     /// `client`'s owner changed (or its seat is new).
     fn moved_one(&mut self, client: &str) {
         if let Some(list) = &mut self.moved {
@@ -177,11 +205,16 @@ impl Inner {
 
 impl Member {
     pub fn new(spec: Arc<ClusterSpec>) -> Result<Arc<Member>, String> {
-        let etcd = Etcd::new(&spec.etcd)?;
+        let store = match &spec.backend {
+            BackendSpec::Etcd(e) => Store::Etcd(Etcd::new(e)?),
+            BackendSpec::Kubernetes(k) => {
+                Store::Kubernetes(KubeStore::new(k, &spec.name, spec.lease_ttl)?)
+            }
+        };
         let instance = format!("{:016x}", crate::daemon::client::jitter_sample().to_bits());
         Ok(Arc::new(Member {
             spec,
-            etcd,
+            store,
             instance,
             inner: Mutex::new(Inner::default()),
             changed: Notify::new(),
@@ -193,10 +226,6 @@ impl Member {
 
     pub fn name(&self) -> &str {
         &self.spec.name
-    }
-
-    fn key(&self, kind: &str, name: &str) -> String {
-        format!("{}{kind}/{name}", self.spec.etcd.prefix)
     }
 
     fn margin(&self) -> Duration {
@@ -251,17 +280,9 @@ impl Member {
         }
     }
 
-    /// Deletes the owner key of `client` if it is still on `lease`.
+    /// `client` has no owner any more, if it was on `lease`.
     async fn release(&self, client: &str, lease: i64) -> Result<(), StoreError> {
-        let key = self.key("owners", client);
-        self.etcd
-            .txn(
-                vec![ops::has_lease(&key, lease)],
-                vec![ops::delete(&key)],
-                vec![],
-            )
-            .await
-            .map(drop)
+        self.store.release(client, lease).await
     }
 
     /// The live members, and who owns each seated client (for `/status`).
@@ -271,7 +292,7 @@ impl Member {
         let owners = inner
             .seats
             .keys()
-            .map(|c| (c.clone(), inner.owners.get(c).map(|(m, _)| m.clone())))
+            .map(|c| (c.clone(), inner.owner(c).map(|(m, _)| m.clone())))
             .collect();
         (members, owners)
     }
@@ -292,7 +313,7 @@ impl Member {
         };
         self.update_owned();
         if lease != 0 {
-            match self.etcd.revoke(lease).await {
+            match self.store.revoke(lease).await {
                 Ok(()) => {
                     tracing::info!(member = %self.spec.name, "left the cluster: its clients are the others' now")
                 }
@@ -327,7 +348,7 @@ impl Member {
             };
             if lease == 0 {
                 let sent = Instant::now();
-                match self.etcd.grant(ttl).await {
+                match self.store.grant(ttl).await {
                     Ok(id) => {
                         let mut inner = self.lock();
                         inner.lease = id;
@@ -368,7 +389,7 @@ impl Member {
                 continue;
             }
             let sent = Instant::now();
-            match self.etcd.keepalive(lease).await {
+            match self.store.keepalive(lease).await {
                 Ok(left) if left > 0 => {
                     let mut inner = self.lock();
                     inner.valid_until = Some(sent + Duration::from_secs(left as u64));
@@ -406,74 +427,54 @@ impl Member {
         self.update_owned();
     }
 
-    /// Puts `members/NAME` on `lease`, unless another process has that
-    /// name (said, and tried again later).
+    /// Puts this member in the store on `lease`, unless another process
+    /// has its name (said, and tried again later).
     async fn register(&self, lease: i64) -> Result<bool, StoreError> {
-        let key = self.key("members", &self.spec.name);
-        let (ok, answer) = self
-            .etcd
-            .txn(
-                vec![ops::absent(&key)],
-                vec![ops::put(&key, self.instance.as_bytes(), lease)],
-                vec![ops::get(&key)],
-            )
-            .await?;
-        if ok {
-            return Ok(true);
-        }
-        let theirs = answer["responses"][0]["response_range"]["kvs"][0]["value"]
-            .as_str()
-            .and_then(|v| {
-                use base64::Engine;
-                base64::engine::general_purpose::STANDARD.decode(v).ok()
-            })
-            .unwrap_or_default();
-        if theirs == self.instance.as_bytes() {
+        if self
+            .store
+            .register(&self.spec.name, &self.instance, lease)
+            .await?
+        {
             return Ok(true);
         }
         let say = !std::mem::replace(&mut self.lock().duplicate_said, true);
         if say {
-            tracing::error!(member = %self.spec.name, "another live member has this member's name: give each member its own [cluster] name; this one waits, owning nothing, until the name is free");
+            tracing::error!(member = %self.spec.name, "another process holds this member's name (a second member with this [cluster] name, or this member's previous process until its lease ends): give each member its own name; this one waits, owning nothing, until the name is free");
         }
         Ok(false)
     }
 
     async fn watch_loop(self: Arc<Member>, cancel: CancellationToken) {
-        let prefix = self.spec.etcd.prefix.clone();
         let mut reconnected = self.reconnected.subscribe();
         loop {
-            let synced = match self.etcd.range_prefix(&prefix).await {
-                Ok((rev, kvs)) => {
-                    self.resync(kvs);
-                    self.etcd.watch(&prefix, rev + 1).await
-                }
-                Err(e) => Err(e),
-            };
-            match synced {
-                Ok(mut w) => loop {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = reconnected.changed() => break,
-                        next = w.next() => match next {
-                            Ok(events) => {
-                                // a token's record concerns its seat alone;
-                                // members and owners, the balance
-                                let mut moved = false;
-                                for e in events {
-                                    moved |= self.apply(&e.key, e.put.as_ref());
+            match self.store.snapshot().await {
+                Ok((changes, mut feed)) => {
+                    self.resync(changes);
+                    loop {
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = reconnected.changed() => break,
+                            next = feed.next() => match next {
+                                Ok(changes) => {
+                                    // a token's record concerns its seat
+                                    // alone; members and owners, the balance
+                                    let mut moved = false;
+                                    for c in changes {
+                                        moved |= self.apply(c);
+                                    }
+                                    if moved {
+                                        self.update_owned();
+                                        self.changed.notify_one();
+                                    }
                                 }
-                                if moved {
-                                    self.update_owned();
-                                    self.changed.notify_one();
+                                Err(e) => {
+                                    self.store_error("watching", &e);
+                                    break;
                                 }
-                            }
-                            Err(e) => {
-                                self.store_error("watching", &e);
-                                break;
                             }
                         }
                     }
-                },
+                }
                 Err(e) => self.store_error("reading the store", &e),
             }
             tokio::select! {
@@ -484,7 +485,7 @@ impl Member {
     }
 
     /// The whole view from a full read.
-    fn resync(&self, kvs: Vec<etcd::Kv>) {
+    fn resync(&self, changes: Vec<Change>) {
         {
             let mut inner = self.lock();
             inner.members.clear();
@@ -494,76 +495,67 @@ impl Member {
             let gone: Vec<String> = inner.records.keys().cloned().collect();
             drop(inner);
             for client in gone {
-                self.apply(&self.key("tokens", &client), None);
+                self.apply(Change::Token {
+                    client,
+                    sealed: None,
+                });
             }
         }
-        for kv in &kvs {
-            self.apply(&kv.key, Some(kv));
+        for c in changes {
+            self.apply(c);
         }
         self.update_owned();
         self.changed.notify_one();
     }
 
-    /// Applies one key's change to the view; whether members or owners
-    /// changed.
-    fn apply(&self, key: &str, put: Option<&etcd::Kv>) -> bool {
-        let Some(rest) = key.strip_prefix(&self.spec.etcd.prefix) else {
-            return false;
-        };
-        let Some((kind, name)) = rest.split_once('/') else {
-            return false;
-        };
+    /// Applies one change to the view; whether members or owners changed.
+    fn apply(&self, change: Change) -> bool {
         let mut inner = self.lock();
-        if kind == "owners" {
-            inner.moved_one(name);
-        }
-        match (kind, put) {
-            ("members", Some(kv)) => {
-                let joined = inner
-                    .members
-                    .insert(
-                        name.to_string(),
-                        String::from_utf8_lossy(&kv.value).into_owned(),
-                    )
-                    .is_none();
-                if joined {
+        match change {
+            Change::Member {
+                name,
+                instance,
+                lease,
+            } => {
+                let before = inner.members.insert(name, (instance, lease));
+                if before.is_none_or(|(_, l)| l != lease) {
                     inner.members_gen += 1;
+                    // owners on the lease that ended, or on the new one
+                    inner.moved = None;
                 }
             }
-            ("members", None) => {
-                inner.members.remove(name);
-                inner.members_gen += 1;
+            Change::MemberGone(name) => {
+                if inner.members.remove(&name).is_some() {
+                    inner.members_gen += 1;
+                    inner.moved = None;
+                }
             }
-            ("owners", Some(kv)) => {
-                let owner = String::from_utf8_lossy(&kv.value).into_owned();
-                inner.owners.insert(name.to_string(), (owner, kv.lease));
-            }
-            ("owners", None) => {
-                inner.owners.remove(name);
-            }
-            ("tokens", put) => {
-                let stored = match put {
-                    None => Stored::Nothing,
-                    Some(kv) => self.open(name, kv),
+            Change::Owner { client, owner } => {
+                inner.moved_one(&client);
+                match owner {
+                    Some(o) => inner.owners.insert(client, o),
+                    None => inner.owners.remove(&client),
                 };
-                if let Some(slot) = inner.seats.get(name) {
+            }
+            Change::Token { client, sealed } => {
+                let stored = match sealed {
+                    None => Stored::Nothing,
+                    Some((value, revision)) => self.open(&client, &value, revision),
+                };
+                if let Some(slot) = inner.seats.get(&client) {
                     slot.stored.send_replace(stored.clone());
                 }
-                inner.records.insert(name.to_string(), stored);
+                inner.records.insert(client, stored);
                 return false;
             }
-            _ => return false,
         }
         true
     }
 
-    fn open(&self, client: &str, kv: &etcd::Kv) -> Stored {
-        match self.spec.key.open(client, &kv.value) {
+    fn open(&self, client: &str, sealed: &[u8], revision: i64) -> Stored {
+        match self.spec.key.open(client, sealed) {
             Ok(plain) => match crate::state::read_record(&plain) {
-                Some(cached) => Stored::Record(Arc::new(Record {
-                    cached,
-                    revision: kv.mod_revision,
-                })),
+                Some(cached) => Stored::Record(Arc::new(Record { cached, revision })),
                 None => Stored::Unreadable("is not a token record".into()),
             },
             Err(why) => Stored::Unreadable(why),
@@ -654,8 +646,10 @@ impl Member {
                     slot.ranked = inner.members_gen;
                 }
                 let first = &slot.first;
-                match inner.owners.get(client) {
-                    None if first.as_deref() == Some(me.as_str()) => take.push(client.clone()),
+                match live_owner(&inner.owners, &inner.members, client) {
+                    None if first.as_deref() == Some(me.as_str()) => {
+                        take.push((client.clone(), inner.owners.get(client).cloned()))
+                    }
                     Some((owner, l))
                         if *owner == me
                             && *l == inner.lease
@@ -671,7 +665,7 @@ impl Member {
         // many at once (etcd commits them together); each a transaction of
         // its own, so one that loses a race fails alone
         let mut running = tokio::task::JoinSet::new();
-        for client in take {
+        for (client, replacing) in take {
             if running.len() >= BALANCE_IN_FLIGHT {
                 if let Some(Ok(Err(e))) = running.join_next().await {
                     self.store_error("taking a client", &e);
@@ -680,16 +674,10 @@ impl Member {
             }
             let (member, me) = (self.clone(), me.clone());
             running.spawn(async move {
-                let key = member.key("owners", &client);
                 member
-                    .etcd
-                    .txn(
-                        vec![ops::absent(&key)],
-                        vec![ops::put(&key, me.as_bytes(), lease)],
-                        vec![],
-                    )
+                    .store
+                    .take(&client, &me, lease, replacing.as_ref())
                     .await
-                    .map(drop)
             });
         }
         for (client, busy) in give {
@@ -770,52 +758,24 @@ impl Seat {
     /// so the record's refresh token may have been presented.
     /// `Ok(None)`: this member no longer owns the client.
     pub async fn begin(&self, fence: &Fence) -> Result<Option<(Stored, bool)>, StoreError> {
-        let (owners, tokens, inflight) = (
-            self.member.key("owners", &self.client),
-            self.member.key("tokens", &self.client),
-            self.member.key("inflight", &self.client),
-        );
-        let (ok, answer) = self
+        let begun = self
             .member
-            .etcd
-            .txn(
-                vec![ops::has_lease(&owners, fence.lease)],
-                vec![
-                    ops::get(&tokens),
-                    ops::get(&inflight),
-                    ops::put(&inflight, self.member.spec.name.as_bytes(), 0),
-                ],
-                vec![],
-            )
+            .store
+            .begin(&self.client, &self.member.spec.name, fence.lease)
             .await?;
-        if !ok {
-            return Ok(None);
-        }
-        let responses = &answer["responses"];
-        let stored = match etcd::first_kv(&responses[0]) {
-            None => Stored::Nothing,
-            Some(kv) => self.member.open(&self.client, &kv),
-        };
-        let unfinished = etcd::first_kv(&responses[1]).is_some();
-        Ok(Some((stored, unfinished)))
+        Ok(begun.map(|b| {
+            let stored = match b.sealed {
+                None => Stored::Nothing,
+                Some((sealed, revision)) => self.member.open(&self.client, &sealed, revision),
+            };
+            (stored, b.unfinished)
+        }))
     }
 
     /// Ends a refresh that failed without a rotation (the endpoint
     /// answered, or was never reached): the mark goes.
     pub async fn settle(&self, fence: &Fence) -> Result<(), StoreError> {
-        let (owners, inflight) = (
-            self.member.key("owners", &self.client),
-            self.member.key("inflight", &self.client),
-        );
-        self.member
-            .etcd
-            .txn(
-                vec![ops::has_lease(&owners, fence.lease)],
-                vec![ops::delete(&inflight)],
-                vec![],
-            )
-            .await
-            .map(drop)
+        self.member.store.settle(&self.client, fence.lease).await
     }
 
     /// Writes `cached` as the client's record if this member still owns it
@@ -836,24 +796,10 @@ impl Seat {
             .key
             .seal(&self.client, plain.expose().as_bytes())
             .map_err(StoreError::Refused)?;
-        let (owners, tokens, inflight) = (
-            self.member.key("owners", &self.client),
-            self.member.key("tokens", &self.client),
-            self.member.key("inflight", &self.client),
-        );
-        let unchanged = if revision == 0 {
-            ops::absent(&tokens)
-        } else {
-            ops::mod_revision(&tokens, revision)
-        };
-        let (ok, _) = self
+        let ok = self
             .member
-            .etcd
-            .txn(
-                vec![ops::has_lease(&owners, fence.lease), unchanged],
-                vec![ops::put(&tokens, &sealed, 0), ops::delete(&inflight)],
-                vec![],
-            )
+            .store
+            .save(&self.client, fence.lease, revision, &sealed)
             .await?;
         if !ok {
             self.member

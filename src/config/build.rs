@@ -7,8 +7,9 @@ use super::validate::{
     OutputKindPlan, OutputPlan, SecretSource,
 };
 use super::{ClientSpec, Diagnostic};
+use crate::cluster::kubernetes::KubeSpec;
 use crate::cluster::seal::SealKey;
-use crate::cluster::{ClusterSpec, EtcdSpec};
+use crate::cluster::{BackendSpec, ClusterSpec, EtcdSpec};
 use crate::grant::{CaBundle, ClientIdentity, GrantSpec, TokenRequestSpec};
 use crate::kube::{Credential, KubeApi, kubeconfig};
 use crate::output::Layout;
@@ -128,6 +129,28 @@ impl Builder<'_> {
     /// The API server's address, CA, and credentials; with a kubeconfig,
     /// also its context's namespace. Errors name the kubeconfig file and
     /// the entry in it.
+    /// `given`, else the pod's namespace (its service account's).
+    fn namespace(&mut self, given: Option<String>, key: &str) -> Option<String> {
+        if given.is_some() {
+            return given;
+        }
+        let file = PathBuf::from(crate::kube::SERVICE_ACCOUNT).join("namespace");
+        match crate::fsread::read_to_string(&file) {
+            Ok(ns) if !ns.trim().is_empty() => Some(ns.trim().to_string()),
+            _ => {
+                self.diagnostics.push(Diagnostic {
+                    span: None,
+                    key: key.to_string(),
+                    message: format!(
+                        "is required outside a pod ({} is not readable)",
+                        file.display()
+                    ),
+                });
+                None
+            }
+        }
+    }
+
     fn kube_api(&mut self, plan: KubeApiPlan) -> Option<(KubeApi, Option<String>)> {
         match plan {
             KubeApiPlan::Direct {
@@ -285,26 +308,10 @@ impl Builder<'_> {
                 format,
             } => {
                 let (api, context_namespace) = self.kube_api(api)?;
-                let namespace = match namespace.or(context_namespace) {
-                    Some(ns) => Some(ns),
-                    None => {
-                        let file = PathBuf::from(crate::kube::SERVICE_ACCOUNT).join("namespace");
-                        match crate::fsread::read_to_string(&file) {
-                            Ok(ns) if !ns.trim().is_empty() => Some(ns.trim().to_string()),
-                            _ => {
-                                self.diagnostics.push(Diagnostic {
-                                    span: None,
-                                    key: format!("{}.namespace", plan.key),
-                                    message: format!(
-                                        "is required outside a pod ({} is not readable)",
-                                        file.display()
-                                    ),
-                                });
-                                None
-                            }
-                        }
-                    }
-                };
+                let namespace = self.namespace(
+                    namespace.or(context_namespace),
+                    &format!("{}.namespace", plan.key),
+                );
                 OutputKind::KubernetesSecret(Box::new(KubernetesOutput {
                     api,
                     namespace: namespace?,
@@ -558,7 +565,19 @@ pub fn cluster(
             None
         }
     };
-    let etcd = match plan.backend {
+    let backend = match plan.backend {
+        BackendPlan::Kubernetes {
+            api,
+            namespace,
+            lease_prefix,
+        } => b.kube_api(api).and_then(|(api, _)| {
+            let namespace = b.namespace(namespace, "cluster.namespace")?;
+            Some(BackendSpec::Kubernetes(KubeSpec {
+                api,
+                namespace,
+                lease_prefix,
+            }))
+        }),
         BackendPlan::Etcd {
             endpoints,
             ca_file,
@@ -596,23 +615,23 @@ pub fn cluster(
                     .map(|p| Some((user, p))),
             };
             match (ca_pem, identity, login) {
-                (Some(ca_pem), Some(identity), Some(login)) => Some(EtcdSpec {
+                (Some(ca_pem), Some(identity), Some(login)) => Some(BackendSpec::Etcd(EtcdSpec {
                     endpoints,
                     ca_pem,
                     identity,
                     login,
                     prefix,
-                }),
+                })),
                 _ => None,
             }
         }
     };
-    match (name, key, etcd) {
-        (Some(name), Some(key), Some(etcd)) if b.diagnostics.is_empty() => Ok(ClusterSpec {
+    match (name, key, backend) {
+        (Some(name), Some(key), Some(backend)) if b.diagnostics.is_empty() => Ok(ClusterSpec {
             name,
             lease_ttl: plan.lease_ttl,
             key,
-            etcd,
+            backend,
         }),
         _ => Err(b.diagnostics),
     }

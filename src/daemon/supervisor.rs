@@ -474,7 +474,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Some(spec) => {
             let member = crate::cluster::Member::new(spec.clone())
                 .map_err(|e| anyhow::anyhow!("cannot set up the cluster member: {e}"))?;
-            tracing::info!(member = %member.name(), endpoints = spec.etcd.endpoints.len(), lease_ttl_s = spec.lease_ttl.as_secs(), "cluster mode: clients are refreshed by their owner among the members");
+            let backend = match &spec.backend {
+                crate::cluster::BackendSpec::Etcd(e) => {
+                    format!("etcd ({} endpoints)", e.endpoints.len())
+                }
+                crate::cluster::BackendSpec::Kubernetes(k) => {
+                    format!("kubernetes (Leases in namespace {})", k.namespace)
+                }
+            };
+            tracing::info!(member = %member.name(), %backend, lease_ttl_s = spec.lease_ttl.as_secs(), "cluster mode: clients are refreshed by their owner among the members");
             Some(member)
         }
     };

@@ -270,8 +270,9 @@ pub fn endpoint_label(url: &url::Url) -> String {
     shown.to_string()
 }
 
-/// Describes a reqwest error with its causes, scrubbed of known secrets.
-fn describe(e: &reqwest::Error) -> String {
+/// Describes a reqwest error with its causes, and what a certificate
+/// error means.
+pub fn describe(e: &reqwest::Error) -> String {
     let mut text = String::new();
     let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
     while let Some(err) = source {

@@ -9,16 +9,19 @@
 //!   oauth2-mock-server, OpenBao, moto) and a throwaway CA.
 //! * [`fault`]: the in-test token endpoint whose every answer a test scripts.
 //! * [`etcd`]: a real three-node etcd on loopback (cluster mode's store);
-//!   [`netns`]: a network namespace to cut a member off from it.
+//!   [`netns`]: a network namespace to cut a member off from it;
+//!   [`kube`]: a real kube-apiserver (cluster mode's other store).
 
 mod etcd;
 mod fault;
+mod kube;
 mod netns;
 mod sandbox;
 mod servers;
 
 pub use etcd::*;
 pub use fault::*;
+pub use kube::*;
 pub use netns::*;
 pub use sandbox::*;
 pub use servers::*;

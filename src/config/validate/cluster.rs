@@ -76,12 +76,68 @@ pub(super) fn validate_cluster(
             None
         }
         Some(ClusterBackend::Kubernetes) => {
-            v.error(
-                c.backend.as_ref().map(|b| b.span()),
-                "cluster.backend",
-                "\"kubernetes\" (Lease objects) is not in this version yet: use \"etcd\"",
+            for (given, k) in [
+                (c.endpoints.as_ref().map(|s| s.span()), "endpoints"),
+                (c.cert_file.as_ref().map(|s| s.span()), "cert_file"),
+                (c.key_file.as_ref().map(|s| s.span()), "key_file"),
+                (c.username.as_ref().map(|s| s.span()), "username"),
+                (c.password_file.as_ref().map(|s| s.span()), "password_file"),
+                (c.prefix.as_ref().map(|s| s.span()), "prefix"),
+            ] {
+                if let Some(at) = given {
+                    v.error(
+                        at,
+                        &key(k),
+                        "does not apply to backend = \"kubernetes\" (it names etcd's connection)",
+                    );
+                }
+            }
+            let dns = |t: &str| {
+                t.chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-')
+            };
+            let namespace = c.namespace.as_ref().map(|n| {
+                let text = n.get_ref().trim();
+                if text.is_empty() || text.len() > 63 || !dns(text) || text.starts_with('-') {
+                    v.error(
+                        n.span(),
+                        &key("namespace"),
+                        "must be a namespace's name: lowercase letters, digits and `-`",
+                    );
+                }
+                text.to_string()
+            });
+            let lease_prefix = c.lease_prefix.as_ref().map_or_else(
+                || "tokenkeeper-".to_string(),
+                |p| {
+                    let text = p.get_ref();
+                    if text.is_empty()
+                        || text.len() > 200
+                        || !dns(text)
+                        || !text.starts_with(|ch: char| ch.is_ascii_alphanumeric())
+                    {
+                        v.error(
+                            p.span(),
+                            &key("lease_prefix"),
+                            "must start a Lease's name: lowercase letters, digits and `-`, starting with a letter or digit",
+                        );
+                    }
+                    text.clone()
+                },
             );
-            None
+            let ca_file = located(v, &c.ca_file, "ca_file");
+            let api = output::direct_kube_api(
+                v,
+                (&c.api_server, &c.token_file, ca_file),
+                span.clone(),
+                &key,
+                "give api_server, token_file and ca_file",
+            );
+            Some(BackendPlan::Kubernetes {
+                api: api?,
+                namespace,
+                lease_prefix,
+            })
         }
         Some(ClusterBackend::Etcd) => {
             for (given, k) in [

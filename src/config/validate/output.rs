@@ -554,13 +554,33 @@ fn check_kube_api(v: &mut Validator<'_>, ox: &Ox<'_>) -> Option<KubeApiPlan> {
             "names a context of a kubeconfig file: set kubeconfig too",
         );
     }
-    let api_server = match &o.api_server {
+    let ca_file = ox.ca_file(v);
+    direct_kube_api(
+        v,
+        (&o.api_server, &o.token_file, ca_file),
+        ox.span.clone(),
+        &|k| ox.key(k),
+        "give api_server, token_file and ca_file, or kubeconfig",
+    )
+}
+
+/// The API server in a pod (its service account), or `api_server` +
+/// `token_file` + `ca_file` out of one; `what` says what to give outside.
+pub(super) fn direct_kube_api(
+    v: &mut Validator<'_>,
+    (api_server, token_file, ca_file): (&S<String>, &S<String>, Option<Located<PathBuf>>),
+    span: Range<usize>,
+    key: &dyn Fn(&str) -> String,
+    what: &str,
+) -> Option<KubeApiPlan> {
+    let given = api_server.is_some();
+    let api_server = match api_server {
         Some(a) => match Url::parse(a.get_ref()) {
             Ok(u) if acceptable_scheme(&u, false) => Some(u),
             _ => {
                 v.error(
                     a.span(),
-                    &ox.key("api_server"),
+                    &key("api_server"),
                     format!("{:?} is not an https:// URL", a.get_ref()),
                 );
                 None
@@ -584,23 +604,25 @@ fn check_kube_api(v: &mut Validator<'_>, ox: &Ox<'_>) -> Option<KubeApiPlan> {
             }
             _ => {
                 v.error(
-                    ox.span.clone(),
-                    &ox.key("api_server"),
-                    "is required outside a pod (KUBERNETES_SERVICE_HOST is not set): give api_server, token_file and ca_file, or kubeconfig",
+                    span.clone(),
+                    &key("api_server"),
+                    format!(
+                        "is required outside a pod (KUBERNETES_SERVICE_HOST is not set): {what}"
+                    ),
                 );
                 None
             }
         },
     };
-    let token_file = match &o.token_file {
-        Some(f) => v.path(f, &ox.key("token_file")),
+    let token_file = match token_file {
+        Some(f) => v.path(f, &key("token_file")),
         None => Some(PathBuf::from(SERVICE_ACCOUNT).join("token")),
     };
-    let ca_file = ox.ca_file(v).or_else(|| {
-        o.api_server.is_none().then(|| Located {
+    let ca_file = ca_file.or_else(|| {
+        (!given).then(|| Located {
             value: PathBuf::from(SERVICE_ACCOUNT).join("ca.crt"),
-            span: ox.span.clone(),
-            key: ox.key("ca_file"),
+            span: span.clone(),
+            key: key("ca_file"),
         })
     });
     Some(KubeApiPlan::Direct {

@@ -163,6 +163,12 @@ pub enum BackendPlan {
         login: Option<(String, Located<PathBuf>)>,
         prefix: String,
     },
+    Kubernetes {
+        api: KubeApiPlan,
+        /// `None`: the pod's (read from the service account at build).
+        namespace: Option<String>,
+        lease_prefix: String,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
