@@ -5,6 +5,8 @@
 //! Time comes from the injected [`Clock`] and tokio's timers only, so the
 //! whole loop runs under paused time in tests.
 
+mod chain;
+
 use crate::clock::Clock;
 use crate::cluster::{Seat, Stored};
 use crate::config::ClientSpec;
@@ -15,6 +17,7 @@ use crate::state::{ChainLock, Resume, StateStore};
 use crate::telemetry::metrics::ClientMetrics;
 use crate::telemetry::status::StatusBoard;
 use crate::token::{Token, rfc3339, unix_seconds};
+use chain::{Begun, ChainStore, Hold};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
@@ -97,6 +100,12 @@ pub const REFRESH_SLOTS_PER_HOST: usize = 16;
 
 /// The status message of a client whose newest refresh token is only in memory.
 const UNSAVED: &str = "cannot save the rotated refresh token to state_dir; it is kept in memory and saved before the next refresh, which waits until it is";
+
+/// A refresh that stopped before its request: a transient failure that
+/// says why.
+fn paused(why: String) -> Pass {
+    Pass::Fetched(Err(FetchError::transient(Reason::State, why)))
+}
 
 /// A client task's view of its chain, lent to one refresh.
 struct Chain<'a> {
@@ -277,9 +286,11 @@ impl<S: TokenSource> ClientTask<S> {
                 };
                 // boxed, like every large await here: an idle task should be small
                 let pass = match (&self.seat, &self.state) {
-                    (Some(seat), _) => Box::pin(self.cluster_pass(seat, chain)).await,
+                    (Some(seat), _) => {
+                        Box::pin(self.chain_pass(ChainStore::Cluster(seat), chain)).await
+                    }
                     (None, Some(state)) if self.spec.request.grant.uses_refresh_tokens() => {
-                        Box::pin(self.chain_pass(state, chain)).await
+                        Box::pin(self.chain_pass(ChainStore::Local(state), chain)).await
                     }
                     _ => {
                         let result = tokio::select! {
@@ -471,54 +482,45 @@ impl<S: TokenSource> ClientTask<S> {
         });
     }
 
-    /// One refresh of a refresh-token chain, under the chain's lock from
-    /// reading the state until the answer is durable; whoever else refreshes
-    /// it (`once`, `token`, another daemon) waits meanwhile, and so does this
-    /// task for them. Once the request is sent, cancellation (shutdown, a
-    /// reload) does not abandon it: the rotation the server makes is saved.
-    /// Bounded by the client's `timeout`, for the lock and for the request.
-    async fn chain_pass(&self, state: &StateStore, chain: Chain<'_>) -> Pass {
-        let paused = |e: std::io::Error| {
-            Pass::Fetched(Err(FetchError::transient(
-                Reason::State,
-                format!(
-                    "state_dir: {e}; not refreshing until the state can be saved, since the answer rotates the refresh token"
-                ),
-            )))
+    /// One refresh of a refresh-token chain (or, in cluster mode, of any
+    /// client), the same on every [`ChainStore`]: begun exclusively —
+    /// under the chain's lock in `state_dir`, so `once`, `token` and
+    /// another daemon wait; or under the owner's fence, so every other
+    /// member waits — with the stored record read (the chain's truth, which
+    /// another process or host may have moved on), then the request, then
+    /// the answer made durable before anything uses it. Once the request is
+    /// sent, cancellation (shutdown, a reload) does not abandon it: the
+    /// rotation the server makes is saved. A fence cuts the request before
+    /// the lease could have run out.
+    async fn chain_pass(&self, store: ChainStore<'_>, chain: Chain<'_>) -> Pass {
+        let now = self.clock.now();
+        let begun = match store {
+            ChainStore::Local(state) => self.begin_local(state, chain.unsaved).await,
+            ChainStore::Cluster(seat) => self.begin_cluster(seat).await,
         };
-        // under the lock, in the hop that takes it: a token left unsaved
-        // first, then what the state says now, and room for the answer
-        // (a copy of the unsaved token: the original stays if the lock is not had)
-        let (spec, unsaved, now) = (self.spec.clone(), chain.unsaved.clone(), self.clock.now());
-        let first = move |lock: &mut ChainLock| {
-            let checked = (|| {
-                if let Some(token) = &unsaved {
-                    save(lock, &spec, token)?;
-                }
-                let resume = crate::state::resume_from(lock.load()?, &spec.request, now);
-                lock.prepare()?;
-                Ok::<_, std::io::Error>(resume)
-            })();
-            let unsaved = if checked.is_err() { unsaved } else { None };
-            (checked, unsaved)
+        let Begun {
+            hold,
+            cached,
+            unfinished,
+        } = match begun {
+            Ok(begun) => begun,
+            Err(pass) => return pass,
         };
-        let locked = tokio::select! {
-            _ = self.cancel.cancelled() => return Pass::Cancelled,
-            locked = state.lock_and(&self.spec.name, self.spec.request.timeout, first) => locked,
-        };
-        let (mut lock, resume) = match locked {
-            Ok((lock, (checked, unsaved))) => {
-                *chain.unsaved = unsaved;
-                match checked {
-                    Ok(resume) => (lock, resume),
-                    Err(e) => return paused(e),
-                }
-            }
-            Err(e) => return paused(e),
-        };
+        let resume = crate::state::resume_from(cached, &self.spec.request, now);
         if resume.issued_at.is_some() {
-            // the state is the chain's truth: another process may have moved it on
             *chain.refresh_token = resume.refresh_token.clone();
+        }
+        // the last refresh begun never ended: its refresh token may be
+        // spent. A password client starts a new chain rather than present
+        // it again (a server with reuse detection would revoke the family);
+        // a refresh-token client has no other way, and tries it.
+        let password = matches!(
+            self.spec.request.grant,
+            crate::grant::GrantSpec::Password { .. }
+        );
+        if unfinished && password && chain.refresh_token.is_some() {
+            tracing::warn!(client = %self.spec.name, "the last refresh of this chain did not end (its member stopped with the request in flight, or the request was cut): its refresh token may be spent, so the password grant starts a new chain instead of presenting it again");
+            *chain.refresh_token = None;
         }
         if resume.issued_at > *chain.known_issue {
             *chain.known_issue = resume.issued_at;
@@ -529,25 +531,167 @@ impl<S: TokenSource> ClientTask<S> {
                 }
             }
         }
+        let budget = hold
+            .until()
+            .map(|until| until.saturating_duration_since(tokio::time::Instant::now()));
+        if budget.is_some_and(|b| b < MIN_LEASE_BUDGET) {
+            return paused("this member's lease runs out too soon for a request".into());
+        }
         // the request: not raced against cancellation
-        let result = Box::pin(crate::grant::obtain(
+        let request = Box::pin(crate::grant::obtain(
             &*self.source,
             &self.spec.request,
             chain.refresh_token.as_ref(),
             now,
-        ))
-        .await;
+        ));
+        let result = match budget {
+            None => request.await,
+            Some(budget) => match tokio::time::timeout(budget, request).await {
+                Ok(result) => result,
+                Err(_) => Err(FetchError::transient(
+                    Reason::Timeout,
+                    "no answer before this member's lease could run out: the request was cut",
+                )),
+            },
+        };
+        // the endpoint answered without rotating, or was never reached: the
+        // refresh ended (a cut or garbled answer may have rotated: the mark stays)
+        if let Err(e) = &result
+            && matches!(
+                e.reason,
+                Reason::Refused | Reason::RateLimited | Reason::ServerError | Reason::Connect
+            )
+            && let Err(store) = hold.settle().await
+        {
+            tracing::debug!(client = %self.spec.name, error = %store, "cannot clear the in-flight mark");
+        }
         if let Ok(token) = &result {
-            let (spec, copy) = (self.spec.clone(), token.clone());
-            let saved = tokio::task::spawn_blocking(move || save(&mut lock, &spec, &copy))
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-            if let Err(e) = saved {
-                tracing::error!(client = %self.spec.name, error = %e, "{UNSAVED}");
-                *chain.unsaved = Some(token.clone());
+            let local = hold.is_local();
+            match hold.save(&self.spec, token).await {
+                Ok(()) => {}
+                Err(e) if local => {
+                    tracing::error!(client = %self.spec.name, error = %e, "{UNSAVED}");
+                    *chain.unsaved = Some(token.clone());
+                }
+                Err(e) => {
+                    tracing::error!(client = %self.spec.name, error = %e, "the new token is used here but was not stored");
+                }
+            }
+            if !local {
+                // what this host serves after a restart while the store is away
+                Box::pin(self.persist(token)).await;
             }
         }
         Pass::Fetched(result)
+    }
+
+    /// Begins a refresh of a chain kept in `state_dir`: its lock, a token
+    /// left unsaved saved first, the record read, room made for the answer.
+    async fn begin_local<'a>(
+        &self,
+        state: &StateStore,
+        unsaved: &mut Option<Token>,
+    ) -> Result<Begun<'a>, Pass> {
+        let stalled = |e: std::io::Error| {
+            paused(format!(
+                "state_dir: {e}; not refreshing until the state can be saved, since the answer rotates the refresh token"
+            ))
+        };
+        // under the lock, in the hop that takes it (a copy of the unsaved
+        // token: the original stays if the lock is not had)
+        let (spec, left) = (self.spec.clone(), unsaved.clone());
+        let first = move |lock: &mut ChainLock| {
+            let checked = (|| {
+                if let Some(token) = &left {
+                    save(lock, &spec, token)?;
+                }
+                let cached = lock.load()?;
+                lock.prepare()?;
+                Ok::<_, std::io::Error>(cached)
+            })();
+            let left = if checked.is_err() { left } else { None };
+            (checked, left)
+        };
+        let locked = tokio::select! {
+            _ = self.cancel.cancelled() => return Err(Pass::Cancelled),
+            locked = state.lock_and(&self.spec.name, self.spec.request.timeout, first) => locked,
+        };
+        match locked {
+            Ok((lock, (checked, left))) => {
+                *unsaved = left;
+                match checked {
+                    Ok(cached) => Ok(Begun {
+                        hold: Hold::Local(lock),
+                        cached,
+                        unfinished: false,
+                    }),
+                    Err(e) => Err(stalled(e)),
+                }
+            }
+            Err(e) => Err(stalled(e)),
+        }
+    }
+
+    /// Begins a refresh by the client's owner: the seat's busy lock (the
+    /// client is not handed over meanwhile), the lease's fence, and the
+    /// store's record read with the in-flight mark put, in one write that
+    /// holds only while this member owns the client. A member cut off from
+    /// the store refreshes a client without a chain on its own.
+    async fn begin_cluster<'a>(&self, seat: &'a Seat) -> Result<Begun<'a>, Pass> {
+        let busy = tokio::select! {
+            _ = self.cancel.cancelled() => return Err(Pass::Cancelled),
+            held = seat.busy() => held,
+        };
+        let Some(fence) = seat.fence() else {
+            if self.on_its_own(seat) {
+                let result = tokio::select! {
+                    _ = self.cancel.cancelled() => return Err(Pass::Cancelled),
+                    r = Box::pin(crate::grant::obtain(&*self.source, &self.spec.request, None, self.clock.now())) => r,
+                };
+                if let Ok(token) = &result {
+                    Box::pin(self.persist(token)).await;
+                }
+                return Err(Pass::Fetched(result));
+            }
+            return Err(Pass::NotOwner);
+        };
+        let begun = tokio::select! {
+            _ = self.cancel.cancelled() => return Err(Pass::Cancelled),
+            begun = tokio::time::timeout_at(fence.until, seat.begin(&fence)) => begun,
+        };
+        let (stored, unfinished) = match begun {
+            Err(_) => {
+                return Err(paused(
+                    "the cluster store did not answer within the lease: not refreshing without reading the chain".into(),
+                ));
+            }
+            Ok(Err(e)) => {
+                return Err(paused(format!(
+                    "cluster store: {e}; not refreshing without reading the chain"
+                )));
+            }
+            Ok(Ok(None)) => return Err(Pass::NotOwner),
+            Ok(Ok(Some(begun))) => begun,
+        };
+        let (cached, revision) = match stored {
+            Stored::Unreadable(why) => {
+                return Err(paused(format!(
+                    "the cluster store's record of this client {why}: it is neither used nor overwritten (give every member the same encryption_key_file)"
+                )));
+            }
+            Stored::Record(r) => (Some(r.cached.clone()), r.revision),
+            Stored::Nothing => (None, 0),
+        };
+        Ok(Begun {
+            hold: Hold::Cluster {
+                seat,
+                fence,
+                revision,
+                _busy: busy,
+            },
+            cached,
+            unfinished,
+        })
     }
 
     /// Cluster mode, after the seat changed (or a pass found another
@@ -631,135 +775,6 @@ impl<S: TokenSource> ClientTask<S> {
     /// (a chain never is without the lease).
     fn on_its_own(&self, seat: &Seat) -> bool {
         *seat.cut_off.borrow() && !self.spec.request.grant.uses_refresh_tokens()
-    }
-
-    /// Cluster mode: one refresh by the client's owner. Under the seat's
-    /// busy lock (the client is not handed over meanwhile) and the lease's
-    /// fence: the store's record is read (the chain's truth), the request
-    /// is cut before the lease could have run out, and the answer is
-    /// written back only if this member still holds the lease and the
-    /// record is the one it read.
-    async fn cluster_pass(&self, seat: &Seat, chain: Chain<'_>) -> Pass {
-        let paused = |why: String| Pass::Fetched(Err(FetchError::transient(Reason::State, why)));
-        let _busy = tokio::select! {
-            _ = self.cancel.cancelled() => return Pass::Cancelled,
-            held = seat.busy() => held,
-        };
-        let Some(fence) = seat.fence() else {
-            if self.on_its_own(seat) {
-                let result = tokio::select! {
-                    _ = self.cancel.cancelled() => return Pass::Cancelled,
-                    r = Box::pin(crate::grant::obtain(&*self.source, &self.spec.request, None, self.clock.now())) => r,
-                };
-                if let Ok(token) = &result {
-                    Box::pin(self.persist(token)).await;
-                }
-                return Pass::Fetched(result);
-            }
-            return Pass::NotOwner;
-        };
-        let now = self.clock.now();
-        let begun = tokio::select! {
-            _ = self.cancel.cancelled() => return Pass::Cancelled,
-            begun = tokio::time::timeout_at(fence.until, seat.begin(&fence)) => begun,
-        };
-        let (stored, unfinished) = match begun {
-            Err(_) => {
-                return paused(
-                    "the cluster store did not answer within the lease: not refreshing without reading the chain".into(),
-                );
-            }
-            Ok(Err(e)) => {
-                return paused(format!(
-                    "cluster store: {e}; not refreshing without reading the chain"
-                ));
-            }
-            Ok(Ok(None)) => return Pass::NotOwner,
-            Ok(Ok(Some(begun))) => begun,
-        };
-        let (cached, revision) = match stored {
-            Stored::Unreadable(why) => {
-                return paused(format!(
-                    "the cluster store's record of this client {why}: it is neither used nor overwritten (give every member the same encryption_key_file)"
-                ));
-            }
-            Stored::Record(r) => (Some(r.cached.clone()), r.revision),
-            Stored::Nothing => (None, 0),
-        };
-        let resume = crate::state::resume_from(cached, &self.spec.request, now);
-        if resume.issued_at.is_some() {
-            *chain.refresh_token = resume.refresh_token.clone();
-        }
-        // the last refresh begun never ended: its refresh token may be
-        // spent. A password client starts a new chain rather than present
-        // it again (a server with reuse detection would revoke the family);
-        // a refresh-token client has no other way, and tries it.
-        let password = matches!(
-            self.spec.request.grant,
-            crate::grant::GrantSpec::Password { .. }
-        );
-        if unfinished && password && chain.refresh_token.is_some() {
-            tracing::warn!(client = %self.spec.name, "the last refresh of this chain did not end (its member stopped with the request in flight, or the request was cut): its refresh token may be spent, so the password grant starts a new chain instead of presenting it again");
-            *chain.refresh_token = None;
-        }
-        if resume.issued_at > *chain.known_issue {
-            *chain.known_issue = resume.issued_at;
-            if let Some(token) = resume.token {
-                let fresh = self.plan(&token).at > now;
-                if fresh && chain.asked_at.is_none_or(|asked| asked <= token.issued_at) {
-                    return Pass::Adopted(token);
-                }
-            }
-        }
-        let budget = fence
-            .until
-            .saturating_duration_since(tokio::time::Instant::now());
-        if budget < MIN_LEASE_BUDGET {
-            return paused("this member's lease runs out too soon for a request".into());
-        }
-        let request = crate::grant::obtain(
-            &*self.source,
-            &self.spec.request,
-            chain.refresh_token.as_ref(),
-            now,
-        );
-        let result = match tokio::time::timeout(budget, Box::pin(request)).await {
-            Ok(result) => result,
-            Err(_) => Err(FetchError::transient(
-                Reason::Timeout,
-                "no answer before this member's lease could run out: the request was cut",
-            )),
-        };
-        // the endpoint answered without rotating, or was never reached: the
-        // refresh ended (a cut or garbled answer may have rotated: the mark stays)
-        if let Err(e) = &result
-            && matches!(
-                e.reason,
-                Reason::Refused | Reason::RateLimited | Reason::ServerError | Reason::Connect
-            )
-            && let Err(store) = seat.settle(&fence).await
-        {
-            tracing::debug!(client = %self.spec.name, error = %store, "cannot clear the in-flight mark");
-        }
-        if let Ok(token) = &result {
-            let cached = crate::state::CachedToken {
-                fingerprint: self.spec.request.fingerprint(),
-                seed: self.spec.request.refresh_seed(),
-                token: token.clone(),
-            };
-            match seat.save(&fence, revision, &cached).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::error!(client = %self.spec.name, "this member lost the lease, or the store's record moved on, while it refreshed: the new token is used here but was not stored");
-                }
-                Err(e) => {
-                    tracing::error!(client = %self.spec.name, error = %e, "cannot write the new token to the cluster store: it is used here but was not stored");
-                }
-            }
-            // what this host serves after a restart while the store is away
-            Box::pin(self.persist(token)).await;
-        }
-        Pass::Fetched(result)
     }
 
     /// Saves a token of a client without a chain (a failure costs only a
