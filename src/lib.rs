@@ -29,6 +29,7 @@ pub mod internals {
     pub use crate::config::{ConfigError, raw, validate};
     pub use crate::daemon::trim::QUIET;
     pub use crate::grant::ResponseMapping;
+    pub use crate::grant::assertion::AssertionKey;
     pub use crate::grant::response::{HttpAnswer, ParseContext, parse_answer};
     pub use crate::secret::Redactor;
     pub use crate::state::{StateStore, read_record};

@@ -482,9 +482,15 @@ fn every_example_and_readme_config_checks_outside_systemd() {
     }
     assert!(configs.len() > 8, "{} configs", configs.len());
     for (name, text) in configs {
-        for rest in text.split("$CREDENTIALS_DIRECTORY/").skip(1) {
-            let file = rest.split('"').next().unwrap();
-            std::fs::write(creds.join(file), "a-dummy-secret-value\n").unwrap();
+        let mut files: Vec<&str> = text
+            .split("$CREDENTIALS_DIRECTORY/")
+            .skip(1)
+            .map(|rest| rest.split('"').next().unwrap())
+            .collect();
+        // keys before the certificates made for them
+        files.sort_by_key(|f| f.ends_with(".crt"));
+        for file in files {
+            credential_file(&creds, file);
         }
         sb.write("config.toml", &text);
         let mut check = std::process::Command::new(bin());

@@ -7,6 +7,7 @@
 mod util;
 
 mod chaos;
+mod client_auth;
 mod cluster;
 mod commands;
 mod faults;

@@ -3,14 +3,16 @@
 //! resolved; every failure is collected, with the key that caused it.
 
 use super::validate::{
-    BackendPlan, ClientPlan, ClusterPlan, FormatPlan, GrantPlan, KubeApiPlan, Located,
-    OutputKindPlan, OutputPlan, SecretSource,
+    AssertionKeyPlan, BackendPlan, ClientPlan, ClusterPlan, FormatPlan, GrantPlan, JwtKeyPlan,
+    KubeApiPlan, Located, OutputKindPlan, OutputPlan, SecretSource,
 };
 use super::{ClientSpec, Diagnostic};
 use crate::cluster::kubernetes::KubeSpec;
 use crate::cluster::seal::SealKey;
 use crate::cluster::{BackendSpec, ClusterSpec, EtcdSpec};
-use crate::grant::{CaBundle, ClientIdentity, GrantSpec, TokenRequestSpec};
+use crate::grant::JwtBearer;
+use crate::grant::assertion::{Alg, AssertionKey};
+use crate::grant::{CaBundle, ClientIdentity, GrantSpec, TlsClientFiles, TokenRequestSpec};
 use crate::kube::{Credential, KubeApi, kubeconfig};
 use crate::output::Layout;
 use crate::output::kubernetes::KubernetesOutput;
@@ -37,6 +39,175 @@ impl Builder<'_> {
             key: at.key.clone(),
             message,
         });
+    }
+
+    /// `key` named by its certificate `cert` too, which must be the
+    /// certificate of `key_file`'s key.
+    fn certified(
+        &mut self,
+        key: AssertionKey,
+        cert: &Located<PathBuf>,
+        key_file: &Located<PathBuf>,
+    ) -> Option<AssertionKey> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let at = cert.value.display().to_string();
+        let read = |f: &Located<PathBuf>| {
+            crate::fsread::read(&f.value)
+                .map_err(|e| format!("cannot read {}: {e}", f.value.display()))
+        };
+        let checked = read(cert).and_then(|c| {
+            read(key_file).and_then(|k| {
+                ClientIdentity::new(c.clone(), k).map_err(|e| {
+                    format!(
+                        "{at} is not the certificate of {}: {e}",
+                        key_file.value.display()
+                    )
+                })?;
+                CertificateDer::from_pem_slice(&c)
+                    .map_err(|_| format!("{at} holds no PEM certificate"))
+            })
+        });
+        match checked {
+            Ok(der) => Some(key.with_certificate(&der)),
+            Err(e) => {
+                self.error(cert, e);
+                None
+            }
+        }
+    }
+
+    /// The JWT bearer grant's key, its issuer, and the service account
+    /// file's `token_uri` (if it is one).
+    fn jwt_bearer(
+        &mut self,
+        key: &JwtKeyPlan,
+        issuer: Option<String>,
+        client_id: Option<&str>,
+    ) -> Option<(AssertionKey, String, Option<url::Url>)> {
+        match key {
+            JwtKeyPlan::Private { file, alg, kid } => {
+                let key = self.private_key(file, *alg, kid.clone())?;
+                match issuer.or(client_id.map(str::to_string)) {
+                    Some(iss) => Some((key, iss, None)),
+                    None => {
+                        self.error(
+                            file,
+                            "the assertion needs an issuer: set assertion_issuer or client_id"
+                                .to_string(),
+                        );
+                        None
+                    }
+                }
+            }
+            JwtKeyPlan::ServiceAccount(file) => {
+                if !self.not_world_readable(file) {
+                    return None;
+                }
+                let at = file.value.display().to_string();
+                let text = match crate::fsread::read_limited(&file.value, 64 * 1024) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.error(file, format!("cannot read {at}: {e}"));
+                        return None;
+                    }
+                };
+                match service_account(&text, issuer) {
+                    Ok(found) => Some(found),
+                    Err(e) => {
+                        self.error(file, format!("{at}: {e}"));
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// A client certificate and its key: readable, the key not by every
+    /// user, and the one the certificate is for.
+    fn tls_client(
+        &mut self,
+        cert: &Located<PathBuf>,
+        key: &Located<PathBuf>,
+    ) -> Option<Option<TlsClientFiles>> {
+        if !self.not_world_readable(key) {
+            return None;
+        }
+        let read = |f: &Located<PathBuf>| {
+            crate::fsread::read(&f.value)
+                .map_err(|e| format!("cannot read {}: {e}", f.value.display()))
+        };
+        let pair = match (read(cert), read(key)) {
+            (Ok(c), Ok(k)) => ClientIdentity::new(c, k),
+            (Err(e), _) => {
+                self.error(cert, e);
+                return None;
+            }
+            (_, Err(e)) => {
+                self.error(key, e);
+                return None;
+            }
+        };
+        match pair {
+            Ok(_) => Some(Some(TlsClientFiles {
+                cert: cert.value.clone(),
+                key: key.value.clone(),
+            })),
+            Err(e) => {
+                self.error(
+                    cert,
+                    format!("{} and {}: {e}", cert.value.display(), key.value.display()),
+                );
+                None
+            }
+        }
+    }
+
+    /// A key file must not be readable by every user (said, naming it).
+    fn not_world_readable(&mut self, file: &Located<PathBuf>) -> bool {
+        use std::os::unix::fs::PermissionsExt;
+        let at = file.value.display().to_string();
+        match std::fs::metadata(&file.value) {
+            Ok(m) if m.permissions().mode() & 0o004 != 0 => {
+                self.error(
+                    file,
+                    format!(
+                        "{at} is readable by every user (mode {:o}): a private key must not be; chmod o-r {at}",
+                        m.permissions().mode() & 0o777
+                    ),
+                );
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// A private key file: not readable by every user, and a key that
+    /// signs as asked; errors name the file.
+    fn private_key(
+        &mut self,
+        file: &Located<PathBuf>,
+        alg: Option<Alg>,
+        kid: Option<String>,
+    ) -> Option<AssertionKey> {
+        if !self.not_world_readable(file) {
+            return None;
+        }
+        let at = file.value.display().to_string();
+        let pem = match crate::fsread::read_limited(&file.value, 64 * 1024) {
+            Ok(pem) => pem,
+            Err(e) => {
+                self.error(file, format!("cannot read {at}: {e}"));
+                return None;
+            }
+        };
+        match AssertionKey::private(&pem, alg, kid) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                self.error(file, format!("{at} {e}"));
+                None
+            }
+        }
     }
 
     fn secret(&mut self, source: &Located<SecretSource>) -> Option<Secret> {
@@ -329,6 +500,7 @@ impl Builder<'_> {
 
     fn client(&mut self, plan: ClientPlan) -> Option<ClientSpec> {
         let client_secret = plan.client_secret.as_ref().map(|s| self.secret(s));
+        let mut endpoint_override = None;
         let grant = match &plan.grant {
             GrantPlan::ClientCredentials => Some(GrantSpec::ClientCredentials),
             GrantPlan::Password { username, password } => {
@@ -341,8 +513,70 @@ impl Builder<'_> {
                 .secret(initial)
                 .map(|initial| GrantSpec::RefreshToken { initial }),
             GrantPlan::Static => Some(GrantSpec::Static),
+            GrantPlan::JwtBearer {
+                key,
+                issuer,
+                subject,
+                audience,
+                scope_claim,
+                endpoint_from_file,
+            } => self
+                .jwt_bearer(key, issuer.clone(), plan.client_id.as_deref())
+                .map(|(key, issuer, token_uri)| {
+                    if let (true, Some(uri)) = (*endpoint_from_file, token_uri) {
+                        endpoint_override = Some(uri);
+                    }
+                    GrantSpec::JwtBearer(Arc::new(JwtBearer {
+                        key,
+                        issuer,
+                        subject: subject.clone(),
+                        audience: audience.clone(),
+                        scope_claim: *scope_claim,
+                    }))
+                }),
+            GrantPlan::TokenExchange(x) => {
+                let readable = [
+                    Some(&x.subject_token_file),
+                    x.actor.as_ref().map(|(f, _)| f),
+                ];
+                let mut ok = true;
+                for f in readable.into_iter().flatten() {
+                    if let Err(e) = crate::fsread::read(f) {
+                        self.diagnostics.push(Diagnostic {
+                            span: None,
+                            key: format!("clients.{}.subject_token_file", plan.name),
+                            message: format!("cannot read {}: {e}", f.display()),
+                        });
+                        ok = false;
+                    }
+                }
+                ok.then(|| GrantSpec::TokenExchange(Arc::new(x.clone())))
+            }
         };
         let ca_pem = self.ca(&plan.ca_file);
+        let assertion = match plan.assertion.as_ref().map(|a| &a.key) {
+            None => Some(None),
+            Some(AssertionKeyPlan::Secret) => match &client_secret {
+                Some(Some(s)) => Some(Some(Arc::new(AssertionKey::secret(s)))),
+                _ => None,
+            },
+            Some(AssertionKeyPlan::Private {
+                file,
+                alg,
+                kid,
+                certificate,
+            }) => self.private_key(file, *alg, kid.clone()).and_then(|k| {
+                let k = match certificate {
+                    None => k,
+                    Some(cert) => self.certified(k, cert, file)?,
+                };
+                Some(Some(Arc::new(k)))
+            }),
+        };
+        let tls_client = match &plan.tls_client {
+            None => Some(None),
+            Some((cert, key)) => self.tls_client(cert, key),
+        };
         if let crate::grant::Endpoint::StaticFile(path) = &plan.endpoint {
             if let Err(e) = crate::fsread::read(path) {
                 self.diagnostics.push(Diagnostic {
@@ -360,13 +594,16 @@ impl Builder<'_> {
         Some(ClientSpec {
             name: plan.name,
             request: TokenRequestSpec {
-                endpoint: plan.endpoint,
+                endpoint: endpoint_override.map_or(plan.endpoint, crate::grant::Endpoint::TokenUrl),
                 allow_insecure_http: plan.allow_insecure_http,
                 token_type: plan.token_type,
                 grant: grant?,
                 client_id: plan.client_id,
                 client_secret: client_secret.map(|s| s.ok_or(())).transpose().ok()?,
                 auth: plan.auth,
+                assertion: assertion?,
+                assertion_audience: plan.assertion.and_then(|a| a.audience),
+                tls_client: tls_client?,
                 encoding: plan.encoding,
                 scope: plan.scope,
                 scope_param: plan.scope_param,
@@ -659,4 +896,47 @@ pub fn build(
     } else {
         Err(b.diagnostics)
     }
+}
+
+/// A Google service account key file (JSON): its private key (RS256, its
+/// `private_key_id` the `kid`), its `client_email` (the issuer, unless
+/// `issuer` is given) and its `token_uri`. Errors never quote the file.
+fn service_account(
+    text: &[u8],
+    issuer: Option<String>,
+) -> Result<(AssertionKey, String, Option<url::Url>), String> {
+    #[derive(serde::Deserialize)]
+    struct Sa {
+        #[serde(rename = "type")]
+        kind: Option<String>,
+        client_email: Option<String>,
+        private_key: Option<String>,
+        private_key_id: Option<String>,
+        token_uri: Option<String>,
+    }
+    let sa: Sa = serde_json::from_slice(text)
+        .map_err(|_| "is not a service account key file (JSON)".to_string())?;
+    if sa.kind.as_deref().is_some_and(|k| k != "service_account") {
+        return Err(format!(
+            "is a {:?} file, not a service account key (\"type\": \"service_account\")",
+            sa.kind.unwrap_or_default()
+        ));
+    }
+    let pem = sa.private_key.ok_or("has no private_key")?;
+    let key = AssertionKey::private(
+        pem.as_bytes(),
+        Some(crate::grant::assertion::Alg::RS256),
+        sa.private_key_id,
+    )
+    .map_err(|e| format!("its private_key {e}"))?;
+    let issuer = issuer
+        .or(sa.client_email)
+        .ok_or("has no client_email (set assertion_issuer)")?;
+    let token_uri = match sa.token_uri {
+        None => None,
+        Some(u) => {
+            Some(url::Url::parse(&u).map_err(|_| format!("its token_uri {u:?} is not a URL"))?)
+        }
+    };
+    Ok((key, issuer, token_uri))
 }

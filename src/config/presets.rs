@@ -15,6 +15,11 @@ pub enum Preset {
     Oro,
     Shopware,
     Floriday,
+    GoogleServiceAccount,
+    EntraId,
+    Okta,
+    Auth0,
+    Keycloak,
 }
 
 /// What a preset fills in.
@@ -44,6 +49,11 @@ impl Preset {
             Preset::Oro => "oro",
             Preset::Shopware => "shopware",
             Preset::Floriday => "floriday",
+            Preset::GoogleServiceAccount => "google-service-account",
+            Preset::EntraId => "entra-id",
+            Preset::Okta => "okta",
+            Preset::Auth0 => "auth0",
+            Preset::Keycloak => "keycloak",
         }
     }
 
@@ -51,6 +61,7 @@ impl Preset {
     pub fn default_grant(self) -> GrantKind {
         match self {
             Preset::JtlScx => GrantKind::RefreshToken,
+            Preset::GoogleServiceAccount => GrantKind::JwtBearer,
             _ => GrantKind::ClientCredentials,
         }
     }
@@ -115,6 +126,45 @@ impl Preset {
                 endpoint_hint: "issuer = the Floriday authorization server (its token endpoint is discovered)",
                 ..PresetDefaults::default()
             },
+            // a service account's JSON key: the JWT bearer grant, no
+            // client authentication, the scopes in the assertion
+            // the v2.0 endpoint: a client secret, or a certificate
+            // (auth = "private_key_jwt" with certificate_file); the
+            // resource's `.default` scope
+            Preset::EntraId => PresetDefaults {
+                auth: Some(ClientAuth::Body),
+                encoding: Some(Encoding::Form),
+                scope_required: true,
+                endpoint_hint: "https://login.microsoftonline.com/<tenant id>/oauth2/v2.0/token",
+                ..PresetDefaults::default()
+            },
+            Preset::Okta => PresetDefaults {
+                auth: Some(ClientAuth::Basic),
+                encoding: Some(Encoding::Form),
+                scope_required: true,
+                endpoint_hint: "issuer = https://<your Okta domain>/oauth2/default (its token endpoint is discovered)",
+                ..PresetDefaults::default()
+            },
+            Preset::Auth0 => PresetDefaults {
+                auth: Some(ClientAuth::Body),
+                encoding: Some(Encoding::Form),
+                endpoint_hint: "https://<your tenant>.<region>.auth0.com/oauth/token",
+                ..PresetDefaults::default()
+            },
+            Preset::Keycloak => PresetDefaults {
+                auth: Some(ClientAuth::Basic),
+                encoding: Some(Encoding::Form),
+                endpoint_hint: "issuer = https://<host>/realms/<realm> (its token endpoint is discovered)",
+                ..PresetDefaults::default()
+            },
+            Preset::GoogleServiceAccount => PresetDefaults {
+                token_url: Some("https://oauth2.googleapis.com/token"),
+                grant: Some(GrantKind::JwtBearer),
+                auth: Some(ClientAuth::None),
+                encoding: Some(Encoding::Form),
+                scope_required: true,
+                ..PresetDefaults::default()
+            },
         }
     }
 
@@ -127,6 +177,15 @@ impl Preset {
             ),
             (Preset::JtlScx, _, "refresh_token_file") => format!(
                 "preset \"{p}\" authenticates with the seller's long-lived SCX refresh token: set refresh_token_file"
+            ),
+            (Preset::EntraId, _, "scope") => format!(
+                "preset \"{p}\" needs scope: the resource's .default scope, e.g. \"https://graph.microsoft.com/.default\" or \"api://<application id>/.default\""
+            ),
+            (Preset::Okta, _, "scope") => format!(
+                "preset \"{p}\" needs scope: a custom scope of the authorization server (client credentials have no default scope in Okta)"
+            ),
+            (Preset::GoogleServiceAccount, _, "scope") => format!(
+                "preset \"{p}\" needs scope: the OAuth scopes, space-separated, e.g. \"https://www.googleapis.com/auth/cloud-platform\""
             ),
             (Preset::Floriday, _, "scope") => {
                 format!(
@@ -152,5 +211,7 @@ pub fn grant_name(grant: GrantKind) -> &'static str {
         GrantKind::Password => "password",
         GrantKind::RefreshToken => "refresh_token",
         GrantKind::Static => "static",
+        GrantKind::JwtBearer => "jwt_bearer",
+        GrantKind::TokenExchange => "token_exchange",
     }
 }

@@ -81,6 +81,10 @@ pub enum GrantKind {
     Password,
     RefreshToken,
     Static,
+    /// RFC 7523 §2.1: a JWT the client signed is the grant.
+    JwtBearer,
+    /// RFC 8693: a token from elsewhere (a workload's) exchanged for one.
+    TokenExchange,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -95,6 +99,27 @@ pub struct RawClient {
     pub client_secret_env: S<String>,
     pub client_secret: S<String>,
     pub auth: S<ClientAuth>,
+    // private_key_jwt, client_secret_jwt
+    pub private_key_file: S<String>,
+    /// private_key_jwt: the key's certificate (its thumbprints name it).
+    pub certificate_file: S<String>,
+    pub key_id: S<String>,
+    pub signing_alg: S<crate::grant::assertion::Alg>,
+    pub assertion_audience: S<String>,
+    // grant_type = "jwt_bearer"
+    pub assertion_issuer: S<String>,
+    pub assertion_subject: S<String>,
+    pub service_account_file: S<String>,
+    // grant_type = "token_exchange"
+    pub subject_token_file: S<String>,
+    pub subject_token_type: S<String>,
+    pub actor_token_file: S<String>,
+    pub actor_token_type: S<String>,
+    pub audience: S<String>,
+    pub resource: S<String>,
+    // tls_client_auth, self_signed_tls_client_auth
+    pub tls_cert_file: S<String>,
+    pub tls_key_file: S<String>,
     pub encoding: S<Encoding>,
     pub scope: S<String>,
     pub scope_param: S<String>,

@@ -106,7 +106,7 @@ path = "/run/tk/b"
 /etc/tk/config.toml:9:17: clients.a.refresh_ratio: 1.5 must lie strictly between 0 and 1 (a share of the token's lifetime)
 /etc/tk/config.toml:10:18: clients.a.refresh_before: "soon" is not a duration (expected number at 0); write e.g. "90s", "5m", "1h"
 /etc/tk/config.toml:14:8: clients.a.outputs[0].mode: "0999" is not an octal mode; write e.g. "0640"
-/etc/tk/config.toml:20:1: clients.b: unknown key `colour`, expected one of `preset`, `token_url`, `issuer`, `grant_type`, `client_id`, `client_secret_file`, `client_secret_env`, `client_secret`, `auth`, `encoding`, `scope`, `scope_param`, `params`, `headers`, `username`, `password_file`, `password_env`, `password`, `refresh_token_file`, `refresh_token_param`, `token_file`, `token_type`, `response`, `ca_file`, `allow_insecure_http`, `default_lifetime`, `max_lifetime`, `min_valid`, `refresh_ratio`, `refresh_before`, `min_interval`, `timeout`, `backoff_initial`, `backoff_max`, `outputs`
+/etc/tk/config.toml:20:1: clients.b: unknown key `colour`, expected one of `preset`, `token_url`, `issuer`, `grant_type`, `client_id`, `client_secret_file`, `client_secret_env`, `client_secret`, `auth`, `private_key_file`, `certificate_file`, `key_id`, `signing_alg`, `assertion_audience`, `assertion_issuer`, `assertion_subject`, `service_account_file`, `subject_token_file`, `subject_token_type`, `actor_token_file`, `actor_token_type`, `audience`, `resource`, `tls_cert_file`, `tls_key_file`, `encoding`, `scope`, `scope_param`, `params`, `headers`, `username`, `password_file`, `password_env`, `password`, `refresh_token_file`, `refresh_token_param`, `token_file`, `token_type`, `response`, `ca_file`, `allow_insecure_http`, `default_lifetime`, `max_lifetime`, `min_valid`, `refresh_ratio`, `refresh_before`, `min_interval`, `timeout`, `backoff_initial`, `backoff_max`, `outputs`
 "#,
     );
 }
@@ -294,7 +294,7 @@ fn semantic_errors_table() {
         (
             "client_secret = \"s\"\npreset = \"magento\"",
             "",
-            "/etc/tk/config.toml:5:10: clients.c.preset: unknown value `magento`, expected one of `plentymarkets`, `jtl-cloud`, `jtl-scx`, `oro`, `shopware`, `floriday`",
+            "/etc/tk/config.toml:5:10: clients.c.preset: unknown value `magento`, expected one of `plentymarkets`, `jtl-cloud`, `jtl-scx`, `oro`, `shopware`, `floriday`, `google-service-account`, `entra-id`, `okta`, `auth0`, `keycloak`",
         ),
         (
             "client_secret = \"s\"\nissuer = \"https://idp.example.com\"",
@@ -454,6 +454,44 @@ fn the_packaged_example_config_is_valid() {
     assert_eq!(f.path, PathBuf::from("/run/tokenkeeper/jtl.header"));
 }
 
+/// A credential file an example names: a real key (openssl), a
+/// certificate for the key of the same stem, a service account key file,
+/// or a secret.
+fn credential(dir: &Path, name: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let sh = |cmd: String| {
+        let ok = std::process::Command::new("sh")
+            .args(["-c", &cmd])
+            .current_dir(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{cmd}");
+    };
+    let stem = name.rsplit_once('.').map_or(name, |(s, _)| s);
+    match name.rsplit_once('.').map(|(_, e)| e) {
+        Some("key" | "pem") => sh(format!(
+            "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out {name}"
+        )),
+        Some("crt") => sh(format!(
+            "openssl req -x509 -key {stem}.key -out {name} -days 1 -subj /CN=example"
+        )),
+        Some("json") => {
+            sh(format!(
+                "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out {stem}.pem"
+            ));
+            let key = std::fs::read_to_string(dir.join(format!("{stem}.pem"))).unwrap();
+            let sa = serde_json::json!({"type": "service_account", "private_key_id": "k1",
+                "private_key": key, "client_email": "sa@example.iam.gserviceaccount.com",
+                "token_uri": "https://oauth2.googleapis.com/token"});
+            std::fs::write(dir.join(name), sa.to_string()).unwrap();
+        }
+        _ => std::fs::write(dir.join(name), "value\n").unwrap(),
+    }
+    std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 #[test]
 fn every_example_config_is_valid() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
@@ -463,12 +501,19 @@ fn every_example_config_is_valid() {
         let text = std::fs::read_to_string(&path).unwrap();
         // every credential the example names, present and readable
         let creds = tempfile::tempdir().unwrap();
-        for name in text.split("$CREDENTIALS_DIRECTORY/").skip(1) {
-            let name: String = name
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c))
-                .collect();
-            std::fs::write(creds.path().join(name), "value\n").unwrap();
+        let mut names: Vec<String> = text
+            .split("$CREDENTIALS_DIRECTORY/")
+            .skip(1)
+            .map(|name| {
+                name.chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c))
+                    .collect()
+            })
+            .collect();
+        // keys before the certificates made for them
+        names.sort_by_key(|n| n.ends_with(".crt"));
+        for name in names {
+            credential(creds.path(), &name);
         }
         let creds_dir = creds.path().display().to_string();
         let env = move |name: &str| match name {

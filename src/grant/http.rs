@@ -3,7 +3,7 @@
 //! answer to the pure parser.
 
 use super::error::{FetchError, Reason};
-use super::request::build_request;
+use super::request::{Value, build_request};
 use super::response::{HttpAnswer, MAX_BODY_BYTES, ParseContext, parse_answer};
 use super::{CaBundle, Encoding, Endpoint, TokenRequestSpec, TokenSource, discovery};
 use crate::secret::Secret;
@@ -18,7 +18,9 @@ use std::time::SystemTime;
 /// and TLS configuration) per distinct CA bundle, shared by every client
 /// that uses it.
 pub struct HttpTokenSource {
-    clients: Mutex<HashMap<Option<[u8; 32]>, reqwest::Client>>,
+    /// By CA and client certificate file: the digest of the certificate
+    /// and key the client was built with, and the client.
+    clients: Mutex<HashMap<ClientKey, BuiltClient>>,
     /// Discovered token endpoints by issuer; dropped when a request fails.
     discovered: Mutex<HashMap<String, url::Url>>,
     /// Token requests in flight at once: thousands of clients starting
@@ -222,14 +224,29 @@ impl HttpTokenSource {
         ))
     }
 
-    fn client_for(&self, ca: Option<&CaBundle>) -> Result<reqwest::Client, FetchError> {
-        let key = ca.map(|c| c.digest);
+    fn client_for(
+        &self,
+        ca: Option<&CaBundle>,
+        tls_client: Option<&super::TlsClientFiles>,
+    ) -> Result<reqwest::Client, FetchError> {
+        let key = (ca.map(|c| c.digest), tls_client.map(|t| t.cert.clone()));
         let ca_pem = ca.map(|c| &c.pem[..]);
+        // the certificate and key as they are on disk now (renewed in
+        // place, they are used from the next request on)
+        let identity = match tls_client {
+            None => None,
+            Some(files) => Some(read_identity(files).map_err(|e| {
+                FetchError::transient(Reason::Other, format!("client certificate: {e}"))
+            })?),
+        };
+        let digest = identity.as_ref().map(|(d, _)| *d);
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(client) = clients.get(&key) {
+        if let Some((built, client)) = clients.get(&key)
+            && *built == digest
+        {
             return Ok(client.clone());
         }
-        let tls = tls_config(ca_pem)
+        let tls = tls_config_with(ca_pem, identity.as_ref().map(|(_, id)| id))
             .map_err(|e| FetchError::permanent(Reason::Other, format!("ca_file: {e}")))?;
         let client = client_builder(tls)
             // a refresh burst (start, SIGUSR1, clients sharing a lifetime)
@@ -242,9 +259,33 @@ impl HttpTokenSource {
             .map_err(|e| {
                 FetchError::permanent(Reason::Other, format!("cannot set up HTTP client: {e}"))
             })?;
-        clients.insert(key, client.clone());
+        clients.insert(key, (digest, client.clone()));
         Ok(client)
     }
+}
+
+/// A CA's digest and a client certificate's file.
+type ClientKey = (Option<[u8; 32]>, Option<std::path::PathBuf>);
+/// The digest of the certificate and key a client was built with, and it.
+type BuiltClient = (Option<[u8; 32]>, reqwest::Client);
+
+/// A client certificate and key from their files, and their digest.
+fn read_identity(
+    files: &super::TlsClientFiles,
+) -> Result<([u8; 32], super::ClientIdentity), String> {
+    use sha2::{Digest, Sha256};
+    let read = |p: &std::path::Path| {
+        crate::fsread::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
+    let (cert, key) = (read(&files.cert)?, read(&files.key)?);
+    let digest: [u8; 32] = Sha256::new()
+        .chain_update(&cert)
+        .chain_update(&key)
+        .finalize()
+        .into();
+    let id = super::ClientIdentity::new(cert, key)
+        .map_err(|e| format!("{} and {}: {e}", files.cert.display(), files.key.display()))?;
+    Ok((digest, id))
 }
 
 /// Every HTTP client of the daemon (token endpoints, remote outputs): our
@@ -330,7 +371,7 @@ impl TokenSource for HttpTokenSource {
         now: SystemTime,
     ) -> Result<Token, FetchError> {
         let redactor = spec.redactor(refresh_token);
-        let client = self.client_for(spec.ca_pem.as_deref())?;
+        let client = self.client_for(spec.ca_pem.as_deref(), spec.tls_client.as_ref())?;
         let _permit = self
             .in_flight
             .acquire(&crate::limiter::host_of(&spec.endpoint))
@@ -364,7 +405,72 @@ impl HttpTokenSource {
         now: SystemTime,
     ) -> Result<Token, FetchError> {
         let endpoint = endpoint_label(token_url);
-        let wire = build_request(spec, token_url, refresh_token);
+        let mut wire = build_request(spec, token_url, refresh_token);
+        if let super::GrantSpec::TokenExchange(x) = &spec.grant {
+            // read for each request: a projected token is renewed on disk
+            let read = |p: &std::path::Path, what: &str| {
+                crate::fsread::read_to_string(p)
+                    .map(|t| Secret::new(t.trim()))
+                    .map_err(|e| {
+                        FetchError::transient(
+                            Reason::Other,
+                            format!("cannot read the {what} {}: {e}", p.display()),
+                        )
+                    })
+            };
+            let subject = read(&x.subject_token_file, "subject token")?;
+            wire.fields
+                .push(("subject_token".into(), Value::Secret(subject)));
+            wire.fields.push((
+                "subject_token_type".into(),
+                Value::Plain(x.subject_token_type.clone()),
+            ));
+            if let Some((file, kind)) = &x.actor {
+                let actor = read(file, "actor token")?;
+                wire.fields
+                    .push(("actor_token".into(), Value::Secret(actor)));
+                wire.fields
+                    .push(("actor_token_type".into(), Value::Plain(kind.clone())));
+            }
+            for (name, value) in [("audience", &x.audience), ("resource", &x.resource)] {
+                if let Some(v) = value {
+                    wire.fields.push((name.into(), Value::Plain(v.clone())));
+                }
+            }
+        }
+        if let super::GrantSpec::JwtBearer(grant) = &spec.grant {
+            let audience = grant
+                .audience
+                .clone()
+                .unwrap_or_else(|| token_url.to_string());
+            let scope = spec.scope.as_deref().filter(|_| grant.scope_claim);
+            let jwt = grant
+                .key
+                .grant_assertion(
+                    &grant.issuer,
+                    grant.subject.as_deref(),
+                    &audience,
+                    scope,
+                    now,
+                )
+                .map_err(|e| FetchError::permanent(Reason::Other, e))?;
+            wire.fields.push(("assertion".into(), Value::Secret(jwt)));
+        }
+        if let Some(key) = &spec.assertion {
+            let audience = spec
+                .assertion_audience
+                .clone()
+                .unwrap_or_else(|| token_url.to_string());
+            let jwt = key
+                .assertion(spec.client_id.as_deref().unwrap_or(""), &audience, now)
+                .map_err(|e| FetchError::permanent(Reason::Other, e))?;
+            wire.fields.push((
+                "client_assertion_type".into(),
+                Value::Plain(super::assertion::ASSERTION_TYPE.into()),
+            ));
+            wire.fields
+                .push(("client_assertion".into(), Value::Secret(jwt)));
+        }
 
         let mut builder = client.post(wire.url.clone());
         for (name, value) in &wire.headers {

@@ -5,6 +5,7 @@
 //! only part that touches the network; [`obtain`] picks the grant (refresh
 //! token first, password as the fallback) and reads static tokens.
 
+pub mod assertion;
 pub mod discovery;
 pub mod error;
 pub mod http;
@@ -40,7 +41,40 @@ pub enum GrantSpec {
     },
     /// A permanent credential read from a file (an API key); no request.
     Static,
+    /// RFC 7523 §2.1: a JWT signed by the client is the grant.
+    JwtBearer(Arc<JwtBearer>),
+    /// RFC 8693: a subject token (read from its file for each request,
+    /// as a projected service account token is renewed) exchanged.
+    TokenExchange(Arc<TokenExchange>),
 }
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenExchange {
+    pub subject_token_file: PathBuf,
+    pub subject_token_type: String,
+    /// The actor token's file and type.
+    pub actor: Option<(PathBuf, String)>,
+    pub audience: Option<String>,
+    pub resource: Option<String>,
+}
+
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// The default type of a subject or actor token.
+pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+/// The JWT bearer grant's assertion: who signs it, and its claims.
+#[derive(Debug, PartialEq)]
+pub struct JwtBearer {
+    pub key: assertion::AssertionKey,
+    pub issuer: String,
+    pub subject: Option<String>,
+    /// `aud` (default: the token endpoint).
+    pub audience: Option<String>,
+    /// The scopes go in the assertion (Google's service accounts).
+    pub scope_claim: bool,
+}
+
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
 impl GrantSpec {
     pub fn grant_type(&self) -> &'static str {
@@ -49,6 +83,8 @@ impl GrantSpec {
             GrantSpec::Password { .. } => "password",
             GrantSpec::RefreshToken { .. } => "refresh_token",
             GrantSpec::Static => "static",
+            GrantSpec::JwtBearer(_) => JWT_BEARER,
+            GrantSpec::TokenExchange(_) => TOKEN_EXCHANGE,
         }
     }
 
@@ -160,6 +196,27 @@ pub enum ClientAuth {
     Basic,
     /// Public client: client_id (if any) in the body, no secret.
     None,
+    /// A JWT signed with the client's private key (RFC 7523 §2.2).
+    PrivateKeyJwt,
+    /// A JWT signed with the client secret (HS256).
+    ClientSecretJwt,
+    /// Mutual TLS with a certificate from a CA the provider trusts,
+    /// bound to the client by its subject (RFC 8705 §2.1).
+    #[serde(rename = "tls_client_auth")]
+    Tls,
+    /// Mutual TLS with a self-signed certificate the provider has
+    /// registered (RFC 8705 §2.2).
+    #[serde(rename = "self_signed_tls_client_auth")]
+    SelfSignedTls,
+}
+
+/// The client certificate and key of mutual-TLS client authentication:
+/// read for every request, so a certificate renewed on disk is used from
+/// the next request on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TlsClientFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// How the request body is encoded.
@@ -219,6 +276,12 @@ pub struct TokenRequestSpec {
     pub default_lifetime: Duration,
     /// Overrides the endpoint's `token_type` (the authorization scheme).
     pub token_type: Option<String>,
+    /// `private_key_jwt`, `client_secret_jwt`: what signs the client
+    /// assertion, and its `aud` (default: the token endpoint).
+    pub assertion: Option<Arc<assertion::AssertionKey>>,
+    pub assertion_audience: Option<String>,
+    /// `tls_client_auth`, `self_signed_tls_client_auth`.
+    pub tls_client: Option<TlsClientFiles>,
 }
 
 impl TokenRequestSpec {
@@ -254,7 +317,10 @@ impl TokenRequestSpec {
         let password = match &self.grant {
             GrantSpec::Password { password, .. } => Some(password),
             GrantSpec::RefreshToken { initial } => Some(initial),
-            GrantSpec::ClientCredentials | GrantSpec::Static => None,
+            GrantSpec::ClientCredentials
+            | GrantSpec::Static
+            | GrantSpec::JwtBearer(_)
+            | GrantSpec::TokenExchange(_) => None,
         };
         crate::secret::Redactor::new()
             .with(self.client_secret.as_ref())

@@ -103,7 +103,10 @@ pub fn build_request(
     let refresh_with = match &spec.grant {
         GrantSpec::Password { .. } => refresh_token,
         GrantSpec::RefreshToken { initial } => Some(refresh_token.unwrap_or(initial)),
-        GrantSpec::ClientCredentials | GrantSpec::Static => None,
+        GrantSpec::ClientCredentials
+        | GrantSpec::Static
+        | GrantSpec::JwtBearer(_)
+        | GrantSpec::TokenExchange(_) => None,
     };
     let mut fields = Vec::new();
     match (refresh_with, &spec.grant) {
@@ -149,14 +152,22 @@ pub fn build_request(
                 Value::Secret(basic_credentials(id, secret)),
             ));
         }
-        ClientAuth::None => {
+        // the assertion itself is signed when the request is sent
+        // (`assertion::AssertionKey::assertion`): it holds the time
+        // mutual TLS: the certificate is the credential, client_id says whose
+        ClientAuth::None
+        | ClientAuth::PrivateKeyJwt
+        | ClientAuth::ClientSecretJwt
+        | ClientAuth::Tls
+        | ClientAuth::SelfSignedTls => {
             if let Some(id) = &spec.client_id {
                 fields.push(("client_id".into(), Value::Plain(id.clone())));
             }
         }
     }
 
-    if let Some(scope) = &spec.scope {
+    let scope_claim = matches!(&spec.grant, GrantSpec::JwtBearer(j) if j.scope_claim);
+    if let Some(scope) = spec.scope.as_ref().filter(|_| !scope_claim) {
         set(
             &mut fields,
             &spec.scope_param,
@@ -205,6 +216,9 @@ mod tests {
             ca_pem: None,
             default_lifetime: Duration::from_secs(3600),
             token_type: None,
+            assertion: None,
+            assertion_audience: None,
+            tls_client: None,
         }
     }
 

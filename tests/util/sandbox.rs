@@ -129,11 +129,12 @@ impl Sandbox {
     pub fn secrets(&self) -> Vec<String> {
         let mut found = vec![TOKEN_MARKER.to_string(), "Secret-Value".to_string()];
         let secret_key = |k: &str| {
-            ["token", "secret", "password"]
+            ["token", "secret", "password", "private_key"]
                 .iter()
                 .any(|s| k.contains(s))
                 && !k.ends_with("_file")
                 && !k.ends_with("_url")
+                && !k.ends_with("_uri")
                 && !k.ends_with("_type")
                 && !k.ends_with("_env")
         };
@@ -424,4 +425,43 @@ pub fn spam_usr1(
             std::thread::sleep(every);
         }
     })
+}
+
+/// A credential file a config names, in `dir`: a real key (openssl) for
+/// `.key`/`.pem`, a certificate for the key of the same stem for `.crt`,
+/// a service account key file for `.json`, else a secret; mode 0600.
+pub fn credential_file(dir: &std::path::Path, name: &str) {
+    let stem = name.rsplit_once('.').map_or(name, |(s, _)| s);
+    let script = match name.rsplit_once('.').map(|(_, e)| e) {
+        Some("key" | "pem") => {
+            format!("openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out {name}")
+        }
+        Some("crt") => {
+            format!("openssl req -x509 -key {stem}.key -out {name} -days 1 -subj /CN=example")
+        }
+        Some("json") => format!(
+            "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out {stem}.sa.pem"
+        ),
+        _ => String::new(),
+    };
+    if !script.is_empty() {
+        let ok = Command::new("sh")
+            .args(["-c", &script])
+            .current_dir(dir)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{script}");
+    }
+    if name.ends_with(".json") {
+        let key = fs::read_to_string(dir.join(format!("{stem}.sa.pem"))).unwrap();
+        let sa = serde_json::json!({"type": "service_account", "private_key_id": "k1",
+            "private_key": key, "client_email": "sa@example.iam.gserviceaccount.com",
+            "token_uri": "https://oauth2.googleapis.com/token"});
+        fs::write(dir.join(name), sa.to_string()).unwrap();
+    } else if script.is_empty() {
+        fs::write(dir.join(name), "a-dummy-secret-value\n").unwrap();
+    }
+    fs::set_permissions(dir.join(name), fs::Permissions::from_mode(0o600)).unwrap();
 }

@@ -128,6 +128,38 @@ impl OidcProvider {
     /// https. A start that hangs (seen once in a few hundred, on a loaded
     /// machine) is retried once, and both are described.
     pub fn start(ttl: u64, tls: Option<(&Path, &Path)>) -> OidcProvider {
+        OidcProvider::start_with(ttl, tls, None)
+    }
+
+    /// With a `private_key_jwt` client `pkjwt-NAME` and a JWT bearer
+    /// client `bearer-NAME` for each `NAME.pub.pem` in `keys`; and, with
+    /// `subject_key`, the token exchange client `exchange-client`.
+    pub fn start_with_keys(ttl: u64, keys: &Path, subject_key: Option<&Path>) -> OidcProvider {
+        let env: Vec<(&str, &Path)> = subject_key
+            .map(|k| ("SUBJECT_KEY", k))
+            .into_iter()
+            .collect();
+        OidcProvider::start_env(ttl, None, Some(keys), &env)
+    }
+
+    /// Over TLS (`ca`'s server certificate), asking for client
+    /// certificates: `mtls-ca` (tls_client_auth, CN=tk-client, issued by
+    /// `ca`) and `mtls-self` (self_signed_tls_client_auth, `self_cert`).
+    pub fn start_mtls(ttl: u64, ca: &TestCa, self_cert: &Path) -> OidcProvider {
+        let env = [("MTLS_CA", ca.ca.as_path()), ("MTLS_SELF_CERT", self_cert)];
+        OidcProvider::start_env(ttl, Some((&ca.cert, &ca.key)), None, &env)
+    }
+
+    fn start_with(ttl: u64, tls: Option<(&Path, &Path)>, keys: Option<&Path>) -> OidcProvider {
+        OidcProvider::start_env(ttl, tls, keys, &[])
+    }
+
+    fn start_env(
+        ttl: u64,
+        tls: Option<(&Path, &Path)>,
+        keys: Option<&Path>,
+        env: &[(&str, &Path)],
+    ) -> OidcProvider {
         let upstreams = repo().join("tests/upstreams");
         assert!(
             upstreams.join("node_modules/oidc-provider").exists(),
@@ -142,6 +174,12 @@ impl OidcProvider {
                 .env("TTL", ttl.to_string());
             if let Some((cert, key)) = tls {
                 cmd.env("TLS_CERT", cert).env("TLS_KEY", key);
+            }
+            if let Some(dir) = keys {
+                cmd.env("CLIENT_KEYS_DIR", dir);
+            }
+            for (k, v) in env {
+                cmd.env(k, v);
             }
             let scheme = if tls.is_some() { "https" } else { "http" };
             match Served::reporting_port(cmd, "oidc-provider", Duration::from_secs(30)) {
@@ -243,6 +281,37 @@ impl MockServer {
             _served: served,
             token_url: format!("http://127.0.0.1:{port}/token"),
         }
+    }
+}
+
+/// A token endpoint as strict as Google's for service-account keys
+/// (tests/upstreams/google-token): the JWT bearer grant, RS256 by the key
+/// `public_key`, `kid`, `iss` = `email`, aud its URL, a short life, scopes.
+pub struct GoogleTokenServer {
+    served: Served,
+    pub port: u16,
+}
+
+impl GoogleTokenServer {
+    pub fn start(public_key: &Path, kid: &str, email: &str) -> GoogleTokenServer {
+        let mut cmd = Command::new("node");
+        cmd.arg(repo().join("tests/upstreams/google-token/server.mjs"))
+            .env("PUBLIC_KEY", public_key)
+            .env("KID", kid)
+            .env("ISSUER", email)
+            .env("PORT", "0");
+        let (served, port) = Served::reporting_port(cmd, "google-token", Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e}"));
+        GoogleTokenServer { served, port }
+    }
+
+    pub fn token_url(&self) -> String {
+        format!("http://127.0.0.1:{}/token", self.port)
+    }
+
+    /// How many tokens it issued.
+    pub fn issued(&self) -> usize {
+        self.served.log().matches("issued scope=").count()
     }
 }
 

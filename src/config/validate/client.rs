@@ -36,6 +36,8 @@ pub(super) fn validate_client(
     let cx = Cx::new(ck, c);
     let endpoint = check_endpoint(v, &cx);
     let (auth, encoding, client_id, client_secret) = check_auth(v, &cx);
+    let assertion = check_assertion(v, &cx, auth);
+    let tls_client = check_tls_client(v, &cx, auth);
     let grant = check_grant(v, &cx);
     let request = check_request(v, &cx);
     let (policy, timeout, default_lifetime) = check_policy(v, &cx, d);
@@ -61,6 +63,8 @@ pub(super) fn validate_client(
         client_id,
         client_secret,
         auth,
+        assertion,
+        tls_client,
         encoding,
         scope: c.scope.as_ref().map(|s| s.get_ref().clone()),
         scope_param: request.scope_param,
@@ -246,7 +250,15 @@ fn check_auth(
         .as_ref()
         .map(|a| *a.get_ref())
         .or(pd.auth)
-        .unwrap_or(ClientAuth::Body);
+        // the JWT bearer grant's assertion, or the subject token, is the
+        // credential
+        .unwrap_or(
+            if matches!(grant_kind, GrantKind::JwtBearer | GrantKind::TokenExchange) {
+                ClientAuth::None
+            } else {
+                ClientAuth::Body
+            },
+        );
     let encoding = c
         .encoding
         .as_ref()
@@ -267,11 +279,11 @@ fn check_auth(
         .or(pd.client_id.map(str::to_string));
     match (auth, grant_kind) {
         (_, GrantKind::Static) => {}
-        (ClientAuth::Body | ClientAuth::Basic, _) => {
-            let auth_name = if auth == ClientAuth::Basic {
-                "basic"
-            } else {
-                "body"
+        (ClientAuth::Body | ClientAuth::Basic | ClientAuth::ClientSecretJwt, _) => {
+            let auth_name = match auth {
+                ClientAuth::Basic => "basic",
+                ClientAuth::ClientSecretJwt => "client_secret_jwt",
+                _ => "body",
             };
             if client_id.is_none() {
                 let message = cx.required(
@@ -304,9 +316,317 @@ fn check_auth(
                 v.error(s.span.clone(), &s.key, "auth = \"none\" never sends a client secret; remove it or choose auth = \"body\" or \"basic\"");
             }
         }
+        (ClientAuth::PrivateKeyJwt | ClientAuth::Tls | ClientAuth::SelfSignedTls, _) => {
+            let (auth_name, with) = match auth {
+                ClientAuth::PrivateKeyJwt => ("private_key_jwt", "signs with private_key_file"),
+                ClientAuth::Tls => ("tls_client_auth", "authenticates with tls_cert_file"),
+                _ => (
+                    "self_signed_tls_client_auth",
+                    "authenticates with tls_cert_file",
+                ),
+            };
+            if client_id.is_none() {
+                let message = cx.required(
+                    "client_id",
+                    format!("is required with auth = \"{auth_name}\" (it names whose key or certificate it is)"),
+                );
+                v.error(
+                    c.auth.as_ref().map(|a| a.span()).or(grant_span.clone()),
+                    &cx.key("client_id"),
+                    message,
+                );
+            }
+            if let Some(s) = &client_secret {
+                v.error(
+                    s.span.clone(),
+                    &s.key,
+                    format!(
+                        "auth = \"{auth_name}\" {with} and never sends a client secret; remove it"
+                    ),
+                );
+            }
+        }
     }
 
     (auth, encoding, client_id, client_secret)
+}
+
+/// `tls_client_auth` and `self_signed_tls_client_auth`: `tls_cert_file`
+/// and `tls_key_file`, required; refused with another `auth`.
+fn check_tls_client(
+    v: &mut Validator<'_>,
+    cx: &Cx<'_>,
+    auth: ClientAuth,
+) -> Option<(Located<PathBuf>, Located<PathBuf>)> {
+    let c = cx.c;
+    let mtls = matches!(auth, ClientAuth::Tls | ClientAuth::SelfSignedTls);
+    let file = |v: &mut Validator<'_>, given: &S<String>, k: &str, what: &str| match given {
+        Some(f) if mtls => v.path(f, &cx.key(k)).map(|p| Located {
+            value: p,
+            span: f.span(),
+            key: cx.key(k),
+        }),
+        Some(f) => {
+            v.error(
+                f.span(),
+                &cx.key(k),
+                "applies to auth = \"tls_client_auth\" or \"self_signed_tls_client_auth\" (a client certificate)",
+            );
+            None
+        }
+        None if mtls => {
+            v.error(
+                c.auth.as_ref().map(|a| a.span()),
+                &cx.key(k),
+                format!("is required with mutual-TLS client authentication: {what}"),
+            );
+            None
+        }
+        None => None,
+    };
+    let cert = file(
+        v,
+        &c.tls_cert_file,
+        "tls_cert_file",
+        "the client certificate (PEM; its chain after it)",
+    );
+    let key = file(
+        v,
+        &c.tls_key_file,
+        "tls_key_file",
+        "the certificate's private key (PEM)",
+    );
+    cert.zip(key)
+}
+
+/// `private_key_jwt` (`private_key_file`, `key_id`, `signing_alg`) and
+/// `client_secret_jwt`; `assertion_audience` for both; these keys with
+/// another `auth` are refused.
+fn check_assertion(v: &mut Validator<'_>, cx: &Cx<'_>, auth: ClientAuth) -> Option<AssertionPlan> {
+    use crate::grant::assertion::Alg;
+    let c = cx.c;
+    let audience = c.assertion_audience.as_ref().map(|a| a.get_ref().clone());
+    match auth {
+        ClientAuth::PrivateKeyJwt if cx.grant_kind == GrantKind::JwtBearer => {
+            v.error(
+                c.auth.as_ref().map(|a| a.span()),
+                &cx.key("auth"),
+                "with grant_type = \"jwt_bearer\", private_key_file signs the grant's assertion; choose another auth (\"none\", the default, or one with a secret or a certificate)",
+            );
+            None
+        }
+        ClientAuth::PrivateKeyJwt => {
+            if let Some(a) = &c.signing_alg
+                && *a.get_ref() == Alg::HS256
+            {
+                v.error(a.span(), &cx.key("signing_alg"), "HS256 signs with the client secret: that is auth = \"client_secret_jwt\"; a private key signs RS256, PS256, ES256 or EdDSA");
+            }
+            let file = match &c.private_key_file {
+                Some(f) => v.path(f, &cx.key("private_key_file")).map(|p| Located {
+                    value: p,
+                    span: f.span(),
+                    key: cx.key("private_key_file"),
+                }),
+                None => {
+                    v.error(
+                        c.auth.as_ref().map(|a| a.span()),
+                        &cx.key("private_key_file"),
+                        "is required with auth = \"private_key_jwt\": the PEM private key (PKCS#8, or PKCS#1 for RSA) whose public half the provider knows",
+                    );
+                    None
+                }
+            };
+            let certificate = c.certificate_file.as_ref().and_then(|f| {
+                v.path(f, &cx.key("certificate_file")).map(|p| Located {
+                    value: p,
+                    span: f.span(),
+                    key: cx.key("certificate_file"),
+                })
+            });
+            Some(AssertionPlan {
+                key: AssertionKeyPlan::Private {
+                    file: file?,
+                    alg: c.signing_alg.as_ref().map(|a| *a.get_ref()),
+                    kid: c.key_id.as_ref().map(|k| k.get_ref().clone()),
+                    certificate,
+                },
+                audience,
+            })
+        }
+        ClientAuth::ClientSecretJwt => {
+            for (given, k, why) in [
+                (
+                    c.private_key_file.as_ref().map(|s| s.span()),
+                    "private_key_file",
+                    "signs with the client secret, not a private key",
+                ),
+                (
+                    c.key_id.as_ref().map(|s| s.span()),
+                    "key_id",
+                    "signs with the client secret, which has no key id",
+                ),
+            ] {
+                if let Some(at) = given {
+                    v.error(
+                        at,
+                        &cx.key(k),
+                        format!("auth = \"client_secret_jwt\" {why}"),
+                    );
+                }
+            }
+            if let Some(a) = &c.signing_alg
+                && *a.get_ref() != Alg::HS256
+            {
+                v.error(a.span(), &cx.key("signing_alg"), "auth = \"client_secret_jwt\" signs HS256 (the client secret); RS256, PS256, ES256 and EdDSA are auth = \"private_key_jwt\"");
+            }
+            Some(AssertionPlan {
+                key: AssertionKeyPlan::Secret,
+                audience,
+            })
+        }
+        // the keys are the grant's
+        _ if cx.grant_kind == GrantKind::JwtBearer => None,
+        _ => {
+            for (given, k) in [
+                (
+                    c.private_key_file.as_ref().map(|s| s.span()),
+                    "private_key_file",
+                ),
+                (c.key_id.as_ref().map(|s| s.span()), "key_id"),
+                (c.signing_alg.as_ref().map(|s| s.span()), "signing_alg"),
+                (
+                    c.assertion_audience.as_ref().map(|s| s.span()),
+                    "assertion_audience",
+                ),
+                (
+                    c.certificate_file.as_ref().map(|s| s.span()),
+                    "certificate_file",
+                ),
+            ] {
+                if let Some(at) = given {
+                    v.error(at, &cx.key(k), "applies to auth = \"private_key_jwt\" or \"client_secret_jwt\" (a signed client assertion)");
+                }
+            }
+            None
+        }
+    }
+}
+
+/// `grant_type = "token_exchange"`: the subject token's file (required),
+/// the actor token's, their types, `audience`, `resource`.
+fn check_token_exchange(v: &mut Validator<'_>, cx: &Cx<'_>) -> Option<GrantPlan> {
+    let c = cx.c;
+    let text = |s: &S<String>| s.as_ref().map(|x| x.get_ref().clone());
+    let subject = match &c.subject_token_file {
+        Some(f) => v.path(f, &cx.key("subject_token_file")),
+        None => {
+            v.error(
+                cx.grant_span.clone(),
+                &cx.key("subject_token_file"),
+                "is required with grant_type = \"token_exchange\": the file of the token to exchange (e.g. a projected service account token), read for every request",
+            );
+            None
+        }
+    };
+    let actor = match (&c.actor_token_file, &c.actor_token_type) {
+        (Some(f), kind) => v.path(f, &cx.key("actor_token_file")).map(|p| {
+            Some((
+                p,
+                text(kind).unwrap_or_else(|| crate::grant::JWT_TOKEN_TYPE.into()),
+            ))
+        }),
+        (None, Some(t)) => {
+            v.error(
+                t.span(),
+                &cx.key("actor_token_type"),
+                "is the type of actor_token_file, which is not given",
+            );
+            None
+        }
+        (None, None) => Some(None),
+    };
+    Some(GrantPlan::TokenExchange(crate::grant::TokenExchange {
+        subject_token_file: subject?,
+        subject_token_type: text(&c.subject_token_type)
+            .unwrap_or_else(|| crate::grant::JWT_TOKEN_TYPE.into()),
+        actor: actor?,
+        audience: text(&c.audience),
+        resource: text(&c.resource),
+    }))
+}
+
+/// `grant_type = "jwt_bearer"`: the key that signs the assertion — a PEM
+/// `private_key_file`, or a Google `service_account_file` — and its claims.
+fn check_jwt_bearer(v: &mut Validator<'_>, cx: &Cx<'_>) -> Option<GrantPlan> {
+    use crate::grant::assertion::Alg;
+    let c = cx.c;
+    let located = |v: &mut Validator<'_>, f: &Spanned<String>, k: &str| {
+        v.path(f, &cx.key(k)).map(|p| Located {
+            value: p,
+            span: f.span(),
+            key: cx.key(k),
+        })
+    };
+    if let Some(f) = &c.certificate_file {
+        v.error(
+            f.span(),
+            &cx.key("certificate_file"),
+            "applies to auth = \"private_key_jwt\" (a certificate that names the client's key)",
+        );
+    }
+    let key = match (&c.service_account_file, &c.private_key_file) {
+        (Some(_), Some(p)) => {
+            v.error(
+                p.span(),
+                &cx.key("private_key_file"),
+                "give service_account_file (its key is inside) or private_key_file, not both",
+            );
+            None
+        }
+        (Some(f), None) => {
+            for (given, k) in [
+                (c.key_id.as_ref().map(|s| s.span()), "key_id"),
+                (c.signing_alg.as_ref().map(|s| s.span()), "signing_alg"),
+            ] {
+                if let Some(at) = given {
+                    v.error(
+                        at,
+                        &cx.key(k),
+                        "comes from the service account file (private_key_id, RS256)",
+                    );
+                }
+            }
+            located(v, f, "service_account_file").map(JwtKeyPlan::ServiceAccount)
+        }
+        (None, Some(f)) => {
+            if let Some(a) = &c.signing_alg
+                && *a.get_ref() == Alg::HS256
+            {
+                v.error(a.span(), &cx.key("signing_alg"), "the JWT bearer grant is signed with a private key: RS256, PS256, ES256 or EdDSA");
+            }
+            located(v, f, "private_key_file").map(|file| JwtKeyPlan::Private {
+                file,
+                alg: c.signing_alg.as_ref().map(|a| *a.get_ref()),
+                kid: c.key_id.as_ref().map(|k| k.get_ref().clone()),
+            })
+        }
+        (None, None) => {
+            let message = cx.required("private_key_file", "is required with grant_type = \"jwt_bearer\": the PEM private key that signs the assertion (or service_account_file, a Google service account's JSON key)".into());
+            v.error(cx.grant_span.clone(), &cx.key("private_key_file"), message);
+            None
+        }
+    };
+    let google = cx.preset == Some(Preset::GoogleServiceAccount);
+    Some(GrantPlan::JwtBearer {
+        key: key?,
+        issuer: c.assertion_issuer.as_ref().map(|s| s.get_ref().clone()),
+        subject: c.assertion_subject.as_ref().map(|s| s.get_ref().clone()),
+        audience: c.assertion_audience.as_ref().map(|s| s.get_ref().clone()),
+        scope_claim: google,
+        endpoint_from_file: c.service_account_file.is_some()
+            && c.token_url.is_none()
+            && c.issuer.is_none(),
+    })
 }
 
 /// The grant and its own keys (`username`, `password*`,
@@ -323,6 +643,8 @@ fn check_grant(v: &mut Validator<'_>, cx: &Cx<'_>) -> Option<GrantPlan> {
     let grant = match grant_kind {
         GrantKind::ClientCredentials => Some(GrantPlan::ClientCredentials),
         GrantKind::Static => Some(GrantPlan::Static),
+        GrantKind::JwtBearer => check_jwt_bearer(v, cx),
+        GrantKind::TokenExchange => check_token_exchange(v, cx),
         GrantKind::Password => match (&c.username, password.clone()) {
             (Some(u), Some(p)) => Some(GrantPlan::Password {
                 username: u.get_ref().clone(),
@@ -379,6 +701,39 @@ fn check_grant(v: &mut Validator<'_>, cx: &Cx<'_>) -> Option<GrantPlan> {
                     f.span(),
                     &cx.key(k),
                     "applies only to grant_type = \"password\"",
+                );
+            }
+        }
+    }
+    if grant_kind != GrantKind::TokenExchange {
+        for (field, k) in [
+            (&c.subject_token_file, "subject_token_file"),
+            (&c.subject_token_type, "subject_token_type"),
+            (&c.actor_token_file, "actor_token_file"),
+            (&c.actor_token_type, "actor_token_type"),
+            (&c.audience, "audience"),
+            (&c.resource, "resource"),
+        ] {
+            if let Some(f) = field {
+                v.error(
+                    f.span(),
+                    &cx.key(k),
+                    "applies only to grant_type = \"token_exchange\"",
+                );
+            }
+        }
+    }
+    if grant_kind != GrantKind::JwtBearer {
+        for (field, k) in [
+            (&c.service_account_file, "service_account_file"),
+            (&c.assertion_issuer, "assertion_issuer"),
+            (&c.assertion_subject, "assertion_subject"),
+        ] {
+            if let Some(f) = field {
+                v.error(
+                    f.span(),
+                    &cx.key(k),
+                    "applies only to grant_type = \"jwt_bearer\"",
                 );
             }
         }

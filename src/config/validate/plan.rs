@@ -42,6 +42,32 @@ pub enum GrantPlan {
         initial: Located<SecretSource>,
     },
     Static,
+    JwtBearer {
+        key: JwtKeyPlan,
+        /// `iss` (default: the client id, or the service account's email).
+        issuer: Option<String>,
+        subject: Option<String>,
+        audience: Option<String>,
+        /// The scopes go in the assertion's `scope` claim (Google), not
+        /// the request's `scope` field.
+        scope_claim: bool,
+        /// The endpoint is the service account file's `token_uri` (no
+        /// `token_url` was given).
+        endpoint_from_file: bool,
+    },
+    TokenExchange(crate::grant::TokenExchange),
+}
+
+/// What signs the JWT bearer grant's assertion.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JwtKeyPlan {
+    Private {
+        file: Located<PathBuf>,
+        alg: Option<crate::grant::assertion::Alg>,
+        kid: Option<String>,
+    },
+    /// A Google service account key file (JSON), read at build.
+    ServiceAccount(Located<PathBuf>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -120,6 +146,10 @@ pub struct ClientPlan {
     pub client_id: Option<String>,
     pub client_secret: Option<Located<SecretSource>>,
     pub auth: ClientAuth,
+    /// `private_key_jwt`, `client_secret_jwt`.
+    pub assertion: Option<AssertionPlan>,
+    /// `tls_client_auth`, `self_signed_tls_client_auth`: certificate, key.
+    pub tls_client: Option<(Located<PathBuf>, Located<PathBuf>)>,
     pub encoding: Encoding,
     pub scope: Option<String>,
     pub scope_param: Cow<'static, str>,
@@ -132,6 +162,26 @@ pub struct ClientPlan {
     pub default_lifetime: Duration,
     pub policy: Policy,
     pub outputs: Vec<OutputPlan>,
+}
+
+/// What signs a client assertion, and its `aud`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AssertionPlan {
+    pub key: AssertionKeyPlan,
+    pub audience: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum AssertionKeyPlan {
+    /// `private_key_file` (PEM), read at build.
+    Private {
+        file: Located<PathBuf>,
+        alg: Option<crate::grant::assertion::Alg>,
+        kid: Option<String>,
+        certificate: Option<Located<PathBuf>>,
+    },
+    /// The client secret (HS256).
+    Secret,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
