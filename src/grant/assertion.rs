@@ -421,6 +421,50 @@ mod tests {
         assert!(err.contains("no PEM private key"), "{err}");
     }
 
+    /// A key named by its certificate: `x5t#S256` and `x5t` in the header
+    /// are the certificate's SHA-256 and SHA-1, as openssl computes them.
+    #[test]
+    fn a_certificate_names_the_key_by_its_thumbprints() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        run(
+            "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out k.pem && openssl req -x509 -key k.pem -out c.crt -days 1 -subj /CN=app && openssl x509 -in c.crt -outform DER -out c.der",
+            d,
+        );
+        let thumb = |alg: &str| {
+            let out = std::process::Command::new("sh")
+                .args([
+                    "-c",
+                    &format!(
+                        "openssl dgst -{alg} -binary c.der | base64 | tr '+/' '-_' | tr -d '=\\n'"
+                    ),
+                ])
+                .current_dir(d)
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let key = AssertionKey::private(
+            &std::fs::read(d.join("k.pem")).unwrap(),
+            Some(Alg::PS256),
+            None,
+        )
+        .unwrap()
+        .with_certificate(&std::fs::read(d.join("c.der")).unwrap());
+        let jwt = key
+            .assertion("app", "https://login.example/token", SystemTime::now())
+            .unwrap();
+        let header: serde_json::Value = serde_json::from_slice(
+            &B64URL
+                .decode(jwt.expose().split('.').next().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(header["x5t#S256"], thumb("sha256"));
+        assert_eq!(header["x5t"], thumb("sha1"));
+        assert_eq!(header["alg"], "PS256");
+    }
+
     /// RFC 7638 §3.1's example key has the thumbprint the RFC gives.
     #[test]
     fn the_thumbprint_is_rfc_7638s() {
