@@ -452,7 +452,7 @@ mod tests {
         .unwrap()
         .with_certificate(&std::fs::read(d.join("c.der")).unwrap());
         let jwt = key
-            .assertion("app", "https://login.example/token", SystemTime::now())
+            .assertion("app", "https://login.example/token", SystemTime::UNIX_EPOCH)
             .unwrap();
         let header: serde_json::Value = serde_json::from_slice(
             &B64URL
