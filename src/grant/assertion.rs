@@ -299,26 +299,15 @@ impl AssertionKey {
         self.sign(&claims)
     }
 
-    /// A client assertion for `client_id` to `audience` at `now`.
+    /// A client assertion for `client_id` to `audience` at `now`: `iss`
+    /// and `sub` the client id (RFC 7523 §3).
     pub fn assertion(
         &self,
         client_id: &str,
         audience: &str,
         now: SystemTime,
     ) -> Result<Secret, String> {
-        let iat = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let claims = serde_json::json!({
-            "iss": client_id,
-            "sub": client_id,
-            "aud": audience,
-            "jti": jti(),
-            "iat": iat,
-            "exp": iat + LIFETIME.as_secs(),
-        });
-        self.sign(&claims)
+        self.grant_assertion(client_id, Some(client_id), audience, None, now)
     }
 }
 
