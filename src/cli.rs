@@ -84,6 +84,23 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Print a DPoP proof (RFC 9449) for one request with the token of a
+    /// `format = "dpop"` output: `curl -H "DPoP: $(tokenkeeper proof FILE GET URL)"`.
+    ///
+    /// Signed with the proof key the file holds, for METHOD and URL, with
+    /// the token's hash (`ath`); each proof is for one request. Needs no
+    /// config and no daemon: whoever may read the file may prove.
+    Proof {
+        /// A `format = "dpop"` output file.
+        file: std::path::PathBuf,
+        /// The request's method (GET, POST, ...).
+        method: String,
+        /// The request's URL (its query and fragment are left out of the proof).
+        url: String,
+        /// The nonce the resource server gave in `DPoP-Nonce`.
+        #[arg(long)]
+        nonce: Option<String>,
+    },
     /// Run a demo: a local token issuer and the daemon writing to ./tokenkeeper-dev/.
     Dev(crate::dev::DevArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
@@ -231,6 +248,26 @@ pub fn run(cli: Cli) -> Result<(), Exit> {
             config,
         } => rt.block_on(refresh(&name, timeout.into(), &config)),
         Command::Status { json, config } => rt.block_on(status_command(&config, json)),
+        Command::Proof {
+            file,
+            method,
+            url,
+            nonce,
+        } => {
+            let text = crate::fsread::read_to_string(&file).map_err(|e| {
+                Exit::failed(format!("tokenkeeper: cannot read {}: {e}", file.display()))
+            })?;
+            let proof = crate::grant::dpop::proof_for(
+                &text,
+                &method,
+                &url,
+                nonce.as_deref(),
+                SystemClock.now(),
+            )
+            .map_err(|e| Exit::failed(format!("tokenkeeper: {}: {e}", file.display())))?;
+            println!("{}", proof.expose());
+            Ok(())
+        }
         Command::Dev(args) => {
             catch_early_signals(&rt);
             rt.block_on(crate::dev::run(args))

@@ -550,3 +550,218 @@ openssl pkey -in kubelet.pem -pubout -out kubelet.pub.pem",
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("HTTP 400 invalid_grant"), "{stderr}");
 }
+
+/// RFC 7638 thumbprint of the public half of the private key in `pem`, as
+/// panva's jose computes it (the provider's own library).
+fn jose_thumbprint(pem: &Path) -> String {
+    stdout_of(
+        Command::new("node")
+            .args([
+                "--input-type=module",
+                "-e",
+                "import {calculateJwkThumbprint} from 'jose'; import {createPublicKey} from 'node:crypto'; import {readFileSync} from 'node:fs'; console.log(await calculateJwkThumbprint(createPublicKey(readFileSync(process.argv[1])).export({format:'jwk'})))",
+            ])
+            .arg(pem)
+            .current_dir(repo().join("tests/upstreams")),
+    )
+}
+
+/// What `cmd` printed, trimmed; it must succeed.
+fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn dpop_client(name: &str, url: &str, id: &str, extra: &str, outputs: &str) -> String {
+    format!(
+        "[clients.{name}]\ntoken_url = \"{url}\"\nclient_id = \"{id}\"\nclient_secret = \"dpop-secret\"\nscope = \"read\"\nmin_interval = \"1s\"\n{extra}\n\n[[clients.{name}.outputs]]\ntype = \"file\"\npath = \"{name}.token\"\n{outputs}\n"
+    )
+}
+
+/// DPoP (RFC 9449) against oidc-provider with a client that gets only
+/// key-bound tokens: the proof key is made once in state_dir (0600) and
+/// kept, the provider binds every token to its thumbprint, and the `dpop`
+/// output hands a consumer the token with that key. Without `dpop`, the
+/// provider's refusal is shown; `check` explains a bad key and a `dpop`
+/// output on a client without it.
+#[test]
+fn dpop_binds_tokens_to_a_proof_key_kept_in_state_dir() {
+    let sb = Sandbox::new();
+    let op = OidcProvider::start(60, None);
+    let url = op.token_url();
+    let dpop_output =
+        "\n[[clients.bound.outputs]]\ntype = \"file\"\npath = \"bound.json\"\nformat = \"dpop\"\n";
+    sb.write_config(&dpop_client(
+        "bound",
+        &url,
+        "dpop-client",
+        "dpop = true",
+        dpop_output,
+    ));
+    let (code, _, stderr) = sb.run(&["once"]);
+    assert_eq!(code, 0, "{stderr}");
+
+    let key_file = sb.path("state/bound.dpop-key.pem");
+    assert_eq!(sb.mode("state/bound.dpop-key.pem"), 0o600);
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    let jkt = jose_thumbprint(&key_file);
+    let token = sb.read("bound.token").unwrap();
+    assert_eq!(
+        jwt_claims(&token)["cnf"]["jkt"],
+        jkt.as_str(),
+        "bound to the key in state_dir"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&sb.read("bound.json").unwrap()).unwrap();
+    assert_eq!(doc["access_token"], token.as_str());
+    assert_eq!(doc["token_type"], "DPoP");
+    assert_eq!(doc["dpop"]["jkt"], jkt.as_str());
+    assert_eq!(doc["dpop"]["alg"], "ES256");
+    assert_eq!(doc["dpop"]["private_key"], key.as_str());
+    assert!(doc["dpop"]["jwk"].get("d").is_none());
+
+    // a consumer with nothing but that file: `tokenkeeper proof` signs for
+    // one request, and a resource server that checks all of RFC 9449 §7
+    // (token, key, method, URL, ath, iat, jti) accepts it, once
+    let orders = format!("{}/resource/orders?page=2", op.base);
+    let proof = |method: &str, url: &str| {
+        stdout_of(
+            Command::new(bin())
+                .args(["proof", "bound.json", method, url])
+                .current_dir(sb.dir.path()),
+        )
+    };
+    let get = |proof: &str| {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-H",
+                &format!("Authorization: DPoP {token}"),
+                "-H",
+                &format!("DPoP: {proof}"),
+                &orders,
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let p = proof("GET", &orders);
+    assert!(
+        get(&p).contains("\"client_id\":\"dpop-client\""),
+        "{}",
+        get(&p)
+    );
+    assert!(get(&p).contains("the proof was used before"));
+    let elsewhere = format!("{}/resource/other", op.base);
+    assert!(get(&proof("GET", &elsewhere)).contains("htu is not the URL"));
+    assert!(get(&proof("POST", &orders)).contains("htm is not the method"));
+
+    // a new token (another scope, so the cached one is not reused) is
+    // bound to the same key: the key is made once
+    sb.write_config(
+        &dpop_client("bound", &url, "dpop-client", "dpop = true", dpop_output)
+            .replace("scope = \"read\"", "scope = \"read write\""),
+    );
+    let (code, _, stderr) = sb.run(&["once"]);
+    assert_eq!(code, 0, "{stderr}");
+    let again = sb.read("bound.token").unwrap();
+    assert_ne!(again, token);
+    assert_eq!(jwt_claims(&again)["cnf"]["jkt"], jkt.as_str());
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap(), key);
+
+    // near miss: the same client without a proof, refused in the
+    // provider's words (it keeps its reason, "DPoP proof JWT not provided",
+    // to its own log)
+    sb.write_config(&dpop_client("bound", &url, "dpop-client", "", ""));
+    let (code, _, stderr) = sb.run(&["once"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("HTTP 400 invalid_grant: grant request is invalid"),
+        "{stderr}"
+    );
+
+    // what check says: a key file that holds no key, a key others may read,
+    // a dpop output without dpop, dpop on a static token
+    sb.write("not-a-key.pem", "hello\n");
+    std::fs::set_permissions(
+        sb.path("not-a-key.pem"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    sb.write("open.pem", &key);
+    std::fs::set_permissions(
+        sb.path("open.pem"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    sb.write("static.token", "abcdefghijklmnop");
+    sb.write_config(&[
+        dpop_client("a", &url, "dpop-client", "dpop = true\ndpop_key_file = \"not-a-key.pem\"", ""),
+        dpop_client("b", &url, "dpop-client", "dpop = true\ndpop_key_file = \"open.pem\"", ""),
+        dpop_client("c", &url, "dpop-client", "", "\n[[clients.c.outputs]]\ntype = \"file\"\npath = \"c.json\"\nformat = \"dpop\"\n"),
+        "[clients.d]\ngrant_type = \"static\"\ntoken_file = \"static.token\"\ndpop = true\n[[clients.d.outputs]]\ntype = \"file\"\npath = \"d.token\"\n\n".to_string(),
+    ].concat());
+    let (code, _, stderr) = sb.run(&["check"]);
+    assert_ne!(code, 0);
+    for (key, words) in [
+        ("clients.a.dpop_key_file", "holds no PEM private key"),
+        ("clients.b.dpop_key_file", "open.pem"),
+        (
+            "clients.c.outputs[1].format",
+            "needs dpop = true on the client",
+        ),
+        ("clients.d.dpop", "nothing to bind to a key"),
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.contains(key) && l.contains(words))
+                || stderr.contains(key) && stderr.contains(words),
+            "{key}: {words}\n{stderr}"
+        );
+    }
+}
+
+/// A provider that wants its nonce in every proof (RFC 9449 §8) refuses
+/// the first proof with `use_dpop_nonce` and names one; the proof is sent
+/// again with it, with the same refresh token — refused before the grant
+/// is looked at, it was not spent. oidc-provider rotates refresh tokens and
+/// revokes the grant when one is used twice: a chain that goes on proves
+/// none was.
+#[test]
+fn a_dpop_nonce_costs_one_retry_and_never_the_refresh_chain() {
+    let sb = Sandbox::new();
+    let op = OidcProvider::start(3, None);
+    let rt = op.refresh_token_for("dpop-nonce", "dpop-secret");
+    sb.write("chain.rt", &rt);
+    sb.write_config(
+        &dpop_client(
+            "chain",
+            &op.token_url(),
+            "dpop-nonce",
+            "grant_type = \"refresh_token\"\nrefresh_token_file = \"chain.rt\"\ndpop = true",
+            "",
+        )
+        .replace("scope = \"read\"\n", ""),
+    );
+    let d = sb.start();
+    d.wait_log("token refreshed", 4);
+    let logs = d.logs();
+    assert!(
+        logs.contains("asks for a DPoP nonce"),
+        "the first proof had no nonce"
+    );
+    assert!(!logs.contains("invalid_grant"), "the chain broke");
+    // the nonce is asked for and given within one fetch: never a failure
+    assert!(
+        !logs.contains("use_dpop_nonce"),
+        "a refusal for a nonce surfaced"
+    );
+    let token = sb.read("chain.token").unwrap();
+    assert_eq!(
+        jwt_claims(&token)["cnf"]["jkt"],
+        jose_thumbprint(&sb.path("state/chain.dpop-key.pem")).as_str()
+    );
+}

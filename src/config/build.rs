@@ -577,6 +577,23 @@ impl Builder<'_> {
             None => Some(None),
             Some((cert, key)) => self.tls_client(cert, key),
         };
+        // a configured proof key is read now (one made in state_dir, on
+        // first use: `check` writes nothing)
+        let dpop = match plan.dpop {
+            None => Some(None),
+            Some((key, None)) => Some(Some(key)),
+            Some((key, Some(file))) => {
+                let readable = self.not_world_readable(&file);
+                match key.get() {
+                    Ok(_) if readable => Some(Some(key)),
+                    Ok(_) => None,
+                    Err(e) => {
+                        self.error(&file, e);
+                        None
+                    }
+                }
+            }
+        };
         if let crate::grant::Endpoint::StaticFile(path) = &plan.endpoint {
             if let Err(e) = crate::fsread::read(path) {
                 self.diagnostics.push(Diagnostic {
@@ -604,6 +621,7 @@ impl Builder<'_> {
                 assertion: assertion?,
                 assertion_audience: plan.assertion.and_then(|a| a.audience),
                 tls_client: tls_client?,
+                dpop: dpop?,
                 encoding: plan.encoding,
                 scope: plan.scope,
                 scope_param: plan.scope_param,

@@ -120,6 +120,9 @@ pub struct RawClient {
     // tls_client_auth, self_signed_tls_client_auth
     pub tls_cert_file: S<String>,
     pub tls_key_file: S<String>,
+    // DPoP (RFC 9449): sender-constrained tokens
+    pub dpop: S<bool>,
+    pub dpop_key_file: S<String>,
     pub encoding: S<Encoding>,
     pub scope: S<String>,
     pub scope_param: S<String>,
@@ -182,6 +185,8 @@ pub enum FormatKind {
     Env,
     Header,
     Template,
+    /// The token and the DPoP proof key a consumer signs its proofs with.
+    Dpop,
 }
 
 /// `mode = "0640"` (the documented form) or a TOML octal integer `0o640`.

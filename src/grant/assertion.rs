@@ -211,24 +211,31 @@ impl AssertionKey {
         Some(jwk)
     }
 
-    /// RFC 7638: the SHA-256 of the public JWK's required members, in
-    /// lexicographic order, base64url.
-    fn thumbprint(&self) -> String {
-        let Some(jwk) = self.public_jwk() else {
-            return String::new();
-        };
+    /// The public JWK's required members alone (RFC 7638 §3.2), in
+    /// lexicographic order (serde_json's map keeps keys sorted): what a
+    /// thumbprint digests, and what a DPoP proof's header carries.
+    fn required_jwk(&self) -> Option<serde_json::Value> {
+        let jwk = self.public_jwk()?;
         let members: &[&str] = match jwk["kty"].as_str() {
             Some("RSA") => &["e", "kty", "n"],
             Some("EC") => &["crv", "kty", "x", "y"],
             _ => &["crv", "kty", "x"],
         };
-        // serde_json's map keeps keys sorted: the required members alone
-        let required: serde_json::Map<String, serde_json::Value> = members
-            .iter()
-            .map(|m| (m.to_string(), jwk[*m].clone()))
-            .collect();
-        let canonical = serde_json::Value::Object(required).to_string();
-        B64URL.encode(Sha256::digest(canonical.as_bytes()))
+        Some(serde_json::Value::Object(
+            members
+                .iter()
+                .map(|m| (m.to_string(), jwk[*m].clone()))
+                .collect(),
+        ))
+    }
+
+    /// RFC 7638: the SHA-256 of the public JWK's required members, in
+    /// lexicographic order, base64url (a DPoP token's `cnf.jkt`).
+    pub fn thumbprint(&self) -> String {
+        let Some(required) = self.required_jwk() else {
+            return String::new();
+        };
+        B64URL.encode(Sha256::digest(required.to_string().as_bytes()))
     }
 
     /// The signed JWT for `claims`.
@@ -241,6 +248,50 @@ impl AssertionKey {
             header["x5t"] = serde_json::json!(sha1);
             header["x5t#S256"] = serde_json::json!(sha256);
         }
+        self.sign_jws(&header, claims)
+    }
+
+    /// A DPoP proof (RFC 9449 §4.2) for a request `htm` `htu` at `now`:
+    /// the public key in its header, a fresh `jti`, the server's `nonce`
+    /// when it asked for one, and `ath` (the access token's SHA-256) when
+    /// the proof goes with a token to a resource. `htu` without its query
+    /// and fragment.
+    pub fn dpop_proof(
+        &self,
+        htm: &str,
+        htu: &url::Url,
+        now: SystemTime,
+        nonce: Option<&str>,
+        access_token: Option<&Secret>,
+    ) -> Result<Secret, String> {
+        let jwk = self
+            .required_jwk()
+            .ok_or("a DPoP proof is signed with a private key, not a secret")?;
+        let header = serde_json::json!({"typ": "dpop+jwt", "alg": self.alg.name(), "jwk": jwk});
+        let mut htu = htu.clone();
+        htu.set_query(None);
+        htu.set_fragment(None);
+        let mut claims = serde_json::json!({
+            "jti": jti(),
+            "htm": htm,
+            "htu": htu.as_str(),
+            "iat": now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs(),
+        });
+        if let Some(nonce) = nonce {
+            claims["nonce"] = serde_json::json!(nonce);
+        }
+        if let Some(token) = access_token {
+            claims["ath"] = serde_json::json!(B64URL.encode(Sha256::digest(token.expose())));
+        }
+        self.sign_jws(&header, &claims)
+    }
+
+    /// `header` and `claims` signed: a compact JWS.
+    fn sign_jws(
+        &self,
+        header: &serde_json::Value,
+        claims: &serde_json::Value,
+    ) -> Result<Secret, String> {
         let input = format!(
             "{}.{}",
             B64URL.encode(header.to_string()),
@@ -309,6 +360,26 @@ impl AssertionKey {
     ) -> Result<Secret, String> {
         self.grant_assertion(client_id, Some(client_id), audience, None, now)
     }
+}
+
+/// A new EC P-256 private key, as a PKCS#8 PEM file's content (what
+/// [`AssertionKey::private`] reads; ES256, the algorithm every DPoP server
+/// accepts).
+pub fn generate_p256() -> Result<Secret, String> {
+    use base64::engine::general_purpose::STANDARD;
+    let der = EcdsaKeyPair::generate_pkcs8(
+        &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &SystemRandom::new(),
+    )
+    .map_err(|_| "cannot generate an EC P-256 key".to_string())?;
+    let body = STANDARD.encode(der.as_ref());
+    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+    for line in body.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str("-----END PRIVATE KEY-----\n");
+    Ok(Secret::new(pem))
 }
 
 /// 128 random bits, base64url: an assertion's id, never used twice.

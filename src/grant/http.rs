@@ -23,6 +23,8 @@ pub struct HttpTokenSource {
     clients: Mutex<HashMap<ClientKey, BuiltClient>>,
     /// Discovered token endpoints by issuer; dropped when a request fails.
     discovered: Mutex<HashMap<String, url::Url>>,
+    /// The newest `DPoP-Nonce` each token endpoint gave (RFC 9449 §8).
+    dpop_nonces: Mutex<HashMap<String, String>>,
     /// Token requests in flight at once: thousands of clients starting
     /// together must not open thousands of connections (and file
     /// descriptors), and one hung host must not hold every slot.
@@ -39,6 +41,7 @@ impl Default for HttpTokenSource {
         HttpTokenSource {
             clients: Mutex::default(),
             discovered: Mutex::default(),
+            dpop_nonces: Mutex::default(),
             in_flight: crate::limiter::Limiter::new(MAX_CONCURRENT_REQUESTS, MAX_REQUESTS_PER_HOST),
         }
     }
@@ -472,70 +475,124 @@ impl HttpTokenSource {
                 .push(("client_assertion".into(), Value::Secret(jwt)));
         }
 
-        let mut builder = client.post(wire.url.clone());
-        for (name, value) in &wire.headers {
-            let mut header =
-                reqwest::header::HeaderValue::from_str(value.expose()).map_err(|_| {
-                    FetchError::permanent(
-                        Reason::Other,
-                        format!("header {name} has a value HTTP cannot carry"),
-                    )
-                })?;
-            header.set_sensitive(value.is_secret());
-            builder = builder.header(name.as_str(), header);
-        }
-        let pairs: Vec<(&str, &str)> = wire
-            .fields
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.expose()))
-            .collect();
-        builder = match wire.encoding {
-            Encoding::Form => builder.form(&pairs),
-            Encoding::Json => {
-                let object: serde_json::Map<String, serde_json::Value> = pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
-                    .collect();
-                builder.json(&object)
-            }
-            Encoding::Multipart => {
-                let mut form = reqwest::multipart::Form::new();
-                for (k, v) in &pairs {
-                    form = form.text(k.to_string(), v.to_string());
-                }
-                builder.multipart(form)
-            }
+        // DPoP: a fresh proof for each attempt, with the endpoint's newest
+        // nonce; an endpoint that wants a (new) nonce refuses with
+        // `use_dpop_nonce` and names it, before it looks at the grant
+        // (RFC 9449 §8): the one retry sends the same refresh token
+        let proof_key = match &spec.dpop {
+            None => None,
+            Some(k) => Some(k.get().map_err(|e| {
+                FetchError::transient(Reason::Other, format!("DPoP proof key: {e}"))
+            })?),
         };
+        let mut asked_nonce = false;
+        loop {
+            let mut builder = post(client, &wire)?;
+            if let Some(k) = &proof_key {
+                let nonce = self
+                    .dpop_nonces
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(token_url.as_str())
+                    .cloned();
+                let proof = k
+                    .key
+                    .dpop_proof("POST", token_url, now, nonce.as_deref(), None)
+                    .map_err(|e| FetchError::permanent(Reason::Other, e))?;
+                let mut header = reqwest::header::HeaderValue::from_str(proof.expose())
+                    .map_err(|_| FetchError::permanent(Reason::Other, "unusable DPoP proof"))?;
+                header.set_sensitive(true);
+                builder = builder.header("DPoP", header);
+            }
+            let (answer, nonce) = self.send(spec, builder, &endpoint, redactor).await?;
+            if let Some(nonce) = &nonce
+                && proof_key.is_some()
+            {
+                self.dpop_nonces
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(token_url.to_string(), nonce.clone());
+            }
+            let (status, content_type, retry_after, location, body) = answer;
+            let cx = ParseContext {
+                endpoint: &endpoint,
+                mapping: &spec.response,
+                default_lifetime: spec.default_lifetime,
+                now,
+                redactor,
+            };
+            let token = match parse_answer(
+                &HttpAnswer {
+                    status,
+                    content_type: content_type.as_deref(),
+                    retry_after: retry_after.as_deref(),
+                    location: location.as_deref(),
+                    body: &body,
+                },
+                &cx,
+            ) {
+                Err(e)
+                    if proof_key.is_some()
+                        && nonce.is_some()
+                        && !asked_nonce
+                        && e.oauth_error.as_deref() == Some("use_dpop_nonce") =>
+                {
+                    tracing::debug!(endpoint = %endpoint, "the token endpoint asks for a DPoP nonce; sending the proof again with it");
+                    asked_nonce = true;
+                    continue;
+                }
+                answer => answer?,
+            };
+            return Ok(match &spec.token_type {
+                Some(forced) => Token {
+                    token_type: forced.clone(),
+                    ..token
+                },
+                None => token,
+            });
+        }
+    }
 
+    /// Sends one token request: the answer (status, content type,
+    /// Retry-After, Location, body) and the `DPoP-Nonce` it gave.
+    async fn send(
+        &self,
+        spec: &TokenRequestSpec,
+        builder: reqwest::RequestBuilder,
+        endpoint: &str,
+        redactor: &crate::secret::Redactor<'_>,
+    ) -> Result<(Answer, Option<String>), FetchError> {
         let exchange = async {
             let mut response = builder.send().await?;
             let status = response.status().as_u16();
-            let header = |name: reqwest::header::HeaderName| {
+            let header = |name: &str| {
                 response
                     .headers()
                     .get(name)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string)
             };
-            let content_type = header(reqwest::header::CONTENT_TYPE);
-            let retry_after = header(reqwest::header::RETRY_AFTER);
-            let location = header(reqwest::header::LOCATION);
+            let content_type = header(reqwest::header::CONTENT_TYPE.as_str());
+            let retry_after = header(reqwest::header::RETRY_AFTER.as_str());
+            let location = header(reqwest::header::LOCATION.as_str());
+            let nonce = header("dpop-nonce");
             let Some(body) = body_capped(&mut response).await? else {
                 return Ok(Err(status));
             };
-            Ok::<_, reqwest::Error>(Ok((status, content_type, retry_after, location, body)))
+            Ok::<_, reqwest::Error>(Ok((
+                (status, content_type, retry_after, location, body),
+                nonce,
+            )))
         };
 
-        let answer = match tokio::time::timeout(spec.timeout, exchange).await {
-            Err(_) => {
-                return Err(FetchError::transient(
-                    Reason::Timeout,
-                    format!(
-                        "no complete answer from token endpoint {endpoint} within {}",
-                        humantime::format_duration(spec.timeout)
-                    ),
-                ));
-            }
+        match tokio::time::timeout(spec.timeout, exchange).await {
+            Err(_) => Err(FetchError::transient(
+                Reason::Timeout,
+                format!(
+                    "no complete answer from token endpoint {endpoint} within {}",
+                    humantime::format_duration(spec.timeout)
+                ),
+            )),
             Ok(Err(e)) => {
                 let reason = if e.is_timeout() {
                     Reason::Timeout
@@ -549,52 +606,70 @@ impl HttpTokenSource {
                 } else {
                     "request failed to"
                 };
-                return Err(FetchError::transient(
+                Err(FetchError::transient(
                     reason,
                     redactor.scrub(&format!(
                         "{what} token endpoint {endpoint}: {}",
                         describe(&e)
                     )),
-                ));
+                ))
             }
-            Ok(Ok(Err(status))) => {
-                return Err(FetchError {
-                    status: Some(status),
-                    ..FetchError::transient(
-                        Reason::TooLarge,
-                        format!(
-                            "token endpoint {endpoint} answered HTTP {status} with a body over {} KiB; not read",
-                            MAX_BODY_BYTES / 1024
-                        ),
-                    )
-                });
-            }
-            Ok(Ok(Ok(answer))) => answer,
-        };
-        let (status, content_type, retry_after, location, body) = answer;
-        let cx = ParseContext {
-            endpoint: &endpoint,
-            mapping: &spec.response,
-            default_lifetime: spec.default_lifetime,
-            now,
-            redactor,
-        };
-        let token = parse_answer(
-            &HttpAnswer {
-                status,
-                content_type: content_type.as_deref(),
-                retry_after: retry_after.as_deref(),
-                location: location.as_deref(),
-                body: &body,
-            },
-            &cx,
-        )?;
-        Ok(match &spec.token_type {
-            Some(forced) => Token {
-                token_type: forced.clone(),
-                ..token
-            },
-            None => token,
-        })
+            Ok(Ok(Err(status))) => Err(FetchError {
+                status: Some(status),
+                ..FetchError::transient(
+                    Reason::TooLarge,
+                    format!(
+                        "token endpoint {endpoint} answered HTTP {status} with a body over {} KiB; not read",
+                        MAX_BODY_BYTES / 1024
+                    ),
+                )
+            }),
+            Ok(Ok(Ok(answer))) => Ok(answer),
+        }
     }
+}
+
+/// What a token endpoint answered: status, content type, Retry-After,
+/// Location, body.
+type Answer = (u16, Option<String>, Option<String>, Option<String>, Vec<u8>);
+
+/// The POST of `wire`: its headers (secret ones marked sensitive) and its
+/// fields in its encoding.
+fn post(
+    client: &reqwest::Client,
+    wire: &super::request::WireRequest,
+) -> Result<reqwest::RequestBuilder, FetchError> {
+    let mut builder = client.post(wire.url.clone());
+    for (name, value) in &wire.headers {
+        let mut header = reqwest::header::HeaderValue::from_str(value.expose()).map_err(|_| {
+            FetchError::permanent(
+                Reason::Other,
+                format!("header {name} has a value HTTP cannot carry"),
+            )
+        })?;
+        header.set_sensitive(value.is_secret());
+        builder = builder.header(name.as_str(), header);
+    }
+    let pairs: Vec<(&str, &str)> = wire
+        .fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.expose()))
+        .collect();
+    Ok(match wire.encoding {
+        Encoding::Form => builder.form(&pairs),
+        Encoding::Json => {
+            let object: serde_json::Map<String, serde_json::Value> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+                .collect();
+            builder.json(&object)
+        }
+        Encoding::Multipart => {
+            let mut form = reqwest::multipart::Form::new();
+            for (k, v) in &pairs {
+                form = form.text(k.to_string(), v.to_string());
+            }
+            builder.multipart(form)
+        }
+    })
 }

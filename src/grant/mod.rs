@@ -7,6 +7,7 @@
 
 pub mod assertion;
 pub mod discovery;
+pub mod dpop;
 pub mod error;
 pub mod http;
 pub mod request;
@@ -282,6 +283,8 @@ pub struct TokenRequestSpec {
     pub assertion_audience: Option<String>,
     /// `tls_client_auth`, `self_signed_tls_client_auth`.
     pub tls_client: Option<TlsClientFiles>,
+    /// `dpop = true`: every request carries a DPoP proof of this key.
+    pub dpop: Option<Arc<dpop::DpopKey>>,
 }
 
 impl TokenRequestSpec {
@@ -297,7 +300,7 @@ impl TokenRequestSpec {
             Endpoint::TokenUrl(u) | Endpoint::Issuer(u) => u.to_string(),
             Endpoint::StaticFile(p) => p.display().to_string(),
         };
-        let identity = serde_json::json!({
+        let mut identity = serde_json::json!({
             "endpoint": endpoint,
             "grant": self.grant.grant_type(),
             "username": username,
@@ -306,6 +309,11 @@ impl TokenRequestSpec {
             "scope_param": self.scope_param,
             "params": self.params,
         });
+        // a token bound to a key is another token than a bearer one (and
+        // one bound to another key); absent, earlier fingerprints stand
+        if let Some(key) = &self.dpop {
+            identity["dpop"] = serde_json::json!(key.path());
+        }
         short_digest(identity.to_string().as_bytes())
     }
 

@@ -219,6 +219,7 @@ mod tests {
             assertion: None,
             assertion_audience: None,
             tls_client: None,
+            dpop: None,
         }
     }
 

@@ -4,7 +4,6 @@
 //! credentials come from the usual chain: environment, shared credentials
 //! file (profile), web identity (EKS/IRSA) through STS.
 
-use super::render::Format;
 use super::{OutputError, OutputReason as R, WriteOutcome};
 use crate::secret::Secret;
 use crate::token::Token;
@@ -303,7 +302,7 @@ impl AwsWriter {
     }
 
     pub async fn write(&self, token: &Token) -> Result<WriteOutcome, OutputError> {
-        let content = Format::Json.render(token).expose().trim_end().to_string();
+        let content = super::render::json(token).expose().trim_end().to_string();
         let mut last = self.last.lock().await;
         if last.as_deref() == Some(content.as_str()) {
             return Ok(WriteOutcome::Unchanged);

@@ -72,7 +72,11 @@ impl KubernetesWriter {
     }
 
     pub async fn write(&self, token: &Token) -> Result<WriteOutcome, OutputError> {
-        let content = self.spec.format.render(token);
+        let content = self
+            .spec
+            .format
+            .render(token)
+            .map_err(|e| R::Setup.because(e))?;
         let mut last = self.last.lock().await;
         if last.as_deref() == Some(content.expose()) {
             return Ok(WriteOutcome::Unchanged);

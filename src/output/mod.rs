@@ -102,19 +102,13 @@ impl FileOutput {
         };
         // in the order of dir::SET_FILES, which names them
         let contents = [
-            Format::Raw.render(token).expose().as_bytes().to_vec(),
+            render::raw(token).expose().as_bytes().to_vec(),
             token.token_type.as_bytes().to_vec(),
             rfc3339(token.expires_at).into_bytes(),
             rfc3339(token.issued_at).into_bytes(),
-            Format::Header {
-                extra_headers: extra,
-            }
-            .render(token)
-            .expose()
-            .as_bytes()
-            .to_vec(),
-            Format::Json.render(token).expose().as_bytes().to_vec(),
-            Format::Env.render(token).expose().as_bytes().to_vec(),
+            render::header(token, &extra).expose().as_bytes().to_vec(),
+            render::json(token).expose().as_bytes().to_vec(),
+            render::env(token).expose().as_bytes().to_vec(),
         ];
         dir::SET_FILES.into_iter().zip(contents).collect()
     }
@@ -134,7 +128,11 @@ impl FileOutput {
         match self.layout {
             Layout::File => file::write_atomic_stamped(
                 &self.path,
-                self.format.render(token).expose().as_bytes(),
+                self.format
+                    .render(token)
+                    .map_err(std::io::Error::other)?
+                    .expose()
+                    .as_bytes(),
                 &self.options(),
             )
             .map(|(outcome, stamp)| (outcome, Some(stamp))),

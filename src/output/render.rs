@@ -1,7 +1,9 @@
 //! The content of a token file in each format. Pure.
 
+use crate::grant::dpop::DpopKey;
 use crate::secret::Secret;
 use crate::token::{Token, rfc3339, unix_seconds};
+use std::sync::Arc;
 
 /// The fields a template may use, as `{{ name }}`.
 /// What a `{{ field }}` of a template stands for.
@@ -39,42 +41,81 @@ pub enum Format {
     },
     /// A user template, parsed at config time.
     Template(Template),
+    /// [`Format::Json`] with the DPoP proof key the token is bound to:
+    /// `"dpop": {"alg", "jkt", "jwk" (public), "private_key" (PKCS#8 PEM)}`
+    /// — what a consumer needs to sign a proof for each request.
+    Dpop(Arc<DpopKey>),
 }
 
 impl Format {
     /// The file content. It contains the token, so it is a [`Secret`].
-    pub fn render(&self, token: &Token) -> Secret {
-        let tok = token.access_token.expose();
-        let content = match self {
-            Format::Raw => tok.to_string(),
-            Format::Json => {
-                let mut s = serde_json::json!({
-                    "access_token": tok,
-                    "token_type": token.token_type,
-                    "expires_at": rfc3339(token.expires_at),
-                    "issued_at": rfc3339(token.issued_at),
-                })
-                .to_string();
+    /// Only [`Format::Dpop`] can fail: its key may have to be read.
+    pub fn render(&self, token: &Token) -> Result<Secret, String> {
+        Ok(match self {
+            Format::Raw => raw(token),
+            Format::Json => json(token),
+            Format::Env => env(token),
+            Format::Header { extra_headers } => header(token, extra_headers),
+            Format::Template(t) => Secret::new(t.render(token)),
+            Format::Dpop(key) => {
+                let key = key.get().map_err(|e| format!("DPoP proof key: {e}"))?;
+                let mut doc = json_doc(token);
+                doc["dpop"] = serde_json::json!({
+                    "alg": key.key.alg().name(),
+                    "jkt": key.jkt,
+                    "jwk": key.key.public_jwk(),
+                    "private_key": key.pem.expose(),
+                });
+                let mut s = doc.to_string();
                 s.push('\n');
-                s
+                Secret::new(s)
             }
-            Format::Env => format!(
-                "ACCESS_TOKEN={}\nTOKEN_TYPE={}\nTOKEN_EXPIRES_AT={}\n",
-                shell_quote(tok),
-                shell_quote(&token.token_type),
-                shell_quote(&rfc3339(token.expires_at)),
-            ),
-            Format::Header { extra_headers } => {
-                let mut s = format!("Authorization: {} {tok}\n", token.token_type);
-                for (name, value) in extra_headers {
-                    s.push_str(&format!("{name}: {value}\n"));
-                }
-                s
-            }
-            Format::Template(t) => t.render(token),
-        };
-        Secret::new(content)
+        })
     }
+}
+
+/// `raw`: the token alone, no trailing newline.
+pub fn raw(token: &Token) -> Secret {
+    Secret::new(token.access_token.expose())
+}
+
+fn json_doc(token: &Token) -> serde_json::Value {
+    serde_json::json!({
+        "access_token": token.access_token.expose(),
+        "token_type": token.token_type,
+        "expires_at": rfc3339(token.expires_at),
+        "issued_at": rfc3339(token.issued_at),
+    })
+}
+
+/// `json`: one object and a newline.
+pub fn json(token: &Token) -> Secret {
+    let mut s = json_doc(token).to_string();
+    s.push('\n');
+    Secret::new(s)
+}
+
+/// `env`: shell-sourceable lines.
+pub fn env(token: &Token) -> Secret {
+    Secret::new(format!(
+        "ACCESS_TOKEN={}\nTOKEN_TYPE={}\nTOKEN_EXPIRES_AT={}\n",
+        shell_quote(token.access_token.expose()),
+        shell_quote(&token.token_type),
+        shell_quote(&rfc3339(token.expires_at)),
+    ))
+}
+
+/// `header`: `Authorization: <type> <token>` and `extra_headers`.
+pub fn header(token: &Token, extra_headers: &[(String, String)]) -> Secret {
+    let mut s = format!(
+        "Authorization: {} {}\n",
+        token.token_type,
+        token.access_token.expose()
+    );
+    for (name, value) in extra_headers {
+        s.push_str(&format!("{name}: {value}\n"));
+    }
+    Secret::new(s)
 }
 
 /// Single-quoted for POSIX shells; a `'` inside becomes `'\''`.
@@ -162,7 +203,24 @@ mod tests {
     }
 
     fn check(format: Format, expected: &str) {
-        assert_eq!(format.render(&token()).expose(), expected);
+        assert_eq!(format.render(&token()).unwrap().expose(), expected);
+    }
+
+    #[test]
+    fn dpop_is_json_with_the_proof_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Arc::new(DpopKey::new(dir.path().join("k.pem"), true));
+        let text = Format::Dpop(key.clone()).render(&token()).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(text.expose()).unwrap();
+        assert_eq!(doc["access_token"], "eyJ.abc'd.sig");
+        let made = key.get().unwrap();
+        assert_eq!(doc["dpop"]["jkt"], made.jkt.as_str());
+        assert_eq!(doc["dpop"]["alg"], "ES256");
+        assert_eq!(doc["dpop"]["private_key"], made.pem.expose());
+        assert!(doc["dpop"]["jwk"].get("d").is_none());
+        // a configured key that is not there: an error, never a file without the key
+        let gone = Format::Dpop(Arc::new(DpopKey::new(dir.path().join("none.pem"), false)));
+        assert!(gone.render(&token()).unwrap_err().contains("none.pem"));
     }
 
     #[test]

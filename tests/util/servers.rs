@@ -204,9 +204,14 @@ impl OidcProvider {
 impl OidcProvider {
     /// A refresh token from the authorization code flow (driven with curl).
     pub fn refresh_token(&self) -> String {
+        self.refresh_token_for("basic-client", "basic-secret")
+    }
+
+    /// The same, for client `id` (secret `secret`, HTTP Basic).
+    pub fn refresh_token_for(&self, id: &str, secret: &str) -> String {
         let out = Command::new("bash")
             .arg(repo().join("tests/upstreams/oidc-provider/get-refresh-token.sh"))
-            .arg(&self.base)
+            .args([&self.base, id, secret])
             .output()
             .expect("run get-refresh-token.sh");
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {

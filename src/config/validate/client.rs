@@ -24,6 +24,8 @@ pub(super) struct ClientDefaults {
     pub(super) bmax: Duration,
     pub(super) lifetime: Duration,
     pub(super) max_lifetime: Duration,
+    /// Where a client's DPoP proof key is made (`state_dir`).
+    pub(super) state_dir: std::path::PathBuf,
 }
 
 pub(super) fn validate_client(
@@ -48,7 +50,8 @@ pub(super) fn validate_client(
             key: cx.key("ca_file"),
         })
     });
-    let outputs = check_outputs(v, &cx);
+    let dpop = check_dpop(v, &cx, name, &d.state_dir);
+    let outputs = check_outputs(v, &cx, dpop.as_ref().map(|(k, _)| k));
 
     // (a client with errors still has a plan, built from what is valid and
     // defaults for the rest: `build` then checks what it can — groups,
@@ -77,6 +80,7 @@ pub(super) fn validate_client(
         default_lifetime,
         policy,
         outputs,
+        dpop,
     })
 }
 
@@ -349,6 +353,54 @@ fn check_auth(
     }
 
     (auth, encoding, client_id, client_secret)
+}
+
+/// `dpop = true` (RFC 9449): the proof key, `dpop_key_file` or one made in
+/// `state_dir`. A static token is not requested, so it cannot be bound.
+fn check_dpop(
+    v: &mut Validator<'_>,
+    cx: &Cx<'_>,
+    name: &str,
+    state_dir: &std::path::Path,
+) -> Option<(
+    std::sync::Arc<crate::grant::dpop::DpopKey>,
+    Option<Located<PathBuf>>,
+)> {
+    let c = cx.c;
+    let on = c.dpop.as_ref().is_some_and(|d| *d.get_ref());
+    if !on {
+        if let Some(f) = &c.dpop_key_file {
+            v.error(
+                f.span(),
+                &cx.key("dpop_key_file"),
+                "applies with dpop = true",
+            );
+        }
+        return None;
+    }
+    if cx.grant_kind == GrantKind::Static {
+        v.error(
+            c.dpop.as_ref().map(|d| d.span()),
+            &cx.key("dpop"),
+            "a static token is read from a file, never requested: there is nothing to bind to a key",
+        );
+        return None;
+    }
+    let file = match &c.dpop_key_file {
+        Some(f) => Some(Located {
+            value: v.path(f, &cx.key("dpop_key_file"))?,
+            span: f.span(),
+            key: cx.key("dpop_key_file"),
+        }),
+        None => None,
+    };
+    let key = match &file {
+        Some(f) => crate::grant::dpop::DpopKey::new(f.value.clone(), false),
+        None => {
+            crate::grant::dpop::DpopKey::new(state_dir.join(format!("{name}.dpop-key.pem")), true)
+        }
+    };
+    Some((std::sync::Arc::new(key), file))
 }
 
 /// `tls_client_auth` and `self_signed_tls_client_auth`: `tls_cert_file`
@@ -1004,13 +1056,17 @@ fn check_policy(
 }
 
 /// The client's outputs: at least one.
-fn check_outputs(v: &mut Validator<'_>, cx: &Cx<'_>) -> Vec<OutputPlan> {
+fn check_outputs(
+    v: &mut Validator<'_>,
+    cx: &Cx<'_>,
+    dpop: Option<&std::sync::Arc<crate::grant::dpop::DpopKey>>,
+) -> Vec<OutputPlan> {
     let (c, ck) = (cx.c, cx.ck);
     let mut outputs = Vec::new();
     match &c.outputs {
         Some(list) if !list.get_ref().is_empty() => {
             for (i, o) in list.get_ref().iter().enumerate() {
-                if let Some(plan) = validate_output(v, &format!("{ck}.outputs[{i}]"), o) {
+                if let Some(plan) = validate_output(v, &format!("{ck}.outputs[{i}]"), o, dpop) {
                     outputs.push(plan);
                 }
             }

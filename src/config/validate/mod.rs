@@ -337,6 +337,7 @@ pub fn validate(
             "max_lifetime",
             base_policy.max_lifetime,
         ),
+        state_dir: daemon.state_dir.clone(),
     };
 
     if raw.clients.is_empty() && raw.unreadable_clients == 0 {
@@ -400,6 +401,15 @@ pub fn validate(
                         "an output path lies inside state_dir {}, which tokenkeeper owns",
                         daemon.state_dir.display()
                     ));
+            }
+            if daemon.cluster.is_some()
+                && let Some((_, None)) = &plan.dpop
+            {
+                v.error(
+                    c.dpop.as_ref().map(|d| d.span()),
+                    &format!("{ck}.dpop"),
+                    "the members of a [cluster] publish one token, bound to one key: set dpop_key_file to the same key file on every member",
+                );
             }
             clients.push(plan);
         }

@@ -17,8 +17,9 @@ pub(super) fn validate_output(
     v: &mut Validator<'_>,
     ok: &str,
     o: &Spanned<RawOutput>,
+    dpop: Option<&std::sync::Arc<crate::grant::dpop::DpopKey>>,
 ) -> Option<OutputPlan> {
-    let ox = Ox::new(ok, o);
+    let ox = Ox::new(ok, o, dpop);
     check_foreign_keys(v, &ox);
     let format = check_format(v, &ox);
     let hooks = validate_hooks(v, ok, ox.o);
@@ -47,6 +48,8 @@ struct Ox<'o> {
     kind: OutputType,
     type_name: &'static str,
     format_kind: FormatKind,
+    /// The client's DPoP proof key (`format = "dpop"` writes it).
+    dpop: Option<&'o std::sync::Arc<crate::grant::dpop::DpopKey>>,
 }
 
 /// What a file output at `path` writes to, as [`OutputPlan::identity`]
@@ -60,7 +63,11 @@ pub fn file_identity(path: &std::path::Path) -> String {
 type KindPlan = (String, OutputKindPlan);
 
 impl<'o> Ox<'o> {
-    fn new(ok: &'o str, o: &'o Spanned<RawOutput>) -> Ox<'o> {
+    fn new(
+        ok: &'o str,
+        o: &'o Spanned<RawOutput>,
+        dpop: Option<&'o std::sync::Arc<crate::grant::dpop::DpopKey>>,
+    ) -> Ox<'o> {
         let kind = *o.get_ref().kind.get_ref();
         Ox {
             ok,
@@ -79,6 +86,7 @@ impl<'o> Ox<'o> {
                 .as_ref()
                 .map(|f| *f.get_ref())
                 .unwrap_or(FormatKind::Raw),
+            dpop,
         }
     }
 
@@ -231,6 +239,17 @@ fn check_format(v: &mut Validator<'_>, ox: &Ox<'_>) -> Option<FormatPlan> {
         FormatKind::Raw => Some(FormatPlan::Ready(Format::Raw)),
         FormatKind::Json => Some(FormatPlan::Ready(Format::Json)),
         FormatKind::Env => Some(FormatPlan::Ready(Format::Env)),
+        FormatKind::Dpop => match ox.dpop {
+            Some(key) => Some(FormatPlan::Ready(Format::Dpop(key.clone()))),
+            None => {
+                v.error(
+                    o.format.as_ref().map(|f| f.span()).unwrap_or(ox.span.clone()),
+                    &ox.key("format"),
+                    "needs dpop = true on the client: it writes the token with the DPoP proof key it is bound to",
+                );
+                None
+            }
+        },
         FormatKind::Header => Some(FormatPlan::Ready(Format::Header {
             extra_headers: extra,
         })),

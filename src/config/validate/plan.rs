@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
 
@@ -162,6 +163,9 @@ pub struct ClientPlan {
     pub default_lifetime: Duration,
     pub policy: Policy,
     pub outputs: Vec<OutputPlan>,
+    /// `dpop = true`: the proof key, and the configured key file (read at
+    /// build; none for the key made in `state_dir`).
+    pub dpop: Option<(Arc<crate::grant::dpop::DpopKey>, Option<Located<PathBuf>>)>,
 }
 
 /// What signs a client assertion, and its `aud`.
