@@ -1,5 +1,6 @@
 //! Cluster mode: three real tokenkeeper members on one real three-node etcd
-//! (Debian's etcd-server, on loopback), against token servers that count
+//! (Debian's etcd-server, on loopback) or, in the ignored `kube_` tests, on
+//! the Leases of a real kube-apiserver, against token servers that count
 //! every request and, for refresh-token chains, forgive nothing (a refresh
 //! token presented twice revokes its family).
 
@@ -61,6 +62,30 @@ impl Engine<'_> {
                         l["metadata"]["name"].as_str().unwrap_or("").to_string(),
                         l.to_string().into_bytes(),
                     )
+                })
+                .collect(),
+        }
+    }
+
+    /// Each client's sealed record, as the store holds it.
+    fn records(&self) -> Vec<(String, Vec<u8>)> {
+        match self {
+            Engine::Etcd(etcd) => etcd
+                .dump(PREFIX)
+                .into_iter()
+                .filter_map(|(k, v)| {
+                    let client = k.strip_prefix(&format!("{PREFIX}tokens/"))?;
+                    Some((client.to_string(), v))
+                })
+                .collect(),
+            Engine::Kube(api) => api
+                .leases()
+                .iter()
+                .filter_map(|l| {
+                    let name = l["metadata"]["name"].as_str()?;
+                    let client = name.strip_prefix(&format!("{LEASE_PREFIX}client-"))?;
+                    let record = l["metadata"]["annotations"]["tokenkeeper.io/record"].as_str()?;
+                    Some((client.to_string(), record.as_bytes().to_vec()))
                 })
                 .collect(),
         }
@@ -582,37 +607,59 @@ fn cluster_kill_soak() {
 #[test]
 fn a_member_with_another_key_or_a_taken_name_changes_nothing_and_says_so() {
     let etcd = EtcdCluster::start(1);
+    another_key_or_a_taken_name(Engine::Etcd(&etcd));
+}
+
+/// The same on Kubernetes Leases; and a member whose API server does not
+/// answer at start says so, retries, and serves what its state_dir has.
+#[test]
+#[ignore = "needs the kube-apiserver: scripts/check-kubernetes runs it"]
+fn kube_another_key_a_taken_name_or_no_api_server_changes_nothing_and_says_so() {
+    let api = KubeApiServer::start();
+    let mut a = another_key_or_a_taken_name(Engine::Kube(&api));
+    let served = a.token("cc0");
+    assert!(served.is_some());
+    let config = std::fs::read_to_string(a.sb.config()).unwrap();
+    let nowhere = format!("https://127.0.0.1:{}", free_port());
+    a.sb.write("config.toml", &config.replace(&api.url, &nowhere));
+    a.start();
+    let d = a.daemon.as_ref().unwrap();
+    d.wait_log("cluster store: registering failed", 1);
+    d.wait_log("using the cached token", 1);
+    assert_eq!(a.token("cc0"), served, "the cached token stays served");
+}
+
+/// A member with another key neither uses nor overwrites the store's
+/// records; a second live member with a taken name owns nothing. The
+/// first member, stopped, is given back.
+fn another_key_or_a_taken_name(engine: Engine) -> Member {
     let fault = FaultServer::start(Some(3600));
     let strict = StrictServer::start(3600, Duration::ZERO);
     let text = clients(&fault, 1, &strict, 1);
     let key = key_text();
-    let mut a = Member::new("host-a", &etcd, &key, "1s", &text);
+    let mut a = Member::on(engine, "host-a", &key, "1s", &text);
     a.start();
     wait_until("host-a holds both tokens", Duration::from_secs(20), || {
         a.token("cc0").is_some() && a.token("chain0").is_some()
     });
-    let before = etcd.dump(PREFIX);
+    let before = engine.records();
 
     // another key: the store's records are neither used nor overwritten
-    let mut b = Member::new("host-b", &etcd, &key_text(), "1s", &text);
+    let mut b = Member::on(engine, "host-b", &key_text(), "1s", &text);
     b.start();
     let d = b.daemon.as_ref().unwrap();
     d.wait_log("was encrypted with another key", 1);
     // host-a leaves: host-b owns both clients, and refreshes neither
     a.daemon.take().unwrap().stop();
     d.wait_log("joined the cluster", 1);
+    d.wait_until("host-b owns both clients", || {
+        ["cc0", "chain0"]
+            .iter()
+            .all(|c| engine.owner(c).as_deref() == Some("host-b"))
+    });
     std::thread::sleep(Duration::from_secs(3));
-    let tokens = |dump: &[(String, Vec<u8>)]| -> Vec<(String, Vec<u8>)> {
-        dump.iter()
-            .filter(|(k, _)| k.contains("/tokens/"))
-            .cloned()
-            .collect()
-    };
-    assert_eq!(
-        tokens(&etcd.dump(PREFIX)),
-        tokens(&before),
-        "a record was overwritten"
-    );
+    assert_eq!(before.len(), 2, "{before:?}");
+    assert_eq!(engine.records(), before, "a record was overwritten");
     assert_eq!(
         strict.s().requests,
         1,
@@ -631,15 +678,16 @@ fn a_member_with_another_key_or_a_taken_name_changes_nothing_and_says_so() {
     );
 
     // two live members with one name: the second owns nothing and says why
-    let mut c = Member::new("host-b", &etcd, &key, "1s", &text);
+    let mut c = Member::on(engine, "host-b", &key, "1s", &text);
     c.start();
     c.daemon
         .as_ref()
         .unwrap()
         .wait_log("another process holds this member's name", 1);
-    assert!(etcd.owner(PREFIX, "chain0").as_deref() == Some("host-b"));
+    assert!(engine.owner("chain0").as_deref() == Some("host-b"));
     drop(b);
     drop(c);
+    a
 }
 
 #[test]
@@ -803,6 +851,21 @@ fn members_reach_etcd_over_tls_with_client_certificates() {
 fn a_member_cut_off_from_the_store_stops_before_its_lease_ends() {
     let ns = Netns::new();
     let etcd = EtcdCluster::start_tls_at(3, &ns.host(1));
+    cut_off(&ns, Engine::Etcd(&etcd));
+}
+
+/// The same on Kubernetes Leases: a member cut off from the API server.
+#[test]
+#[ignore = "needs the kube-apiserver: scripts/check-kubernetes runs it"]
+fn kube_a_member_cut_off_from_the_api_server_stops_before_its_lease_ends() {
+    let ns = Netns::new();
+    let api = KubeApiServer::start_at(&ns.host(1));
+    cut_off(&ns, Engine::Kube(&api));
+}
+
+/// Three members on `engine`, which listens on `ns.host(1)`; host-c runs
+/// inside `ns`, and is cut off from the store once it owns its share.
+fn cut_off(ns: &Netns, engine: Engine) {
     let strict = StrictServer::start_at(&format!("{}:0", ns.host(3)), 2, Duration::ZERO);
     let key = key_text();
     let mut text = String::new();
@@ -816,7 +879,7 @@ fn a_member_cut_off_from_the_store_stops_before_its_lease_ends() {
     let ttl = Duration::from_secs(2);
     let mut members: Vec<Member> = ["host-a", "host-b", "host-c"]
         .iter()
-        .map(|n| Member::new(n, &etcd, &key, "2s", &text))
+        .map(|n| Member::on(engine, n, &key, "2s", &text))
         .collect();
     members[0].start();
     members[1].start();
@@ -835,7 +898,7 @@ fn a_member_cut_off_from_the_store_stops_before_its_lease_ends() {
     std::thread::sleep(Duration::from_secs(3));
     let of_c: Vec<&String> = names
         .iter()
-        .filter(|n| etcd.owner(PREFIX, n).as_deref() == Some("host-c"))
+        .filter(|n| engine.owner(n).as_deref() == Some("host-c"))
         .collect();
     assert!(!of_c.is_empty(), "host-c owns no client to lose");
     let inside: std::net::IpAddr = ns.inside().parse().unwrap();
@@ -870,7 +933,7 @@ fn a_member_cut_off_from_the_store_stops_before_its_lease_ends() {
         assert!(s.losses.is_empty(), "{:?}", s.losses);
     }
     for n in &of_c {
-        let owner = etcd.owner(PREFIX, n);
+        let owner = engine.owner(n);
         assert!(
             matches!(owner.as_deref(), Some("host-a" | "host-b")),
             "{n}: {owner:?}"
@@ -886,7 +949,7 @@ fn a_member_cut_off_from_the_store_stops_before_its_lease_ends() {
     d.wait_log("joined the cluster", 2);
     d.wait_until("host-c owns its share again", || {
         of_c.iter()
-            .all(|n| etcd.owner(PREFIX, n).as_deref() == Some("host-c"))
+            .all(|n| engine.owner(n).as_deref() == Some("host-c"))
     });
     std::thread::sleep(Duration::from_secs(3));
     let s = strict.s();

@@ -44,18 +44,23 @@ pub fn kube_apiserver_bin() -> PathBuf {
 
 impl KubeApiServer {
     pub fn start() -> KubeApiServer {
+        KubeApiServer::start_at("127.0.0.1")
+    }
+
+    /// One that listens on `host` (an address of this host's).
+    pub fn start_at(host: &str) -> KubeApiServer {
         let bin = kube_apiserver_bin();
         let etcd = EtcdCluster::start(1);
         let dir = tempfile::tempdir().expect("tempdir");
-        let script = "set -e
+        let script = format!("set -e
 openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca -keyout ca.key -out ca.crt
 openssl req -newkey rsa:2048 -nodes -subj /CN=kube-apiserver -keyout api.key -out api.csr
-printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > san.ext
+printf 'subjectAltName=IP:{host},DNS:localhost\\n' > san.ext
 openssl x509 -req -in api.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -extfile san.ext -out api.crt
 openssl genrsa -out sa.key 2048; openssl rsa -in sa.key -pubout -out sa.pub
-echo 'admin-token,admin,1,\"system:masters\"' > tokens.csv";
+echo 'admin-token,admin,1,\"system:masters\"' > tokens.csv");
         let ok = Command::new("bash")
-            .args(["-c", script])
+            .args(["-c", &script])
             .current_dir(dir.path())
             .stderr(Stdio::null())
             .stdout(Stdio::null())
@@ -69,8 +74,8 @@ echo 'admin-token,admin,1,\"system:masters\"' > tokens.csv";
         let child = Command::new(&bin)
             .args([
                 &format!("--etcd-servers={}", etcd.endpoints()[0]),
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                &format!("--bind-address={host}"),
+                &format!("--advertise-address={host}"),
                 &format!("--secure-port={port}"),
                 &format!("--tls-cert-file={}", at("api.crt")),
                 &format!("--tls-private-key-file={}", at("api.key")),
@@ -90,7 +95,7 @@ echo 'admin-token,admin,1,\"system:masters\"' > tokens.csv";
             .spawn()
             .expect("start kube-apiserver");
         let api = KubeApiServer {
-            url: format!("https://127.0.0.1:{port}"),
+            url: format!("https://{host}:{port}"),
             ca: dir.path().join("ca.crt"),
             token: dir.path().join("sa.token"),
             dir,

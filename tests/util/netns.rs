@@ -27,8 +27,13 @@ fn ip(args: &[&str]) {
 
 impl Netns {
     pub fn new() -> Netns {
-        let tag = std::process::id() % 10_000;
-        let third = 1 + (std::process::id() % 250);
+        // apart from other test processes' (by pid) and from this one's
+        // other namespaces (a count)
+        static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = std::process::id();
+        let tag = (pid % 1_000) * 10 + n % 10;
+        let third = 1 + (pid * 7 + n) % 250;
         let ns = Netns {
             name: format!("tk-test-{tag}"),
             host_if: format!("tkh{tag}"),
@@ -114,8 +119,10 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+        // (gone with the namespace, usually: its peer was inside)
         let _ = Command::new("ip")
             .args(["link", "del", &self.host_if])
+            .stderr(std::process::Stdio::null())
             .status();
     }
 }
