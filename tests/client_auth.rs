@@ -183,7 +183,9 @@ fn check_explains_a_bad_private_key() {
         "umask 077
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ec.pem
 openssl ecparam -name prime256v1 -genkey -noout -out sec1.pem
-cp ec.pem open.pem && chmod 644 open.pem",
+cp ec.pem open.pem && chmod 644 open.pem
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out other.pem
+openssl req -x509 -new -key ec.pem -subj /CN=a -days 1 -out ec.crt 2>/dev/null",
         sb.dir.path(),
     );
     let url = "https://idp.example.com/token";
@@ -232,6 +234,21 @@ cp ec.pem open.pem && chmod 644 open.pem",
                 "tls_client_auth",
                 "client_secret = \"x\"\ntls_cert_file = \"ec.pem\"",
             ),
+            // a certificate and a key that are not a pair
+            jwt_client(
+                "pair",
+                url,
+                "a",
+                "tls_client_auth",
+                "tls_cert_file = \"ec.crt\"\ntls_key_file = \"other.pem\"",
+            ),
+            jwt_client(
+                "x5t",
+                url,
+                "a",
+                "private_key_jwt",
+                "private_key_file = \"other.pem\"\ncertificate_file = \"ec.crt\"",
+            ),
         ]
         .concat(),
     );
@@ -249,9 +266,20 @@ cp ec.pem open.pem && chmod 644 open.pem",
         "clients.body.tls_cert_file: applies to auth = \"tls_client_auth\" or \"self_signed_tls_client_auth\"",
         "clients.mtls.tls_key_file: is required with mutual-TLS client authentication",
         "clients.mtls.client_secret: auth = \"tls_client_auth\" authenticates with tls_cert_file and never sends a client secret",
+        "clients.x5t.certificate_file: ",
+        "clients.pair.tls_cert_file: ",
     ] {
         assert!(err.contains(want), "{want:?} not in:\n{err}");
     }
+    let mismatch = "ec.crt and ";
+    let differ = "other.pem: the key is not the certificate's: their public keys differ";
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.contains(mismatch) && l.contains(differ))
+            .count(),
+        2,
+        "{err}"
+    );
     let pem = sb.read("ec.pem").unwrap();
     let body = pem.lines().nth(1).unwrap();
     assert!(!err.contains(body), "a key in the output:\n{err}");

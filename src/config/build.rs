@@ -58,12 +58,8 @@ impl Builder<'_> {
         };
         let checked = read(cert).and_then(|c| {
             read(key_file).and_then(|k| {
-                ClientIdentity::new(c.clone(), k).map_err(|e| {
-                    format!(
-                        "{at} is not the certificate of {}: {e}",
-                        key_file.value.display()
-                    )
-                })?;
+                ClientIdentity::new(c.clone(), k)
+                    .map_err(|e| format!("{at} and {}: {e}", key_file.value.display()))?;
                 CertificateDer::from_pem_slice(&c)
                     .map_err(|_| format!("{at} holds no PEM certificate"))
             })

@@ -148,7 +148,12 @@ pub fn tls_config_with(
             let (chain, key) = id.parts()?;
             config
                 .with_client_auth_cert(chain, key)
-                .map_err(|e| format!("unusable client certificate or key: {e}"))?
+                .map_err(|e| match e {
+                    rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                        "the key is not the certificate's: their public keys differ".to_string()
+                    }
+                    e => format!("unusable client certificate or key: {e}"),
+                })?
         }
     };
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
